@@ -1,0 +1,93 @@
+//! Group commit for the whole node: one sled flush makes the writes of every group durable.
+//!
+//! sled writes to disk in the background every 500 ms, so a write is only durable after a
+//! flush. Each group asks the [`Flusher`] to flush after it has written; the flusher task
+//! takes every request that arrived while the previous flush ran and answers them all with
+//! a single `flush_async`. A request is answered only by a flush that *started* after the
+//! request was made, so every write made before asking is covered.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// What to do once the flush covering a request has finished.
+pub type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// Handle to the node's flusher task. Cheap to clone.
+#[derive(Clone)]
+pub struct Flusher {
+    tx: mpsc::UnboundedSender<FlushDone>,
+    stats: Arc<FlushStats>,
+}
+
+/// Counters that show how well flushes are batched.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Flush requests made by groups.
+    pub requests: AtomicU64,
+    /// Flushes actually performed.
+    pub flushes: AtomicU64,
+}
+
+impl Flusher {
+    /// Starts the flusher task for `db`. It ends once every handle is dropped.
+    pub fn start(db: sled::Db) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<FlushDone>();
+        let stats = Arc::new(FlushStats::default());
+        let task_stats = stats.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let result = db.flush_async().await.map(|_| ()).map_err(sled_to_io);
+                task_stats.flushes.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "sled flush failed");
+                }
+                for done in batch.drain(..) {
+                    done(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    });
+                }
+            }
+        });
+        Self { tx, stats }
+    }
+
+    /// Calls `done` once everything written before this call is on disk.
+    pub fn flush_then(&self, done: FlushDone) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError(done)) = self.tx.send(done) {
+            done(Err(io::Error::other("the flusher has stopped")));
+        }
+    }
+
+    /// Returns once everything written before this call is on disk.
+    pub async fn flush(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.flush_then(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("the flusher has stopped")))
+    }
+
+    /// Batching counters since start.
+    pub fn stats(&self) -> &FlushStats {
+        &self.stats
+    }
+}
+
+/// sled's errors as I/O errors, keeping the kind when sled has one.
+pub fn sled_to_io(e: sled::Error) -> io::Error {
+    match e {
+        sled::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}

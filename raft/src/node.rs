@@ -1,0 +1,473 @@
+//! [`RaftNode`]: the Raft groups one node hosts, and everything they share.
+//!
+//! A node owns one sled `Db` (`<data>/raft.sled`) holding every group's log, one
+//! [`Flusher`], one peer listener and one [`PeerPool`]. The set of hosted groups is itself
+//! persisted (the `groups` tree), so [`RaftNode::start`] reopens each of them after a
+//! restart, with its state restored from its latest snapshot file and its log replayed.
+//! [`RaftNode::remove_group`] stops a group and deletes its log and snapshots.
+//!
+//! [`Group`] is the typed handle the application uses: it encodes commands, proposes them,
+//! and decodes the responses; and it reads the applied state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, LogId, ServerState};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec;
+use crate::config::RaftConfig;
+use crate::flush::{sled_to_io, Flusher};
+use crate::log_store::{LogStore, SledGroupLog};
+use crate::state_machine::{Applied, GroupStateMachine, StateMachine, StateReader};
+use crate::transport::client::PeerPool;
+use crate::transport::network::GroupNetworkFactory;
+use crate::transport::server::PeerListener;
+use crate::transport::GroupRouter;
+use crate::types::{GroupId, NodeId};
+use crate::Raft;
+
+/// Where and how a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id; unique in the cluster, never reused.
+    pub node_id: NodeId,
+    /// Directory for the sled database and snapshot files.
+    pub data_dir: PathBuf,
+    /// Address of the peer listener. Its IP is also the source address of every outbound
+    /// peer connection. Port 0 picks a free port.
+    pub peer_addr: SocketAddr,
+    /// Secret every node of the cluster shares; peer connections prove they hold it.
+    pub cluster_secret: Vec<u8>,
+    /// Replication settings.
+    pub raft: RaftConfig,
+}
+
+/// Why a node or group operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Disk or socket trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The Raft settings are inconsistent.
+    #[error("invalid raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// openraft could not start a group.
+    #[error("cannot start group {group}: {reason}")]
+    Start {
+        /// The group.
+        group: GroupId,
+        /// openraft's reason.
+        reason: String,
+    },
+    /// The group is already hosted here.
+    #[error("group {0} is already hosted on this node")]
+    AlreadyHosted(GroupId),
+    /// The group is not hosted here.
+    #[error("group {0} is not hosted on this node")]
+    NotHosted(GroupId),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}
+
+/// Why a proposal or membership change on a group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// This replica is not the leader; retry on the leader if one is known.
+    #[error("not the leader of the group (leader: {leader:?} at {addr:?})")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+        /// The leader's peer address, if known.
+        addr: Option<String>,
+    },
+    /// The request cannot be carried out now (no quorum, shutting down); retry later.
+    #[error("group unavailable: {0}")]
+    Unavailable(String),
+    /// The request was refused for good (e.g. an invalid membership change).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The state machine's response could not be decoded (the command was undecodable).
+    #[error("undecodable response: {0}")]
+    BadResponse(String),
+}
+
+impl GroupError {
+    /// Whether trying again (possibly elsewhere) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GroupError::NotLeader { .. } | GroupError::Unavailable(_)
+        )
+    }
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for GroupError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => GroupError::NotLeader {
+                leader: f.leader_id,
+                addr: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                GroupError::Refused(c.to_string())
+            }
+            RaftError::Fatal(f) => GroupError::Unavailable(f.to_string()),
+        }
+    }
+}
+
+/// A typed handle to one group hosted on this node.
+pub struct Group<S> {
+    id: GroupId,
+    raft: Raft,
+    reader: StateReader<S>,
+}
+
+impl<S> Clone for Group<S> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> Group<S> {
+    /// The group's id.
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    /// openraft's handle, for metrics and membership changes.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Runs `f` on the applied state (applying waits while it runs).
+    pub fn read<R>(&self, f: impl FnOnce(&Applied<S>) -> R) -> R {
+        f(&self.reader.read())
+    }
+
+    /// Proposes `command`; returns the state machine's response once it is committed and
+    /// applied on this node, which must be the leader.
+    pub async fn write(&self, command: S::Command) -> Result<S::Response, GroupError> {
+        let payload = crate::Payload(codec::encode(&command));
+        let response = self.raft.client_write(payload).await?;
+        codec::decode(&response.data.0).map_err(|e| GroupError::BadResponse(e.to_string()))
+    }
+
+    /// Makes `members` the first voters of a new group. Call on one of them only.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), GroupError> {
+        let members: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        self.raft.initialize(members).await.map_err(|e| match e {
+            RaftError::APIError(e) => GroupError::Refused(e.to_string()),
+            RaftError::Fatal(f) => GroupError::Unavailable(f.to_string()),
+        })
+    }
+
+    /// Adds `node` as a learner and waits until it has caught up with the log.
+    pub async fn add_learner(&self, node: NodeId, addr: String) -> Result<(), GroupError> {
+        self.raft
+            .add_learner(node, BasicNode { addr }, true)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes `voters` the voter set (joint consensus; learners not listed stay learners).
+    pub async fn change_voters(
+        &self,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Result<(), GroupError> {
+        let voters: std::collections::BTreeSet<NodeId> = voters.into_iter().collect();
+        self.raft.change_membership(voters, true).await?;
+        Ok(())
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The last log id applied to the state machine here.
+    pub fn last_applied(&self) -> Option<LogId<NodeId>> {
+        self.reader.read().last_applied
+    }
+}
+
+/// Creates the initial state of a group's state machine, by group id.
+pub type StateFactory<S> = Arc<dyn Fn(GroupId) -> S + Send + Sync>;
+
+/// The Raft groups hosted on this node, and what they share.
+pub struct RaftNode<S: StateMachine> {
+    options: NodeOptions,
+    addr: SocketAddr,
+    openraft: Arc<openraft::Config>,
+    db: sled::Db,
+    hosted: sled::Tree,
+    flusher: Flusher,
+    router: GroupRouter,
+    pool: PeerPool,
+    factory: StateFactory<S>,
+    groups: Mutex<HashMap<GroupId, Group<S>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+const HOSTED: &str = "groups";
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Opens the node's data, starts the peer listener and reopens every group it hosted.
+    pub async fn start(options: NodeOptions, factory: StateFactory<S>) -> Result<Self, NodeError> {
+        let openraft = Arc::new(options.raft.openraft()?);
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(io_err(format!("creating {}", options.data_dir.display())))?;
+        let db_path = options.data_dir.join("raft.sled");
+        let db = sled::open(&db_path)
+            .map_err(sled_to_io)
+            .map_err(io_err(format!("opening {}", db_path.display())))?;
+        let hosted = db
+            .open_tree(HOSTED)
+            .map_err(sled_to_io)
+            .map_err(io_err("opening the group list"))?;
+        let flusher = Flusher::start(db.clone());
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let router = GroupRouter::default();
+        let secret: Arc<[u8]> = options.cluster_secret.clone().into();
+
+        let listener = TcpListener::bind(options.peer_addr)
+            .await
+            .map_err(io_err(format!(
+                "binding the peer port {}",
+                options.peer_addr
+            )))?;
+        let listener = PeerListener::start(
+            listener,
+            router.clone(),
+            secret.clone(),
+            options.raft.max_frame_bytes,
+            shutdown.clone(),
+            tasks.clone(),
+        )
+        .map_err(io_err("starting the peer listener"))?;
+        let pool = PeerPool::new(
+            options.node_id,
+            options.peer_addr.ip(),
+            secret,
+            &options.raft,
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        let node = Self {
+            addr: listener.local_addr(),
+            options,
+            openraft,
+            db,
+            hosted,
+            flusher,
+            router,
+            pool,
+            factory,
+            groups: Mutex::default(),
+            shutdown,
+            tasks,
+        };
+        for key in node.hosted.iter().keys() {
+            let key = key
+                .map_err(sled_to_io)
+                .map_err(io_err("reading the group list"))?;
+            let id = GroupId(u64::from_be_bytes(key.as_ref().try_into().map_err(
+                |_| NodeError::Io {
+                    context: "reading the group list".into(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad group key"),
+                },
+            )?));
+            node.open_group(id).await?;
+        }
+        tracing::info!(node = node.options.node_id, addr = %node.addr, groups = node.group_ids().len(), "raft node started");
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.options.node_id
+    }
+
+    /// The peer address other nodes reach this one at.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's flush batcher (for its batching counters).
+    pub fn flusher(&self) -> &Flusher {
+        &self.flusher
+    }
+
+    /// The sled database, for size accounting.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Ids of the hosted groups, in order.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<_> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The handle of a hosted group.
+    pub fn group(&self, id: GroupId) -> Option<Group<S>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn group_dir(&self, id: GroupId) -> PathBuf {
+        group_dir(&self.options.data_dir, id)
+    }
+
+    /// Starts hosting a new, empty replica of `id`. It joins a group when the group's
+    /// leader adds it, or forms one through [`Group::initialize`].
+    pub async fn create_group(&self, id: GroupId) -> Result<Group<S>, NodeError> {
+        if self.group(id).is_some() {
+            return Err(NodeError::AlreadyHosted(id));
+        }
+        self.hosted
+            .insert(id.0.to_be_bytes(), &[])
+            .map_err(sled_to_io)
+            .map_err(io_err("recording the new group"))?;
+        self.flusher
+            .flush()
+            .await
+            .map_err(io_err("recording the new group"))?;
+        self.open_group(id).await
+    }
+
+    async fn open_group(&self, id: GroupId) -> Result<Group<S>, NodeError> {
+        let log = SledGroupLog::open(&self.db, self.flusher.clone(), id)
+            .map_err(io_err(format!("opening the log of {id}")))?;
+        let state = (self.factory)(id);
+        let dir = self.group_dir(id);
+        let sm = GroupStateMachine::open(&dir, state).map_err(io_err(format!(
+            "opening the snapshot of {id} in {}",
+            dir.display()
+        )))?;
+        let reader = sm.reader();
+        let network = GroupNetworkFactory::new(
+            self.pool.clone(),
+            id,
+            self.options.raft.request_timeout,
+            self.options.raft.snapshot_chunk_timeout,
+        );
+        let raft = Raft::new(
+            self.options.node_id,
+            self.openraft.clone(),
+            network,
+            LogStore::new(log),
+            sm,
+        )
+        .await
+        .map_err(|e| NodeError::Start {
+            group: id,
+            reason: e.to_string(),
+        })?;
+        self.router.insert(id, raft.clone());
+        let group = Group { id, raft, reader };
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, group.clone());
+        Ok(group)
+    }
+
+    /// Stops hosting `id` and deletes its log and snapshots from this node.
+    pub async fn remove_group(&self, id: GroupId) -> Result<(), NodeError> {
+        let group = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .ok_or(NodeError::NotHosted(id))?;
+        self.router.remove(id);
+        if let Err(e) = group.raft.shutdown().await {
+            tracing::warn!(group = %id, error = ?e, "group did not shut down cleanly");
+        }
+        drop(group);
+        self.hosted
+            .remove(id.0.to_be_bytes())
+            .map_err(sled_to_io)
+            .map_err(io_err("forgetting the group"))?;
+        SledGroupLog::destroy(&self.db, id).map_err(io_err(format!("deleting the log of {id}")))?;
+        self.flusher
+            .flush()
+            .await
+            .map_err(io_err("forgetting the group"))?;
+        let dir = self.group_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(format!("deleting {}", dir.display()))(e))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stops every group and task, and flushes the database. Returns once nothing of the
+    /// node runs any more, so the same data directory can be opened again.
+    pub async fn shutdown(self) {
+        let groups: Vec<_> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (id, group) in groups {
+            self.router.remove(id);
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(group = %id, error = ?e, "group did not shut down cleanly");
+            }
+        }
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Err(e) = self.flusher.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+}
+
+/// Where a group's snapshot files live.
+pub fn group_dir(data_dir: &Path, id: GroupId) -> PathBuf {
+    data_dir.join("groups").join(format!("g{}", id.0))
+}

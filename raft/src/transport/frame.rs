@@ -1,0 +1,109 @@
+//! Frames on the peer port: a big-endian `u32` length, then a bincode-encoded [`Frame`].
+//!
+//! The length is checked against the configured maximum before anything is allocated, so a
+//! peer announcing a huge frame is cut off without costing memory.
+
+use bincode::{Decode, Encode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// One message on a peer connection.
+#[derive(Debug, Clone, Encode, Decode)]
+pub struct Frame {
+    /// The Raft group the frame is for (0 during the handshake).
+    pub group: u64,
+    /// What the payload is.
+    pub kind: FrameKind,
+    /// Pairs a reply with its request; chosen by the requester.
+    pub request_id: u64,
+    /// Encoded body, depending on `kind`.
+    pub payload: Vec<u8>,
+}
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum FrameKind {
+    /// Handshake, listener → dialer: a random challenge.
+    Challenge,
+    /// Handshake, dialer → listener: the dialer's id, its own challenge and its proof.
+    Hello,
+    /// Handshake, listener → dialer: the listener's proof.
+    Welcome,
+    /// An openraft `AppendEntriesRequest`.
+    AppendEntries,
+    /// An openraft `VoteRequest`.
+    Vote,
+    /// An openraft `InstallSnapshotRequest` (one chunk).
+    InstallSnapshot,
+    /// The group's answer: an encoded `Result` of the matching openraft call.
+    Reply,
+    /// The request could not be handed to a group; the payload is a UTF-8 reason.
+    Failure,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame larger than we accept.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Announced length.
+        len: u32,
+        /// Configured maximum.
+        max: u32,
+    },
+    /// The connection ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    /// The bytes are not a frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the next frame; `Ok(None)` when the peer closed the connection between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+) -> Result<Option<Frame>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    let (frame, used) = bincode::decode_from_slice(&body, bincode::config::standard())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(Some(frame))
+}
+
+/// Encodes a frame with its length prefix, ready to write.
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    bincode::encode_into_std_write(frame, &mut out, bincode::config::standard())
+        .expect("encoding into a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std::io::Result<()> {
+    w.write_all(&encode_frame(frame)).await
+}

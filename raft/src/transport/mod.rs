@@ -1,0 +1,97 @@
+//! The peer port: Raft traffic between nodes.
+//!
+//! One TCP connection per pair of peers carries the traffic of every group, as
+//! length-prefixed bincode frames `{group, kind, request_id, payload}` ([`frame`]). A
+//! connection opens with a mutual challenge–response on the cluster secret ([`auth`]), so
+//! the secret itself never crosses the wire and a node without it gets nothing served.
+//!
+//! [`server::PeerListener`] accepts connections and hands each request to the group it
+//! names through the node's [`GroupRouter`]; requests run concurrently, so a slow snapshot
+//! install never holds up a heartbeat. [`client::PeerPool`] keeps the outbound connection to
+//! each peer, reconnects with backoff, times requests out, and binds its sockets to this
+//! node's own address. [`network`] adapts the pool to openraft's network traits.
+
+pub mod auth;
+pub mod client;
+pub mod frame;
+pub mod network;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::types::GroupId;
+use crate::Raft;
+
+/// The groups this node serves on its peer port, by id.
+#[derive(Clone, Default)]
+pub struct GroupRouter {
+    groups: Arc<RwLock<HashMap<GroupId, Raft>>>,
+}
+
+impl GroupRouter {
+    /// Routes requests for `group` to `raft`.
+    pub fn insert(&self, group: GroupId, raft: Raft) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, raft);
+    }
+
+    /// Stops routing requests for `group`.
+    pub fn remove(&self, group: GroupId) -> Option<Raft> {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group)
+    }
+
+    /// The Raft handle of `group`, if this node hosts it.
+    pub fn get(&self, group: GroupId) -> Option<Raft> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
+    }
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No connection could be made (or we are waiting before trying again).
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable {
+        /// The peer's address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer did not answer in time.
+    #[error("peer {addr} did not answer within {millis} ms")]
+    Timeout {
+        /// The peer's address.
+        addr: String,
+        /// The timeout that passed.
+        millis: u128,
+    },
+    /// The connection broke while the request was in flight.
+    #[error("connection to peer {0} lost")]
+    ConnectionLost(String),
+    /// The peer could not serve the request (unknown group, undecodable request).
+    #[error("peer {addr} refused the request: {reason}")]
+    Refused {
+        /// The peer's address.
+        addr: String,
+        /// The peer's explanation.
+        reason: String,
+    },
+    /// The peer's answer could not be decoded.
+    #[error("peer {addr} answered with undecodable bytes: {reason}")]
+    BadReply {
+        /// The peer's address.
+        addr: String,
+        /// The decoding error.
+        reason: String,
+    },
+}

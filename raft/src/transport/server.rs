@@ -1,0 +1,206 @@
+//! The peer listener: accepts connections, authenticates them, and serves each request by
+//! handing it to the group it names.
+//!
+//! Every request runs in its own task (bounded per connection), and replies go back in
+//! completion order, so a snapshot chunk being installed never delays a heartbeat for
+//! another group. A connection that misbehaves (bad secret, oversized or malformed frame,
+//! a frame cut off half way) is closed with a logged reason; other connections carry on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::auth;
+use super::frame::{encode_frame, read_frame, Frame, FrameKind};
+use super::GroupRouter;
+use crate::codec;
+use crate::types::{GroupId, NodeId, TypeConfig};
+
+/// Requests one connection may have in flight; reading pauses beyond it.
+const MAX_IN_FLIGHT: usize = 256;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the peer port.
+pub struct PeerListener {
+    local: SocketAddr,
+}
+
+impl PeerListener {
+    /// Starts serving on `listener` until `shutdown` fires. Tasks are tracked by `tasks`.
+    pub fn start(
+        listener: TcpListener,
+        router: GroupRouter,
+        secret: Arc<[u8]>,
+        max_frame: u32,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let conn_tasks = tasks.clone();
+        tasks.spawn(async move {
+            loop {
+                let (stream, remote) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "peer accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let conn = Connection {
+                    router: router.clone(),
+                    secret: secret.clone(),
+                    max_frame,
+                    remote,
+                };
+                let shutdown = shutdown.clone();
+                conn_tasks.spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = conn.serve(stream) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { local })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+struct Connection {
+    router: GroupRouter,
+    secret: Arc<[u8]>,
+    max_frame: u32,
+    remote: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let peer = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            auth::accept(&mut stream, &self.secret),
+        )
+        .await
+        {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(e)) => {
+                tracing::warn!(remote = %self.remote, reason = %e, "closing peer connection: handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(remote = %self.remote, "closing peer connection: handshake timed out");
+                return;
+            }
+        };
+        tracing::debug!(remote = %self.remote, peer, "peer connected");
+        let (mut reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT);
+        // Owns the writer and every request task: dropping the connection (on shutdown)
+        // aborts them all.
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if writer.write_all(&encode_frame(&frame)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let reason = loop {
+            let frame = match read_frame(&mut reader, self.max_frame).await {
+                Ok(Some(f)) => f,
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            };
+            if !matches!(
+                frame.kind,
+                FrameKind::AppendEntries | FrameKind::Vote | FrameKind::InstallSnapshot
+            ) {
+                break Some(format!("unexpected {:?} frame", frame.kind));
+            }
+            while tasks.try_join_next().is_some() {}
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break None;
+            };
+            let router = self.router.clone();
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                let reply = handle(&router, peer, frame).await;
+                let _ = tx.send(reply).await;
+                drop(permit);
+            });
+        };
+        match reason {
+            Some(reason) => {
+                tracing::warn!(remote = %self.remote, peer, %reason, "closing peer connection")
+            }
+            None => tracing::debug!(remote = %self.remote, peer, "peer disconnected"),
+        }
+        drop(tx);
+        tasks.abort_all();
+    }
+}
+
+/// Serves one request frame and builds its reply.
+async fn handle(router: &GroupRouter, peer: NodeId, frame: Frame) -> Frame {
+    let group = GroupId(frame.group);
+    let result = match router.get(group) {
+        None => Err(format!("group {group} is not hosted on this node")),
+        Some(raft) => match frame.kind {
+            FrameKind::AppendEntries => {
+                match codec::decode::<AppendEntriesRequest<TypeConfig>>(&frame.payload) {
+                    Ok(req) => Ok(codec::encode(&raft.append_entries(req).await)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            FrameKind::Vote => match codec::decode::<VoteRequest<NodeId>>(&frame.payload) {
+                Ok(req) => Ok(codec::encode(&raft.vote(req).await)),
+                Err(e) => Err(e.to_string()),
+            },
+            FrameKind::InstallSnapshot => {
+                match codec::decode::<InstallSnapshotRequest<TypeConfig>>(&frame.payload) {
+                    Ok(req) => {
+                        let r: Result<_, RaftError<NodeId, InstallSnapshotError>> =
+                            raft.install_snapshot(req).await;
+                        Ok(codec::encode(&r))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            other => Err(format!("{other:?} is not a request")),
+        },
+    };
+    match result {
+        Ok(payload) => Frame {
+            group: frame.group,
+            kind: FrameKind::Reply,
+            request_id: frame.request_id,
+            payload,
+        },
+        Err(reason) => {
+            tracing::debug!(peer, %group, %reason, "refusing peer request");
+            Frame {
+                group: frame.group,
+                kind: FrameKind::Failure,
+                request_id: frame.request_id,
+                payload: reason.into_bytes(),
+            }
+        }
+    }
+}
