@@ -1,0 +1,259 @@
+//! What the integration tests and benchmarks share: a small key-value state machine, nodes
+//! on 127.0.0.x, and waiting for conditions instead of sleeping.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linkrift_raft::node::{NodeOptions, StateFactory};
+use linkrift_raft::{Group, GroupId, NodeId, RaftConfig, RaftNode, StateMachine};
+use serde::{Deserialize, Serialize};
+
+pub const SECRET: &[u8] = b"test cluster secret";
+
+/// A replicated map; each command answers the value it replaced.
+#[derive(Default)]
+pub struct Kv {
+    pub map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KvCommand {
+    Set { key: String, value: String },
+}
+
+impl StateMachine for Kv {
+    type Command = KvCommand;
+    type Response = Option<String>;
+
+    fn apply(&mut self, command: KvCommand) -> Option<String> {
+        match command {
+            KvCommand::Set { key, value } => self.map.insert(key, value),
+        }
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&linkrift_raft::codec::encode(&self.map))
+    }
+
+    fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        self.map = linkrift_raft::codec::decode(&bytes)?;
+        Ok(())
+    }
+}
+
+pub fn set(key: impl Into<String>, value: impl Into<String>) -> KvCommand {
+    KvCommand::Set {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+pub fn kv_factory() -> StateFactory<Kv> {
+    Arc::new(|_| Kv::default())
+}
+
+/// Logs to the test's captured output; `RUST_LOG` picks the level (default: warnings).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Timings that keep test clusters quick without flapping on a loaded 2-core machine.
+pub fn test_config() -> RaftConfig {
+    RaftConfig {
+        heartbeat: Duration::from_millis(100),
+        election_min: Duration::from_millis(600),
+        election_max: Duration::from_millis(1200),
+        ..RaftConfig::default()
+    }
+}
+
+/// A node of a test cluster: where it lives, so it can be stopped and started again.
+pub struct TestNode {
+    pub id: NodeId,
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+    pub config: RaftConfig,
+    pub node: Option<RaftNode<Kv>>,
+}
+
+impl TestNode {
+    /// Starts node `id` on 127.0.0.`id`, on a free port, with its data in `root`.
+    pub async fn start(root: &Path, id: NodeId, config: RaftConfig) -> TestNode {
+        let addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, id as u8), 0));
+        let dir = root.join(format!("node{id}"));
+        let node = start_node(id, &dir, addr, config.clone()).await;
+        TestNode {
+            id,
+            dir,
+            addr: node.addr(),
+            config,
+            node: Some(node),
+        }
+    }
+
+    pub fn node(&self) -> &RaftNode<Kv> {
+        self.node.as_ref().expect("node is running")
+    }
+
+    pub fn group(&self, g: u64) -> Group<Kv> {
+        self.node().group(GroupId(g)).expect("group hosted")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// Stops the node as a crash would look to its peers (its data stays).
+    pub async fn stop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts the node again on the same address and data directory.
+    pub async fn restart(&mut self) {
+        assert!(self.node.is_none(), "restart a stopped node");
+        self.node = Some(start_node(self.id, &self.dir, self.addr, self.config.clone()).await);
+    }
+}
+
+async fn start_node(id: NodeId, dir: &Path, addr: SocketAddr, raft: RaftConfig) -> RaftNode<Kv> {
+    let options = NodeOptions {
+        node_id: id,
+        data_dir: dir.to_path_buf(),
+        peer_addr: addr,
+        cluster_secret: SECRET.to_vec(),
+        raft,
+    };
+    RaftNode::start(options, kv_factory())
+        .await
+        .expect("node starts")
+}
+
+/// Starts `n` nodes (ids 1..=n), hosts groups `1..=groups` on each and forms every group
+/// with all of them as voters.
+pub async fn cluster(root: &Path, n: u64, groups: u64, config: RaftConfig) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for id in 1..=n {
+        nodes.push(TestNode::start(root, id, config.clone()).await);
+    }
+    let members: BTreeMap<NodeId, String> =
+        nodes.iter().map(|n| (n.id, n.addr.to_string())).collect();
+    for g in 1..=groups {
+        for n in &nodes {
+            n.node()
+                .create_group(GroupId(g))
+                .await
+                .expect("create group");
+        }
+        nodes[0]
+            .group(g)
+            .initialize(members.clone())
+            .await
+            .expect("initialize");
+    }
+    for g in 1..=groups {
+        wait_leader(&nodes, g, Duration::from_secs(20)).await;
+    }
+    nodes
+}
+
+/// Waits until `f` returns `Some`, checking every 20 ms; panics naming `what` after `timeout`.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leader of group `g` that the running nodes agree on.
+pub async fn wait_leader(nodes: &[TestNode], g: u64, timeout: Duration) -> NodeId {
+    wait_for(&format!("a leader of group {g}"), timeout, || {
+        let leader = nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find(|n| n.group(g).is_leader())?;
+        Some(leader.id)
+    })
+    .await
+}
+
+/// Proposes `command` to group `g` on whichever running node leads it, following
+/// not-leader answers and retrying while the group has no leader, until `timeout`.
+pub async fn write(
+    nodes: &[TestNode],
+    g: u64,
+    command: KvCommand,
+    timeout: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let target = nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find(|n| n.group(g).is_leader())
+            .or_else(|| nodes.iter().find(|n| n.is_running()))
+            .expect("a running node");
+        match target.group(g).write(command.clone()).await {
+            Ok(previous) => return previous,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("write to group {g} failed: {e}"),
+        }
+    }
+}
+
+/// Waits until every running node has applied the same entries of group `g` and holds
+/// the same map; returns that map.
+pub async fn wait_converged(
+    nodes: &[TestNode],
+    g: u64,
+    timeout: Duration,
+) -> BTreeMap<String, String> {
+    wait_for(&format!("group {g} to converge"), timeout, || {
+        let running: Vec<_> = nodes.iter().filter(|n| n.is_running()).collect();
+        let applied: BTreeSet<_> = running.iter().map(|n| n.group(g).last_applied()).collect();
+        if applied.len() != 1 {
+            return None;
+        }
+        let maps: Vec<_> = running
+            .iter()
+            .map(|n| n.group(g).read(|a| a.state.map.clone()))
+            .collect();
+        maps.windows(2)
+            .all(|w| w[0] == w[1])
+            .then(|| maps[0].clone())
+    })
+    .await
+}
+
+/// The seed of a randomised test: `LINKRIFT_TEST_SEED` if set, else a fresh one. Printed,
+/// so a failing run can be repeated.
+pub fn seed() -> u64 {
+    let seed = std::env::var("LINKRIFT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("LINKRIFT_TEST_SEED={seed}");
+    seed
+}
