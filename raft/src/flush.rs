@@ -78,6 +78,12 @@ impl Flusher {
             .unwrap_or_else(|_| Err(io::Error::other("the flusher has stopped")))
     }
 
+    /// Becomes dead once every handle is dropped and the task has ended, i.e. once this
+    /// flusher no longer keeps the database open.
+    pub fn liveness(&self) -> std::sync::Weak<FlushStats> {
+        Arc::downgrade(&self.stats)
+    }
+
     /// Batching counters since start.
     pub fn stats(&self) -> &FlushStats {
         &self.stats

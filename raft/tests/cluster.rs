@@ -1,0 +1,253 @@
+//! Three real nodes on 127.0.0.1–3 (plus a fourth on 127.0.0.4), eight groups each, over
+//! the real peer transport: election, replication, leader loss, membership changes,
+//! snapshot catch-up and restart from disk.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use support::{cluster, set, test_config, wait_converged, wait_for, wait_leader, write, TestNode};
+
+const GROUPS: u64 = 8;
+const LONG: Duration = Duration::from_secs(30);
+
+/// Writes `count` keys `{prefix}-{i}` to every group; returns what each group must hold.
+async fn fill(
+    nodes: &[TestNode],
+    prefix: &str,
+    count: usize,
+) -> BTreeMap<u64, BTreeMap<String, String>> {
+    let mut expected = BTreeMap::new();
+    for g in 1..=GROUPS {
+        let entries: &mut BTreeMap<String, String> = expected.entry(g).or_default();
+        for i in 0..count {
+            let (k, v) = (format!("{prefix}-{i}"), format!("g{g}-{prefix}-{i}"));
+            write(nodes, g, set(&k, &v), LONG).await;
+            entries.insert(k, v);
+        }
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_elected_entries_replicate_and_survive_leader_loss_and_restart() {
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, GROUPS, test_config()).await;
+
+    let mut expected = fill(&nodes, "a", 20).await;
+    for g in 1..=GROUPS {
+        let map = wait_converged(&nodes, g, LONG).await;
+        assert_eq!(
+            map, expected[&g],
+            "group {g} replicated exactly what was written"
+        );
+    }
+
+    // Kill the leader of group 1: a new leader is elected among the others, nothing
+    // committed is lost, and every group keeps taking writes.
+    let old = wait_leader(&nodes, 1, LONG).await;
+    let idx = nodes.iter().position(|n| n.id == old).unwrap();
+    nodes[idx].stop().await;
+    let new = wait_leader(&nodes, 1, LONG).await;
+    assert_ne!(new, old, "a stopped node cannot lead");
+    for (g, more) in fill(&nodes, "b", 10).await {
+        expected.get_mut(&g).unwrap().extend(more);
+    }
+    for g in 1..=GROUPS {
+        let map = wait_converged(&nodes, g, LONG).await;
+        assert_eq!(
+            map, expected[&g],
+            "group {g} on the survivors after losing node {old}"
+        );
+    }
+
+    // The stopped node reopens all its groups from disk and catches up.
+    nodes[idx].restart().await;
+    assert_eq!(
+        nodes[idx].node().group_ids().len(),
+        GROUPS as usize,
+        "every group reopened"
+    );
+    for g in 1..=GROUPS {
+        let map = wait_converged(&nodes, g, LONG).await;
+        assert_eq!(map, expected[&g], "group {g} after node {old} came back");
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_is_added_and_promoted_to_voter() {
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, GROUPS, test_config()).await;
+    let expected = fill(&nodes, "a", 10).await;
+
+    let fourth = TestNode::start(root.path(), 4, test_config()).await;
+    for g in 1..=GROUPS {
+        fourth
+            .node()
+            .create_group(linkrift_raft::GroupId(g))
+            .await
+            .unwrap();
+    }
+    nodes.push(fourth);
+    for g in 1..=GROUPS {
+        let leader = wait_leader(&nodes, g, LONG).await;
+        let leader = nodes.iter().find(|n| n.id == leader).unwrap().group(g);
+        leader
+            .add_learner(4, nodes[3].addr.to_string())
+            .await
+            .expect("learner added");
+        leader
+            .change_voters([1, 2, 3, 4])
+            .await
+            .expect("learner promoted");
+    }
+    for g in 1..=GROUPS {
+        let map = wait_converged(&nodes, g, LONG).await;
+        assert_eq!(map, expected[&g], "group {g} on the promoted node");
+        let voters: BTreeSet<u64> = nodes[3]
+            .group(g)
+            .read(|a| a.membership.membership().voter_ids().collect());
+        assert_eq!(
+            voters,
+            BTreeSet::from([1, 2, 3, 4]),
+            "node 4 votes in group {g}"
+        );
+    }
+    // With four voters a quorum is three: node 4's vote now counts, so losing two of the
+    // original three stops commits while losing one does not.
+    nodes[0].stop().await;
+    write(&nodes, 1, set("after", "promotion"), LONG).await;
+    let map = wait_converged(&nodes, 1, LONG).await;
+    assert_eq!(map.get("after").map(String::as_str), Some("promotion"));
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_behind_a_purged_log_catches_up_by_snapshot() {
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let config = linkrift_raft::RaftConfig {
+        snapshot_after_entries: 40,
+        keep_after_snapshot: 0,
+        // Small chunks, so a snapshot takes several frames.
+        snapshot_chunk_bytes: 512,
+        ..test_config()
+    };
+    let mut nodes = cluster(root.path(), 3, GROUPS, config).await;
+    let mut expected = fill(&nodes, "a", 5).await;
+    for g in 1..=GROUPS {
+        wait_converged(&nodes, g, LONG).await;
+    }
+
+    // Node 3 misses enough entries that the others snapshot and purge past its log.
+    let behind: BTreeMap<u64, u64> = (1..=GROUPS)
+        .map(|g| {
+            (
+                g,
+                nodes[2]
+                    .group(g)
+                    .raft()
+                    .metrics()
+                    .borrow()
+                    .last_log_index
+                    .unwrap(),
+            )
+        })
+        .collect();
+    nodes[2].stop().await;
+    for (g, more) in fill(&nodes, "b", 100).await {
+        expected.get_mut(&g).unwrap().extend(more);
+    }
+    for g in 1..=GROUPS {
+        wait_for(&format!("group {g} to purge past node 3"), LONG, || {
+            let purged = nodes[..2]
+                .iter()
+                .map(|n| {
+                    n.group(g)
+                        .raft()
+                        .metrics()
+                        .borrow()
+                        .purged
+                        .map_or(0, |p| p.index)
+                })
+                .min()?;
+            (purged > behind[&g]).then_some(())
+        })
+        .await;
+    }
+
+    nodes[2].restart().await;
+    for g in 1..=GROUPS {
+        let map = wait_converged(&nodes, g, LONG).await;
+        assert_eq!(map, expected[&g], "group {g} on the node that caught up");
+        let snapshot = nodes[2].group(g).raft().metrics().borrow().snapshot;
+        assert!(
+            snapshot.is_some_and(|s| s.index > behind[&g]),
+            "group {g} caught up through a snapshot"
+        );
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_group_leaves_no_data_and_stays_gone_after_restart() {
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = vec![TestNode::start(root.path(), 1, test_config()).await];
+    for g in 1..=2 {
+        let group = nodes[0]
+            .node()
+            .create_group(linkrift_raft::GroupId(g))
+            .await
+            .unwrap();
+        group
+            .initialize(BTreeMap::from([(1, nodes[0].addr.to_string())]))
+            .await
+            .unwrap();
+        wait_leader(&nodes, g, LONG).await;
+        write(&nodes, g, set("k", "v"), LONG).await;
+        group.raft().trigger().snapshot().await.unwrap();
+    }
+    let dir = linkrift_raft::node::group_dir(&nodes[0].dir, linkrift_raft::GroupId(2));
+    wait_for("the snapshot file of group 2", LONG, || {
+        dir.join("current.snap").exists().then_some(())
+    })
+    .await;
+
+    nodes[0]
+        .node()
+        .remove_group(linkrift_raft::GroupId(2))
+        .await
+        .unwrap();
+    assert!(!dir.exists(), "snapshot directory deleted");
+    assert!(
+        !nodes[0]
+            .node()
+            .db()
+            .tree_names()
+            .iter()
+            .any(|t| t.starts_with(b"g/2/")),
+        "log trees of group 2 dropped"
+    );
+    nodes[0].stop().await;
+    nodes[0].restart().await;
+    assert_eq!(nodes[0].node().group_ids(), vec![linkrift_raft::GroupId(1)]);
+    wait_leader(&nodes, 1, LONG).await;
+    let map = wait_converged(&nodes, 1, LONG).await;
+    assert_eq!(
+        map.get("k").map(String::as_str),
+        Some("v"),
+        "group 1 kept its data"
+    );
+    nodes[0].stop().await;
+}
