@@ -1,0 +1,166 @@
+//! Bad input on the peer port closes that one connection with a logged reason; the node
+//! keeps serving its real peers.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkrift_raft::transport::auth;
+use linkrift_raft::transport::frame::{encode_frame, Frame, FrameKind};
+use support::{cluster, set, test_config, wait_converged, write, TestNode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Everything the nodes log, for the test to search.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Waits until the server closes `stream` (EOF or reset), discarding what it sends.
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(LONG, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection");
+}
+
+async fn authenticated(nodes: &[TestNode]) -> TcpStream {
+    let mut stream = TcpStream::connect(nodes[1].addr).await.unwrap();
+    auth::dial(&mut stream, support::SECRET, 99)
+        .await
+        .expect("right secret is accepted");
+    stream
+}
+
+/// Checks the cluster still replicates through node 2 and returns once it has.
+async fn still_serving(nodes: &[TestNode], key: &str) {
+    write(nodes, 1, set(key, "ok"), LONG).await;
+    let map = wait_converged(nodes, 1, LONG).await;
+    assert_eq!(map.get(key).map(String::as_str), Some("ok"));
+}
+
+async fn wait_logged(logs: &Captured, needle: &str) {
+    support::wait_for(&format!("a log line containing {needle:?}"), LONG, || {
+        logs.text().contains(needle).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peer_input_closes_only_that_connection() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("linkrift_raft=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, 1, test_config()).await;
+
+    // Garbage instead of a handshake.
+    let mut s = TcpStream::connect(nodes[1].addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut s).await;
+    wait_logged(&logs, "handshake failed").await;
+    still_serving(&nodes, "after-garbage").await;
+
+    // The wrong cluster secret.
+    let mut s = TcpStream::connect(nodes[1].addr).await.unwrap();
+    assert!(
+        auth::dial(&mut s, b"not the secret", 99).await.is_err(),
+        "wrong secret refused"
+    );
+    closed_by_server(&mut s).await;
+    wait_logged(&logs, "wrong cluster secret").await;
+    still_serving(&nodes, "after-wrong-secret").await;
+
+    // An authenticated peer announcing a frame over the limit.
+    let mut s = authenticated(&nodes).await;
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    closed_by_server(&mut s).await;
+    wait_logged(&logs, "exceeds the").await;
+    still_serving(&nodes, "after-oversized").await;
+
+    // A frame cut off half way.
+    let mut s = authenticated(&nodes).await;
+    let frame = encode_frame(&Frame {
+        group: 1,
+        kind: FrameKind::Vote,
+        request_id: 1,
+        payload: vec![7; 64],
+    });
+    s.write_all(&frame[..frame.len() / 2]).await.unwrap();
+    s.shutdown().await.unwrap();
+    closed_by_server(&mut s).await;
+    wait_logged(&logs, "in the middle of a frame").await;
+    still_serving(&nodes, "after-half-frame").await;
+
+    // A well-sized frame whose body is not a frame.
+    let mut s = authenticated(&nodes).await;
+    s.write_all(&8u32.to_be_bytes()).await.unwrap();
+    s.write_all(&[0xff; 8]).await.unwrap();
+    closed_by_server(&mut s).await;
+    wait_logged(&logs, "malformed frame").await;
+
+    // A valid frame with an undecodable request is refused, and the connection lives on.
+    let mut s = authenticated(&nodes).await;
+    let bad = Frame {
+        group: 1,
+        kind: FrameKind::Vote,
+        request_id: 5,
+        payload: vec![0xff; 3],
+    };
+    s.write_all(&encode_frame(&bad)).await.unwrap();
+    let frame = linkrift_raft::transport::frame::read_frame(&mut s, 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((frame.kind, frame.request_id), (FrameKind::Failure, 5));
+    let unknown = Frame {
+        group: 42,
+        kind: FrameKind::Vote,
+        request_id: 6,
+        payload: vec![],
+    };
+    s.write_all(&encode_frame(&unknown)).await.unwrap();
+    let frame = linkrift_raft::transport::frame::read_frame(&mut s, 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((frame.kind, frame.request_id), (FrameKind::Failure, 6));
+    assert!(String::from_utf8_lossy(&frame.payload).contains("not hosted"));
+
+    still_serving(&nodes, "after-everything").await;
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
