@@ -97,3 +97,41 @@ pub fn sled_to_io(e: sled::Error) -> io::Error {
         other => io::Error::other(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_flushes_and_each_is_answered_after_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let flusher = Flusher::start(db.clone());
+        let mut waiters = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            db.insert(i.to_be_bytes(), vec![1u8; 64]).unwrap();
+            let flusher = flusher.clone();
+            let flushes_before = flusher.stats().flushes.load(Ordering::SeqCst);
+            waiters.spawn(async move {
+                flusher.flush().await.unwrap();
+                // Never answered before a flush has completed since the request was made.
+                assert!(flusher.stats().flushes.load(Ordering::SeqCst) > flushes_before);
+            });
+        }
+        while let Some(r) = waiters.join_next().await {
+            r.unwrap();
+        }
+        let stats = flusher.stats();
+        let (requests, flushes) = (stats.requests.load(Ordering::SeqCst), stats.flushes.load(Ordering::SeqCst));
+        assert_eq!(requests, 200);
+        assert!(flushes < requests, "{flushes} flushes for {requests} requests: not batched");
+    }
+
+    #[tokio::test]
+    async fn requests_after_the_flusher_stopped_fail() {
+        let (tx, rx) = mpsc::unbounded_channel::<FlushDone>();
+        drop(rx);
+        let flusher = Flusher { tx, stats: Arc::default() };
+        assert!(flusher.flush().await.is_err());
+    }
+}

@@ -107,3 +107,42 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std::io::Result<()> {
     w.write_all(&encode_frame(frame)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload: Vec<u8>) -> Frame {
+        Frame { group: 7, kind: FrameKind::AppendEntries, request_id: 42, payload }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_back_to_back() {
+        let mut bytes = encode_frame(&frame(vec![1, 2, 3]));
+        bytes.extend(encode_frame(&frame(vec![])));
+        let mut input = bytes.as_slice();
+        let a = read_frame(&mut input, 1024).await.unwrap().unwrap();
+        let b = read_frame(&mut input, 1024).await.unwrap().unwrap();
+        assert_eq!((a.group, a.kind, a.request_id, a.payload), (7, FrameKind::AppendEntries, 42, vec![1, 2, 3]));
+        assert!(b.payload.is_empty());
+        assert!(read_frame(&mut input, 1024).await.unwrap().is_none(), "clean end between frames");
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_reading_it() {
+        let bytes = encode_frame(&frame(vec![0; 100]));
+        let err = read_frame(&mut bytes.as_slice(), 50).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { max: 50, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn truncated_and_malformed_frames_are_errors() {
+        let bytes = encode_frame(&frame(vec![9; 10]));
+        let err = read_frame(&mut &bytes[..bytes.len() - 1], 1024).await.unwrap_err();
+        assert!(matches!(err, FrameError::Truncated), "{err}");
+        let mut garbage = 4u32.to_be_bytes().to_vec();
+        garbage.extend([0xff; 4]);
+        let err = read_frame(&mut garbage.as_slice(), 1024).await.unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    }
+}
