@@ -173,7 +173,8 @@ async fn main() {
         let (row, mut nodes, root, entries) = raft_phase(&args, groups, args.writers).await;
         row.print();
         // Disk use: before and after every group snapshots and purges its log.
-        let before = dir_bytes(&root.path().join("node1"));
+        let sled_dir = root.path().join("node1").join("raft.sled");
+        let before = dir_bytes(&sled_dir);
         for g in 1..=groups {
             for n in &nodes {
                 n.group(g).raft().trigger().snapshot().await.unwrap();
@@ -191,18 +192,21 @@ async fn main() {
         }
         // Measure what sled has written, not what it still buffers.
         nodes[0].node().db().flush_async().await.unwrap();
-        let after = dir_bytes(&root.path().join("node1"));
-        disk_rows.push((groups, entries, before, after));
+        let after = dir_bytes(&sled_dir);
+        let snapshots = dir_bytes(&root.path().join("node1").join("groups"));
+        disk_rows.push((groups, entries, before, after, snapshots));
         for n in &mut nodes {
             n.stop().await;
         }
     }
     println!();
-    println!("| groups | entries | node1 bytes before purge | bytes/entry | after snapshot+purge | bytes/entry |");
-    println!("|---|---|---|---|---|---|");
-    for (groups, entries, before, after) in disk_rows {
+    println!("Disk use of node 1: its sled log store, before and after every group snapshots and purges");
+    println!();
+    println!("| groups | entries | sled bytes | per entry | sled bytes after purge | per entry | snapshot files |");
+    println!("|---|---|---|---|---|---|---|");
+    for (groups, entries, before, after, snapshots) in disk_rows {
         println!(
-            "| {groups} | {entries} | {before} | {:.0} | {after} | {:.0} |",
+            "| {groups} | {entries} | {before} | {:.0} | {after} | {:.0} | {snapshots} |",
             before as f64 / entries as f64,
             after as f64 / entries as f64
         );
