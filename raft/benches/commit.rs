@@ -9,6 +9,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +24,18 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { seconds: 10, writers: 32, value_bytes: 200 };
+    let mut a = Args {
+        seconds: 10,
+        writers: 32,
+        value_bytes: 200,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().and_then(|v| v.parse().ok()).expect("a number after the flag");
+        let mut value = || {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .expect("a number after the flag")
+        };
         match flag.as_str() {
             "--seconds" => a.seconds = value() as u64,
             "--writers" => a.writers = value(),
@@ -86,7 +95,12 @@ where
     while let Some(h) = tasks.join_next().await {
         latency.add(h.unwrap()).unwrap();
     }
-    Row { name: name.to_string(), ops: latency.len(), elapsed: start.elapsed(), latency }
+    Row {
+        name: name.to_string(),
+        ops: latency.len(),
+        elapsed: start.elapsed(),
+        latency,
+    }
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -104,12 +118,19 @@ fn dir_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-async fn raft_phase(args: &Args, groups: u64, writers: usize) -> (Row, Vec<TestNode>, tempfile::TempDir, u64) {
+async fn raft_phase(
+    args: &Args,
+    groups: u64,
+    writers: usize,
+) -> (Row, Vec<TestNode>, tempfile::TempDir, u64) {
     let root = tempfile::tempdir().unwrap();
     let nodes = cluster(root.path(), 3, groups, RaftConfig::default()).await;
     let leaders: Vec<_> = (1..=groups)
         .map(|g| {
-            let leader = nodes.iter().find(|n| n.group(g).is_leader()).expect("leader");
+            let leader = nodes
+                .iter()
+                .find(|n| n.group(g).is_leader())
+                .expect("leader");
             leader.group(g)
         })
         .collect();
@@ -123,12 +144,26 @@ async fn raft_phase(args: &Args, groups: u64, writers: usize) -> (Row, Vec<TestN
             let group = leaders[w % leaders.len()].clone();
             let value = value.clone();
             async move {
-                group.write(set(format!("w{w}-{i}"), value)).await.expect("write commits");
+                group
+                    .write(set(format!("w{w}-{i}"), value))
+                    .await
+                    .expect("write commits");
             }
         },
     )
     .await;
     let entries = row.ops;
+    let (requests, flushes) = nodes.iter().fold((0, 0), |(r, f), n| {
+        let s = n.node().flusher().stats();
+        (
+            r + s.requests.load(Ordering::Relaxed),
+            f + s.flushes.load(Ordering::Relaxed),
+        )
+    });
+    eprintln!(
+        "  {}: {requests} flush requests served by {flushes} flushes on 3 nodes",
+        row.name
+    );
     (row, nodes, root, entries)
 }
 
@@ -151,13 +186,18 @@ async fn main() {
     let db = sled::open(base_dir.path()).unwrap();
     let flusher = linkrift_raft::flush::Flusher::start(db.clone());
     let value = vec![b'v'; args.value_bytes];
-    let baseline = drive("baseline: sled insert + flush, 1 node", args.writers, args.seconds, move |w, i| {
-        let (db, flusher, value) = (db.clone(), flusher.clone(), value.clone());
-        async move {
-            db.insert(format!("w{w}-{i}"), value).unwrap();
-            flusher.flush().await.unwrap();
-        }
-    })
+    let baseline = drive(
+        "baseline: sled insert + flush, 1 node",
+        args.writers,
+        args.seconds,
+        move |w, i| {
+            let (db, flusher, value) = (db.clone(), flusher.clone(), value.clone());
+            async move {
+                db.insert(format!("w{w}-{i}"), value).unwrap();
+                flusher.flush().await.unwrap();
+            }
+        },
+    )
     .await;
     baseline.print();
 
@@ -200,7 +240,9 @@ async fn main() {
         }
     }
     println!();
-    println!("Disk use of node 1: its sled log store, before and after every group snapshots and purges");
+    println!(
+        "Disk use of node 1: its sled log store, before and after every group snapshots and purges"
+    );
     println!();
     println!("| groups | entries | sled bytes | per entry | sled bytes after purge | per entry | snapshot files |");
     println!("|---|---|---|---|---|---|---|");

@@ -122,16 +122,25 @@ mod tests {
             r.unwrap();
         }
         let stats = flusher.stats();
-        let (requests, flushes) = (stats.requests.load(Ordering::SeqCst), stats.flushes.load(Ordering::SeqCst));
+        let (requests, flushes) = (
+            stats.requests.load(Ordering::SeqCst),
+            stats.flushes.load(Ordering::SeqCst),
+        );
         assert_eq!(requests, 200);
-        assert!(flushes < requests, "{flushes} flushes for {requests} requests: not batched");
+        assert!(
+            flushes < requests,
+            "{flushes} flushes for {requests} requests: not batched"
+        );
     }
 
     #[tokio::test]
     async fn requests_after_the_flusher_stopped_fail() {
         let (tx, rx) = mpsc::unbounded_channel::<FlushDone>();
         drop(rx);
-        let flusher = Flusher { tx, stats: Arc::default() };
+        let flusher = Flusher {
+            tx,
+            stats: Arc::default(),
+        };
         assert!(flusher.flush().await.is_err());
     }
 }

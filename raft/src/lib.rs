@@ -25,6 +25,7 @@ pub mod config;
 pub mod flush;
 pub mod log_store;
 pub mod node;
+pub mod proposer;
 pub mod state_machine;
 pub mod transport;
 mod types;

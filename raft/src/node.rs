@@ -24,6 +24,7 @@ use crate::codec;
 use crate::config::RaftConfig;
 use crate::flush::{sled_to_io, Flusher};
 use crate::log_store::{LogStore, SledGroupLog};
+use crate::proposer::Proposer;
 use crate::state_machine::{Applied, GroupStateMachine, StateMachine, StateReader};
 use crate::transport::client::PeerPool;
 use crate::transport::network::GroupNetworkFactory;
@@ -84,7 +85,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeErro
 }
 
 /// Why a proposal or membership change on a group failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum GroupError {
     /// This replica is not the leader; retry on the leader if one is known.
     #[error("not the leader of the group (leader: {leader:?} at {addr:?})")]
@@ -135,6 +136,7 @@ pub struct Group<S> {
     id: GroupId,
     raft: Raft,
     reader: StateReader<S>,
+    proposer: Proposer,
 }
 
 impl<S> Clone for Group<S> {
@@ -143,6 +145,7 @@ impl<S> Clone for Group<S> {
             id: self.id,
             raft: self.raft.clone(),
             reader: self.reader.clone(),
+            proposer: self.proposer.clone(),
         }
     }
 }
@@ -164,11 +167,13 @@ impl<S: StateMachine> Group<S> {
     }
 
     /// Proposes `command`; returns the state machine's response once it is committed and
-    /// applied on this node, which must be the leader.
+    /// applied on this node, which must be the leader. Concurrent writes share entries.
     pub async fn write(&self, command: S::Command) -> Result<S::Response, GroupError> {
-        let payload = crate::Payload(codec::encode(&command));
-        let response = self.raft.client_write(payload).await?;
-        codec::decode(&response.data.0).map_err(|e| GroupError::BadResponse(e.to_string()))
+        let response = self
+            .proposer
+            .propose(crate::Payload(codec::encode(&command)))
+            .await?;
+        codec::decode(&response.0).map_err(|e| GroupError::BadResponse(e.to_string()))
     }
 
     /// Makes `members` the first voters of a new group. Call on one of them only.
@@ -403,7 +408,13 @@ impl<S: StateMachine> RaftNode<S> {
             reason: e.to_string(),
         })?;
         self.router.insert(id, raft.clone());
-        let group = Group { id, raft, reader };
+        let proposer = Proposer::start(raft.clone(), self.shutdown.child_token(), &self.tasks);
+        let group = Group {
+            id,
+            raft,
+            reader,
+            proposer,
+        };
         self.groups
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -26,6 +26,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::codec;
+use crate::proposer::Batch;
 use crate::types::{NodeId, Payload, TypeConfig};
 
 /// What the application replicates. `apply` must be deterministic: every replica applies
@@ -307,15 +308,26 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Payload::default(),
-                EntryPayload::Normal(Payload(bytes)) => match codec::decode::<S::Command>(&bytes) {
-                    Ok(command) => Payload(codec::encode(&applied.state.apply(command))),
-                    Err(e) => {
-                        // Every replica skips the same entry, so they stay identical; the
-                        // proposer gets an empty response it cannot decode.
-                        tracing::error!(log_id = %entry.log_id, error = %e, "skipping undecodable command");
-                        Payload::default()
-                    }
-                },
+                EntryPayload::Normal(Payload(bytes)) => {
+                    // Every replica treats an undecodable entry or command the same way,
+                    // so they stay identical; the proposer gets an empty response that it
+                    // cannot decode and reports as such.
+                    let Batch(commands) = codec::decode(&bytes).unwrap_or_else(|e| {
+                        tracing::error!(log_id = %entry.log_id, error = %e, "skipping undecodable entry");
+                        Batch::default()
+                    });
+                    let responses = commands
+                        .into_iter()
+                        .map(|Payload(command)| match codec::decode::<S::Command>(&command) {
+                            Ok(command) => Payload(codec::encode(&applied.state.apply(command))),
+                            Err(e) => {
+                                tracing::error!(log_id = %entry.log_id, error = %e, "skipping undecodable command");
+                                Payload::default()
+                            }
+                        })
+                        .collect();
+                    Payload(codec::encode(&Batch(responses)))
+                }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Payload::default()

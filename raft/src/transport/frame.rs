@@ -113,7 +113,12 @@ mod tests {
     use super::*;
 
     fn frame(payload: Vec<u8>) -> Frame {
-        Frame { group: 7, kind: FrameKind::AppendEntries, request_id: 42, payload }
+        Frame {
+            group: 7,
+            kind: FrameKind::AppendEntries,
+            request_id: 42,
+            payload,
+        }
     }
 
     #[tokio::test]
@@ -123,9 +128,15 @@ mod tests {
         let mut input = bytes.as_slice();
         let a = read_frame(&mut input, 1024).await.unwrap().unwrap();
         let b = read_frame(&mut input, 1024).await.unwrap().unwrap();
-        assert_eq!((a.group, a.kind, a.request_id, a.payload), (7, FrameKind::AppendEntries, 42, vec![1, 2, 3]));
+        assert_eq!(
+            (a.group, a.kind, a.request_id, a.payload),
+            (7, FrameKind::AppendEntries, 42, vec![1, 2, 3])
+        );
         assert!(b.payload.is_empty());
-        assert!(read_frame(&mut input, 1024).await.unwrap().is_none(), "clean end between frames");
+        assert!(
+            read_frame(&mut input, 1024).await.unwrap().is_none(),
+            "clean end between frames"
+        );
     }
 
     #[tokio::test]
@@ -138,7 +149,9 @@ mod tests {
     #[tokio::test]
     async fn truncated_and_malformed_frames_are_errors() {
         let bytes = encode_frame(&frame(vec![9; 10]));
-        let err = read_frame(&mut &bytes[..bytes.len() - 1], 1024).await.unwrap_err();
+        let err = read_frame(&mut &bytes[..bytes.len() - 1], 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Truncated), "{err}");
         let mut garbage = 4u32.to_be_bytes().to_vec();
         garbage.extend([0xff; 4]);
