@@ -251,3 +251,47 @@ async fn removed_group_leaves_no_data_and_stays_gone_after_restart() {
     );
     nodes[0].stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_each_gets_its_own_response() {
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, 1, test_config()).await;
+    let leader = wait_leader(&nodes, 1, LONG).await;
+    let group = nodes.iter().find(|n| n.id == leader).unwrap().group(1);
+    let first_index = group.raft().metrics().borrow().last_log_index.unwrap();
+
+    const WRITES: usize = 400;
+    for round in 0..2 {
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..WRITES {
+            let group = group.clone();
+            writes.spawn(async move {
+                let previous = group
+                    .write(set(format!("k{i}"), format!("{i}-{round}")))
+                    .await
+                    .unwrap();
+                (i, previous)
+            });
+        }
+        while let Some(done) = writes.join_next().await {
+            let (i, previous) = done.unwrap();
+            let expected = (round > 0).then(|| format!("{i}-{}", round - 1));
+            assert_eq!(
+                previous, expected,
+                "write {i} in round {round} got another write's response"
+            );
+        }
+    }
+    let entries = group.raft().metrics().borrow().last_log_index.unwrap() - first_index;
+    assert!(
+        entries < 2 * WRITES as u64,
+        "{} writes took {entries} entries: none were batched",
+        2 * WRITES
+    );
+    let map = wait_converged(&nodes, 1, LONG).await;
+    assert_eq!(map.len(), WRITES);
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
