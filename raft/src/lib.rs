@@ -32,6 +32,7 @@ mod types;
 
 pub use config::RaftConfig;
 pub use node::{Group, GroupError, RaftNode};
+pub use openraft;
 pub use state_machine::StateMachine;
 pub use types::{GroupId, NodeId, Payload, TypeConfig};
 

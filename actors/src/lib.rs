@@ -1,0 +1,14 @@
+//! Linkrift's link domain and the state machines and service built on the replication
+//! core.
+//!
+//! - [`domain`]: `ShortCode`, `DestinationUrl`, `Link`, API keys — checked once, when made.
+//! - [`shard`]: the pure shard state machine, its lock-free read handle, and `shard_of`.
+//! - [`meta`]: the meta group's state machine (API keys).
+//! - [`groups`]: the one state machine type the node's Raft groups run (meta or shard).
+//! - [`service`]: [`service::LinkService`], the handle the HTTP layer talks to.
+
+pub mod domain;
+pub mod groups;
+pub mod meta;
+pub mod service;
+pub mod shard;

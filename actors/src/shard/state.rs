@@ -1,0 +1,303 @@
+//! The shard state machine: pure, deterministic, no I/O.
+//!
+//! Links live in a lock-free hash map shared with [`ShardReader`]s, so a redirect reads
+//! a link without a lock or an actor round trip; an ordered index of codes serves listing.
+//! Every command carries a request id and the proposer's clock: the outcome of each
+//! request is remembered for [`DEDUPE_WINDOW_MS`], so a retried request (after a timeout
+//! or a failover) gets the first answer instead of acting twice.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Link, LinkPatch, NewLink, ShortCode, Tag};
+
+/// Identifies one API request across retries.
+pub type RequestId = u128;
+
+/// How long a request's outcome is remembered, by the commands' own clock.
+pub const DEDUPE_WINDOW_MS: i64 = 10 * 60 * 1000;
+/// Most outcomes remembered per shard, whatever their age.
+const DEDUPE_MAX: usize = 100_000;
+
+/// A change to a shard. `at` is the proposer's clock, Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardCommand {
+    /// Create a link at a free code.
+    Create {
+        /// Request id.
+        request: RequestId,
+        /// Proposer's clock.
+        at: i64,
+        /// The link.
+        link: NewLink,
+    },
+    /// Change a link, if its version is still `expected_version` (when given).
+    Update {
+        /// Request id.
+        request: RequestId,
+        /// Proposer's clock.
+        at: i64,
+        /// Which link.
+        code: ShortCode,
+        /// Version the caller saw.
+        expected_version: Option<u64>,
+        /// The change.
+        patch: LinkPatch,
+    },
+    /// Delete a link, if its version is still `expected_version` (when given).
+    Delete {
+        /// Request id.
+        request: RequestId,
+        /// Proposer's clock.
+        at: i64,
+        /// Which link.
+        code: ShortCode,
+        /// Version the caller saw.
+        expected_version: Option<u64>,
+    },
+}
+
+impl ShardCommand {
+    fn request(&self) -> (RequestId, i64) {
+        match self {
+            Self::Create { request, at, .. }
+            | Self::Update { request, at, .. }
+            | Self::Delete { request, at, .. } => (*request, *at),
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardOutcome {
+    /// The link was created.
+    Created(Link),
+    /// The link was changed; this is the new state.
+    Updated(Link),
+    /// The link was deleted; this was its last state.
+    Deleted(Link),
+    /// Create refused: the code is in use.
+    CodeTaken,
+    /// Update or delete refused: no such link.
+    NotFound,
+    /// Update or delete refused: the link changed since the caller read it.
+    VersionMismatch {
+        /// The link's version now.
+        current: u64,
+    },
+}
+
+/// The links of one shard, shared between the state machine and readers.
+#[derive(Default)]
+struct Table {
+    links: papaya::HashMap<String, Arc<Link>>,
+    order: RwLock<BTreeSet<String>>,
+}
+
+/// Reads a shard's links without locks (for redirects) or with a read lock (for listing).
+#[derive(Clone)]
+pub struct ShardReader {
+    table: Arc<Table>,
+}
+
+impl ShardReader {
+    /// The link at `code`. Lock-free and wait-free: safe on the redirect hot path.
+    pub fn get(&self, code: &str) -> Option<Arc<Link>> {
+        self.table.links.pin().get(code).cloned()
+    }
+
+    /// Up to `limit` links with codes after `after`, in code order, that carry `tag`.
+    pub fn page(&self, after: Option<&str>, tag: Option<&Tag>, limit: usize) -> Vec<Arc<Link>> {
+        let order = self.table.order.read().unwrap_or_else(|p| p.into_inner());
+        let links = self.table.links.pin();
+        let range = match after {
+            Some(s) => {
+                order.range::<str, _>((std::ops::Bound::Excluded(s), std::ops::Bound::Unbounded))
+            }
+            None => order.range::<str, _>(..),
+        };
+        range
+            .filter_map(|code| links.get(code.as_str()).cloned())
+            .filter(|link| tag.is_none_or(|t| link.tags.contains(t)))
+            .take(limit)
+            .collect()
+    }
+
+    /// Number of links.
+    pub fn len(&self) -> usize {
+        self.table.links.len()
+    }
+
+    /// Whether the shard holds no links.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The shard state machine.
+#[derive(Default)]
+pub struct ShardState {
+    table: Arc<Table>,
+    outcomes: HashMap<RequestId, ShardOutcome>,
+    /// Request ids in the order they were first seen, with their time, for expiry.
+    seen: VecDeque<(i64, RequestId)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    links: Vec<Link>,
+    seen: Vec<(i64, RequestId, ShardOutcome)>,
+}
+
+impl ShardState {
+    /// A reader sharing this shard's table.
+    pub fn reader(&self) -> ShardReader {
+        ShardReader {
+            table: self.table.clone(),
+        }
+    }
+
+    /// Applies one command.
+    pub fn apply(&mut self, command: ShardCommand) -> ShardOutcome {
+        let (request, at) = command.request();
+        self.forget_before(at - DEDUPE_WINDOW_MS);
+        if let Some(outcome) = self.outcomes.get(&request) {
+            return outcome.clone();
+        }
+        let outcome = self.execute(command);
+        self.outcomes.insert(request, outcome.clone());
+        self.seen.push_back((at, request));
+        while self.seen.len() > DEDUPE_MAX {
+            if let Some((_, old)) = self.seen.pop_front() {
+                self.outcomes.remove(&old);
+            }
+        }
+        outcome
+    }
+
+    fn forget_before(&mut self, cutoff: i64) {
+        while self.seen.front().is_some_and(|(t, _)| *t < cutoff) {
+            if let Some((_, old)) = self.seen.pop_front() {
+                self.outcomes.remove(&old);
+            }
+        }
+    }
+
+    fn execute(&mut self, command: ShardCommand) -> ShardOutcome {
+        let links = self.table.links.pin();
+        match command {
+            ShardCommand::Create { at, link, .. } => {
+                if links.contains_key(link.code.as_str()) {
+                    return ShardOutcome::CodeTaken;
+                }
+                let link = Link {
+                    code: link.code,
+                    url: link.url,
+                    title: link.title,
+                    tags: link.tags,
+                    created_at: at,
+                    updated_at: at,
+                    expires_at: link.expires_at,
+                    redirect: link.redirect,
+                    archived: false,
+                    version: 1,
+                };
+                self.table
+                    .order
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(link.code.to_string());
+                links.insert(link.code.to_string(), Arc::new(link.clone()));
+                ShardOutcome::Created(link)
+            }
+            ShardCommand::Update {
+                at,
+                code,
+                expected_version,
+                patch,
+                ..
+            } => {
+                let Some(current) = links.get(code.as_str()) else {
+                    return ShardOutcome::NotFound;
+                };
+                if expected_version.is_some_and(|v| v != current.version) {
+                    return ShardOutcome::VersionMismatch {
+                        current: current.version,
+                    };
+                }
+                let mut link = Link::clone(current);
+                patch.apply_to(&mut link);
+                link.version += 1;
+                link.updated_at = at;
+                links.insert(code.to_string(), Arc::new(link.clone()));
+                ShardOutcome::Updated(link)
+            }
+            ShardCommand::Delete {
+                code,
+                expected_version,
+                ..
+            } => {
+                let Some(current) = links.get(code.as_str()) else {
+                    return ShardOutcome::NotFound;
+                };
+                if expected_version.is_some_and(|v| v != current.version) {
+                    return ShardOutcome::VersionMismatch {
+                        current: current.version,
+                    };
+                }
+                let last = Link::clone(current);
+                self.table
+                    .order
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(code.as_str());
+                links.remove(code.as_str());
+                ShardOutcome::Deleted(last)
+            }
+        }
+    }
+
+    /// Writes the whole shard: links in code order, then remembered outcomes.
+    pub fn write_snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let links = self.table.links.pin();
+        let order = self.table.order.read().unwrap_or_else(|p| p.into_inner());
+        let snapshot = Snapshot {
+            links: order
+                .iter()
+                .filter_map(|c| links.get(c.as_str()))
+                .map(|l| Link::clone(l))
+                .collect(),
+            seen: self
+                .seen
+                .iter()
+                .filter_map(|(at, id)| self.outcomes.get(id).map(|o| (*at, *id, o.clone())))
+                .collect(),
+        };
+        out.write_all(&linkrift_raft::codec::encode(&snapshot))
+    }
+
+    /// Replaces the whole shard with a snapshot.
+    pub fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        let snapshot: Snapshot = linkrift_raft::codec::decode(&bytes)?;
+        let links = self.table.links.pin();
+        links.clear();
+        let mut order = self.table.order.write().unwrap_or_else(|p| p.into_inner());
+        order.clear();
+        for link in snapshot.links {
+            order.insert(link.code.to_string());
+            links.insert(link.code.to_string(), Arc::new(link));
+        }
+        self.outcomes.clear();
+        self.seen.clear();
+        for (at, id, outcome) in snapshot.seen {
+            self.outcomes.insert(id, outcome);
+            self.seen.push_back((at, id));
+        }
+        Ok(())
+    }
+}
