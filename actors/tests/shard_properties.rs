@@ -1,0 +1,215 @@
+//! Property tests of the shard state machine against a plain model: any sequence of
+//! creates, updates and deletes (with retried request ids mixed in) gives the model's
+//! outcomes, a snapshot restores the same state, and a retry never acts twice.
+
+use std::collections::BTreeMap;
+
+use linkrift_actors::domain::{
+    DestinationUrl, LinkPatch, NewLink, RedirectStatus, ShortCode, UrlPolicy,
+};
+use linkrift_actors::shard::{RequestId, ShardCommand, ShardOutcome, ShardState, DEDUPE_WINDOW_MS};
+use proptest::prelude::*;
+
+fn url(n: u8) -> DestinationUrl {
+    DestinationUrl::parse(&format!("https://example.com/{n}"), &UrlPolicy::default()).unwrap()
+}
+
+fn code(n: u8) -> ShortCode {
+    ShortCode::parse(&format!("c{n}")).unwrap()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        code: u8,
+        url: u8,
+    },
+    Update {
+        code: u8,
+        url: u8,
+        expect: Option<u64>,
+    },
+    Delete {
+        code: u8,
+        expect: Option<u64>,
+    },
+    /// Re-send the command at this position of the history (a retry).
+    Retry(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..6u8, any::<u8>()).prop_map(|(code, url)| Op::Create { code, url }),
+        (0..6u8, any::<u8>(), proptest::option::of(1..4u64))
+            .prop_map(|(code, url, expect)| Op::Update { code, url, expect }),
+        (0..6u8, proptest::option::of(1..4u64))
+            .prop_map(|(code, expect)| Op::Delete { code, expect }),
+        any::<usize>().prop_map(Op::Retry),
+    ]
+}
+
+/// The model: code -> (url, version).
+#[derive(Default)]
+struct Model {
+    links: BTreeMap<u8, (u8, u64)>,
+}
+
+fn summary(outcome: &ShardOutcome) -> String {
+    match outcome {
+        ShardOutcome::Created(l) => format!("created {} {} v{}", l.code, l.url, l.version),
+        ShardOutcome::Updated(l) => format!("updated {} {} v{}", l.code, l.url, l.version),
+        ShardOutcome::Deleted(l) => format!("deleted {} v{}", l.code, l.version),
+        ShardOutcome::CodeTaken => "taken".into(),
+        ShardOutcome::NotFound => "not found".into(),
+        ShardOutcome::VersionMismatch { current } => format!("mismatch v{current}"),
+    }
+}
+
+impl Model {
+    fn expect(&mut self, op: &Op) -> String {
+        let out = match *op {
+            Op::Create { code: c, url: u } => {
+                if self.links.contains_key(&c) {
+                    "taken".to_string()
+                } else {
+                    self.links.insert(c, (u, 1));
+                    format!("created {} {} v1", code(c), url(u))
+                }
+            }
+            Op::Update {
+                code: c,
+                url: u,
+                expect,
+            } => match self.links.get_mut(&c) {
+                None => "not found".into(),
+                Some((_, v)) if expect.is_some_and(|e| e != *v) => format!("mismatch v{v}"),
+                Some(entry) => {
+                    *entry = (u, entry.1 + 1);
+                    format!("updated {} {} v{}", code(c), url(u), entry.1)
+                }
+            },
+            Op::Delete { code: c, expect } => match self.links.get(&c).copied() {
+                None => "not found".into(),
+                Some((_, v)) if expect.is_some_and(|e| e != v) => format!("mismatch v{v}"),
+                Some((_, v)) => {
+                    self.links.remove(&c);
+                    format!("deleted {} v{v}", code(c))
+                }
+            },
+            Op::Retry(_) => unreachable!("retries are resolved before"),
+        };
+        out
+    }
+}
+
+fn command(request: RequestId, at: i64, op: &Op) -> ShardCommand {
+    match *op {
+        Op::Create { code: c, url: u } => ShardCommand::Create {
+            request,
+            at,
+            link: NewLink {
+                code: code(c),
+                url: url(u),
+                title: None,
+                tags: vec![],
+                expires_at: None,
+                redirect: RedirectStatus::Found,
+            },
+        },
+        Op::Update {
+            code: c,
+            url: u,
+            expect,
+        } => ShardCommand::Update {
+            request,
+            at,
+            code: code(c),
+            expected_version: expect,
+            patch: LinkPatch {
+                url: Some(url(u)),
+                ..LinkPatch::default()
+            },
+        },
+        Op::Delete { code: c, expect } => ShardCommand::Delete {
+            request,
+            at,
+            code: code(c),
+            expected_version: expect,
+        },
+        Op::Retry(_) => unreachable!(),
+    }
+}
+
+fn state_of(shard: &ShardState) -> Vec<(String, String, u64)> {
+    shard
+        .reader()
+        .page(None, None, usize::MAX)
+        .iter()
+        .map(|l| (l.code.to_string(), l.url.to_string(), l.version))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn shard_matches_the_model_and_retries_never_act_twice(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut shard = ShardState::default();
+        let mut model = Model::default();
+        let mut history: Vec<(RequestId, Op, String)> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let at = 1_000 + i as i64;
+            let (request, op, expected) = match op {
+                Op::Retry(n) if !history.is_empty() => {
+                    let (request, op, first) = history[n % history.len()].clone();
+                    (request, op, first)
+                }
+                Op::Retry(_) => continue,
+                op => {
+                    let request = i as RequestId + 1;
+                    let expected = model.expect(op);
+                    (request, op.clone(), expected)
+                }
+            };
+            let outcome = shard.apply(command(request, at, &op));
+            prop_assert_eq!(summary(&outcome), expected.clone(), "op {} {:?}", i, op);
+            history.push((request, op, expected));
+        }
+        let expected: Vec<_> = model
+            .links
+            .iter()
+            .map(|(c, (u, v))| (code(*c).to_string(), url(*u).to_string(), *v))
+            .collect();
+        prop_assert_eq!(state_of(&shard), expected.clone());
+
+        // A snapshot restores the same links and the same memory of requests.
+        let mut bytes = Vec::new();
+        shard.write_snapshot(&mut bytes).unwrap();
+        let mut restored = ShardState::default();
+        restored.restore(&mut bytes.as_slice()).unwrap();
+        prop_assert_eq!(state_of(&restored), expected);
+        for (request, op, first) in &history {
+            let again = restored.apply(command(*request, 2_000, op));
+            prop_assert_eq!(&summary(&again), first, "retry of request {} after restore", request);
+        }
+    }
+}
+
+#[test]
+fn outcomes_are_forgotten_after_the_window() {
+    let mut shard = ShardState::default();
+    let create = |request, at| command(request, at, &Op::Create { code: 1, url: 1 });
+    assert!(matches!(
+        shard.apply(create(7, 0)),
+        ShardOutcome::Created(_)
+    ));
+    assert!(
+        matches!(shard.apply(create(7, 10)), ShardOutcome::Created(_)),
+        "retry inside the window"
+    );
+    // Long after, the same id is a new request: the code is now taken.
+    assert_eq!(
+        shard.apply(create(7, DEDUPE_WINDOW_MS + 1)),
+        ShardOutcome::CodeTaken
+    );
+}
