@@ -69,11 +69,11 @@ impl Model {
     fn expect(&mut self, op: &Op) -> String {
         let out = match *op {
             Op::Create { code: c, url: u } => {
-                if self.links.contains_key(&c) {
-                    "taken".to_string()
-                } else {
-                    self.links.insert(c, (u, 1));
+                if let std::collections::btree_map::Entry::Vacant(e) = self.links.entry(c) {
+                    e.insert((u, 1));
                     format!("created {} {} v1", code(c), url(u))
+                } else {
+                    "taken".to_string()
                 }
             }
             Op::Update {
