@@ -1,0 +1,98 @@
+//! `/v1/keys`: API keys, admin only. A new key is shown once, in the create response.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use linkrift_actors::domain::{ApiKeyRecord, Invalid, Scope};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::authorize;
+use crate::error::ApiError;
+use crate::json::Json;
+use crate::AppState;
+
+/// Body of `POST /v1/keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyBody {
+    name: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    name: String,
+    scopes: Vec<Scope>,
+    created_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl From<ApiKeyRecord> for KeyView {
+    fn from(r: ApiKeyRecord) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            scopes: r.scopes,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// `POST /v1/keys`: makes a key; the response carries it in clear text, once.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<CreateKeyBody>,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::Admin)?;
+    if body.name.trim().is_empty() || body.name.len() > 200 {
+        return Err(Invalid {
+            field: "name",
+            message: "must be 1 to 200 characters".into(),
+        }
+        .into());
+    }
+    if body.scopes.is_empty() {
+        return Err(Invalid {
+            field: "scopes",
+            message: "name at least one of admin, links:write, links:read".into(),
+        }
+        .into());
+    }
+    let mut scopes = body
+        .scopes
+        .iter()
+        .map(|s| Scope::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    scopes.sort();
+    scopes.dedup();
+    let (key, record) = state.service.create_key(body.name, scopes).await?;
+    let mut view = serde_json::to_value(KeyView::from(record)).expect("key view encodes");
+    view["key"] = serde_json::Value::String(key.reveal().to_string());
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+/// `GET /v1/keys`: every key, without secrets.
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::Admin)?;
+    let keys: Vec<KeyView> = state
+        .service
+        .keys()
+        .into_iter()
+        .map(KeyView::from)
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "keys": keys })).into_response())
+}
+
+/// `DELETE /v1/keys/{id}`: revokes a key at once.
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::Admin)?;
+    let record = state.service.revoke_key(&id).await?;
+    Ok(axum::Json(KeyView::from(record)).into_response())
+}

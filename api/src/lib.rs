@@ -1,0 +1,107 @@
+//! Linkrift's HTTP layer (axum): redirects, the `/v1` REST API, health, readiness and
+//! metrics. It talks to the cluster only through [`LinkService`].
+//!
+//! Every failure, whatever produced it, is answered with one JSON shape,
+//! `{"error": {"code": "...", "message": "..."}}` ([`error::ApiError`]).
+
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod keys;
+pub mod links;
+pub mod ops;
+pub mod redirect;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use linkrift_actors::service::LinkService;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::ApiError;
+
+/// How the HTTP layer behaves.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Base of the short links this service hands out, e.g. `https://sho.rt`.
+    pub public_url: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// `max-age` of redirect responses; 0 makes every click reach the service, so edits
+    /// and takedowns apply at once.
+    pub redirect_cache_seconds: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            redirect_cache_seconds: 0,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node's link service.
+    pub service: Arc<LinkService>,
+    /// HTTP settings.
+    pub config: Arc<ApiConfig>,
+    /// Renders the Prometheus exposition.
+    pub metrics: PrometheusHandle,
+}
+
+/// Buckets of `redirect_duration_seconds`: fine below a millisecond, where redirects live.
+pub const REDIRECT_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+];
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/{code}", get(redirect::redirect))
+        .route("/v1/links", post(links::create).get(links::list))
+        .route("/v1/links/bulk", post(links::bulk))
+        .route(
+            "/v1/links/{code}",
+            get(links::get).patch(links::update).delete(links::remove),
+        )
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", delete(keys::revoke))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Counts every request by route template and status: `http_requests_total`, and
+/// `http_request_duration_seconds`.
+async fn count_requests(State(_): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "route" => route).record(start.elapsed());
+    response
+}

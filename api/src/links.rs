@@ -1,0 +1,395 @@
+//! `/v1/links`: create, read, change, delete, list and bulk-create links.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use linkrift_actors::domain::{
+    DestinationUrl, Invalid, Link, LinkPatch, RedirectStatus, Scope, ShortCode, Tag, Title,
+};
+use linkrift_actors::service::LinkSpec;
+use linkrift_actors::shard::RequestId;
+use serde::{Deserialize, Deserializer, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::auth::authorize;
+use crate::error::ApiError;
+use crate::json::Json;
+use crate::AppState;
+
+/// Most links in one bulk request.
+pub const MAX_BULK: usize = 1000;
+/// Largest page of a listing.
+pub const MAX_PAGE: usize = 1000;
+
+/// A link as the API shows it.
+#[derive(Serialize)]
+pub struct LinkView {
+    code: String,
+    short_url: String,
+    url: String,
+    title: Option<String>,
+    tags: Vec<String>,
+    created_at: String,
+    updated_at: String,
+    expires_at: Option<String>,
+    redirect_status: u16,
+    archived: bool,
+    version: u64,
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn parse_time(field: &'static str, s: &str) -> Result<i64, Invalid> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| Invalid {
+        field,
+        message: format!("{s:?} is not an RFC 3339 time like 2030-01-31T12:00:00Z"),
+    })?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+impl LinkView {
+    fn of(link: &Link, state: &AppState) -> Self {
+        Self {
+            code: link.code.to_string(),
+            short_url: format!(
+                "{}/{}",
+                state.config.public_url.trim_end_matches('/'),
+                link.code
+            ),
+            url: link.url.to_string(),
+            title: link.title.as_ref().map(|t| t.as_str().to_string()),
+            tags: link.tags.iter().map(|t| t.as_str().to_string()).collect(),
+            created_at: rfc3339(link.created_at),
+            updated_at: rfc3339(link.updated_at),
+            expires_at: link.expires_at.map(rfc3339),
+            redirect_status: link.redirect.code(),
+            archived: link.archived,
+            version: link.version,
+        }
+    }
+}
+
+/// One link answered with its version as `ETag`.
+fn link_response(status: StatusCode, link: &Link, state: &AppState) -> Response {
+    let mut response = (status, axum::Json(LinkView::of(link, state))).into_response();
+    let etag = HeaderValue::from_str(&format!("\"{}\"", link.version)).expect("ascii");
+    response.headers_mut().insert(header::ETAG, etag);
+    response
+}
+
+/// The body of `POST /v1/links` (and of each bulk item).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    url: String,
+    code: Option<String>,
+    title: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    expires_at: Option<String>,
+    redirect_status: Option<u16>,
+}
+
+impl CreateBody {
+    fn check(self, state: &AppState) -> Result<LinkSpec, Invalid> {
+        Ok(LinkSpec {
+            code: self.code.as_deref().map(ShortCode::parse).transpose()?,
+            url: DestinationUrl::parse(&self.url, state.service.url_policy())?,
+            title: self.title.as_deref().map(Title::parse).transpose()?,
+            tags: Tag::parse_all(&self.tags)?,
+            expires_at: self
+                .expires_at
+                .as_deref()
+                .map(|s| parse_time("expires_at", s))
+                .transpose()?,
+            redirect: self
+                .redirect_status
+                .map(RedirectStatus::try_from)
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// A field that may be absent (leave it), `null` (clear it) or a value (set it).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The body of `PATCH /v1/links/{code}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+    tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
+    redirect_status: Option<u16>,
+    archived: Option<bool>,
+}
+
+impl UpdateBody {
+    fn check(self, state: &AppState) -> Result<LinkPatch, Invalid> {
+        Ok(LinkPatch {
+            url: self
+                .url
+                .as_deref()
+                .map(|u| DestinationUrl::parse(u, state.service.url_policy()))
+                .transpose()?,
+            title: self
+                .title
+                .map(|t| t.as_deref().map(Title::parse).transpose())
+                .transpose()?,
+            tags: self.tags.as_deref().map(Tag::parse_all).transpose()?,
+            expires_at: self
+                .expires_at
+                .map(|t| {
+                    t.as_deref()
+                        .map(|s| parse_time("expires_at", s))
+                        .transpose()
+                })
+                .transpose()?,
+            redirect: self
+                .redirect_status
+                .map(RedirectStatus::try_from)
+                .transpose()?,
+            archived: self.archived,
+        })
+    }
+}
+
+/// The request id of a call: derived from the key and its `Idempotency-Key` header when
+/// one is sent (so a client's retry is recognised), random otherwise.
+fn request_id(headers: &HeaderMap, key_id: &str) -> Result<RequestId, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(uuid::Uuid::new_v4().as_u128()),
+        Some(v) => {
+            let v = v
+                .to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && v.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Ok(xxhash_rust::xxh3::xxh3_128(
+                format!("{key_id}\n{v}").as_bytes(),
+            ))
+        }
+    }
+}
+
+/// `If-Match`: the version the caller last saw (`"3"`, `3` or `W/"3"`); `*` or absent: any.
+fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("If-Match is not text"))?
+        .trim();
+    if v == "*" {
+        return Ok(None);
+    }
+    let bare = v.trim_start_matches("W/").trim_matches('"');
+    bare.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "If-Match must be a link version such as \"3\", not {v:?}"
+        ))
+    })
+}
+
+fn code_param(code: &str) -> Result<ShortCode, ApiError> {
+    ShortCode::parse(code).map_err(|_| ApiError::not_found(format!("no link {code:?}")))
+}
+
+/// `POST /v1/links`.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<CreateBody>,
+) -> Result<Response, ApiError> {
+    let key = authorize(&headers, &state.service, Scope::LinksWrite)?;
+    let request = request_id(&headers, &key.id)?;
+    let spec = body.check(&state)?;
+    let link = state.service.create(request, spec).await?;
+    Ok(link_response(StatusCode::CREATED, &link, &state))
+}
+
+/// `GET /v1/links/{code}`.
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::LinksRead)?;
+    let link = state
+        .service
+        .lookup(&code)
+        .ok_or_else(|| ApiError::not_found(format!("no link {code:?}")))?;
+    Ok(link_response(StatusCode::OK, &link, &state))
+}
+
+/// `PATCH /v1/links/{code}`, honouring `If-Match`.
+pub async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Json(body): Json<UpdateBody>,
+) -> Result<Response, ApiError> {
+    let key = authorize(&headers, &state.service, Scope::LinksWrite)?;
+    let request = request_id(&headers, &key.id)?;
+    let code = code_param(&code)?;
+    let expected = expected_version(&headers)?;
+    let patch = body.check(&state)?;
+    let link = state
+        .service
+        .update(request, &code, expected, patch)
+        .await?;
+    Ok(link_response(StatusCode::OK, &link, &state))
+}
+
+/// `DELETE /v1/links/{code}`, honouring `If-Match`.
+pub async fn remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = authorize(&headers, &state.service, Scope::LinksWrite)?;
+    let request = request_id(&headers, &key.id)?;
+    let code = code_param(&code)?;
+    let expected = expected_version(&headers)?;
+    state.service.delete(request, &code, expected).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Query of `GET /v1/links`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    tag: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Page {
+    links: Vec<LinkView>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/links?limit=&cursor=&tag=`: links in code order, across all shards.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::LinksRead)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(Invalid {
+            field: "limit",
+            message: format!("must be 1 to {MAX_PAGE}"),
+        }));
+    }
+    let tag = query.tag.as_deref().map(Tag::parse).transpose()?;
+    let (links, next_cursor) = state
+        .service
+        .list(limit, query.cursor.as_deref(), tag.as_ref());
+    let page = Page {
+        links: links.iter().map(|l| LinkView::of(l, &state)).collect(),
+        next_cursor,
+    };
+    Ok(axum::Json(page).into_response())
+}
+
+/// Body of `POST /v1/links/bulk`: items are checked one by one, so one bad item does not
+/// spoil the others.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkBody {
+    links: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct BulkItem {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<LinkView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+/// `POST /v1/links/bulk`: up to 1,000 creates, one result per item, in order.
+pub async fn bulk(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<BulkBody>,
+) -> Result<Response, ApiError> {
+    let key = authorize(&headers, &state.service, Scope::LinksWrite)?;
+    let request = request_id(&headers, &key.id)?;
+    if body.links.is_empty() || body.links.len() > MAX_BULK {
+        return Err(ApiError::invalid(Invalid {
+            field: "links",
+            message: format!("must hold 1 to {MAX_BULK} links"),
+        }));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, item) in body.links.into_iter().enumerate() {
+        let state = state.clone();
+        // Each item has its own request id, derived from the call's, so a retried bulk
+        // request is de-duplicated item by item.
+        let item_request = xxhash_rust::xxh3::xxh3_128(
+            &[request.to_le_bytes(), (i as u128).to_le_bytes()].concat(),
+        );
+        tasks.spawn(async move {
+            let outcome = async {
+                let body: CreateBody = serde_json::from_value(item).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_body",
+                        format!("item {i}: {e}"),
+                    )
+                })?;
+                let spec = body.check(&state)?;
+                Ok::<_, ApiError>(state.service.create(item_request, spec).await?)
+            }
+            .await;
+            let item = match outcome {
+                Ok(link) => BulkItem {
+                    status: 201,
+                    link: Some(LinkView::of(&link, &state)),
+                    error: None,
+                },
+                Err(e) => BulkItem {
+                    status: e.status.as_u16(),
+                    link: None,
+                    error: Some(serde_json::json!({"code": e.code, "message": e.message})),
+                },
+            };
+            (i, item)
+        });
+    }
+    let mut results: Vec<Option<BulkItem>> = Vec::new();
+    results.resize_with(tasks.len(), || None);
+    while let Some(done) = tasks.join_next().await {
+        let (i, item) = done.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        results[i] = Some(item);
+    }
+    let results: Vec<BulkItem> = results.into_iter().flatten().collect();
+    Ok(axum::Json(serde_json::json!({ "results": results })).into_response())
+}

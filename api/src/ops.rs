@@ -1,0 +1,56 @@
+//! Health, readiness and the Prometheus exposition.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Always 200 while the process serves HTTP.
+pub async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// 200 once every group on this node has a leader; 503 before.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.service.is_ready() {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "some groups on this node have no leader yet",
+        )
+        .into_response()
+    }
+}
+
+/// The Prometheus text exposition, with Raft figures refreshed per scrape.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut leaderless = 0u64;
+    for (group, m) in state.service.raft_metrics() {
+        let group = group.0.to_string();
+        let leader = m.current_leader == Some(m.id);
+        metrics::gauge!("raft_is_leader", "group" => group.clone()).set(if leader {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("raft_term", "group" => group.clone()).set(m.current_term as f64);
+        metrics::gauge!("raft_last_log_index", "group" => group.clone())
+            .set(m.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("raft_last_applied_index", "group" => group.clone())
+            .set(m.last_applied.map_or(0, |l| l.index) as f64);
+        if m.current_leader.is_none() {
+            leaderless += 1;
+        }
+    }
+    metrics::gauge!("raft_leaderless_groups").set(leaderless as f64);
+    metrics::gauge!("links_total").set(state.service.link_count() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,155 @@
+//! `linkrift serve` settings: defaults, then an optional TOML file, then `LINKRIFT_*`
+//! environment variables, then command-line flags; later sources win.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of a node. The names are the TOML keys; the environment variables are
+/// the same names, upper case, prefixed `LINKRIFT_`; the flags are the same with dashes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for all of the node's data.
+    pub data_dir: PathBuf,
+    /// HTTP listener: redirects, API, health, metrics.
+    pub http: SocketAddr,
+    /// Peer (Raft) listener.
+    pub peer: SocketAddr,
+    /// Base URL of the short links handed out; its host is refused as a destination.
+    pub public_url: Option<String>,
+    /// Shards of a new cluster (fixed once the data directory exists).
+    pub shard_count: u32,
+    /// Length of generated codes.
+    pub code_length: usize,
+    /// URL schemes accepted besides http and https.
+    pub allowed_schemes: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// `max-age` of redirect responses, in seconds.
+    pub redirect_cache_seconds: u32,
+    /// Secret the cluster's nodes share (peer connections prove they hold it).
+    pub cluster_secret: Option<String>,
+    /// The first admin key of a new data directory (otherwise one is generated and printed).
+    pub admin_key: Option<String>,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Log filter, e.g. `info` or `linkrift=debug,info`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_url: None,
+            shard_count: 64,
+            code_length: 7,
+            allowed_schemes: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            redirect_cache_seconds: 0,
+            cluster_secret: None,
+            admin_key: None,
+            log_format: "text".into(),
+            log: "info,openraft=warn".into(),
+        }
+    }
+}
+
+/// Flags given on the command line; `None` leaves the setting to the other sources.
+#[derive(Debug, Default, Serialize, clap::Args)]
+pub struct Flags {
+    /// TOML file with settings (its keys are the flag names with underscores).
+    #[arg(long, env = "LINKRIFT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+    /// Peer (Raft) listen address [default: 127.0.0.1, any free port].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
+    /// Public base URL of short links [default: http://<http address>].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Shards of a new data directory, 1-4096 [default: 64].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<u32>,
+    /// Length of generated codes, 4-64 [default: 7].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_length: Option<usize>,
+    /// Accept this URL scheme besides http and https (repeatable).
+    #[arg(long = "allow-scheme")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_schemes: Option<Vec<String>>,
+    /// Largest request body in bytes [default: 4194304].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+    /// max-age of redirects in seconds [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_cache_seconds: Option<u32>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    /// Log filter [default: info,openraft=warn].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+impl Config {
+    /// Merges the sources in order of precedence and checks the result.
+    pub fn load(flags: &Flags) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &flags.config {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("LINKRIFT_").ignore(&["config"]).split("__"))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .context("invalid configuration")?;
+        if !matches!(config.log_format.as_str(), "text" | "json") {
+            bail!(
+                "log_format must be text or json, not {:?}",
+                config.log_format
+            );
+        }
+        if let Some(url) = &config.public_url {
+            let parsed =
+                url::Url::parse(url).with_context(|| format!("public_url {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                bail!("public_url must be an http(s) URL with a host, not {url:?}");
+            }
+        }
+        Ok(config)
+    }
+
+    /// The public base URL, defaulting to the HTTP address.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http))
+    }
+}

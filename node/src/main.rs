@@ -1,0 +1,46 @@
+//! The `linkrift` binary: parses the command line and hands over to the crates that do
+//! the work.
+
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "linkrift", version, about = "A clustered URL shortener")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (a new single-node cluster when the data directory is empty).
+    Serve(config::Flags),
+}
+
+fn init_logging(config: &config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(flags) => {
+            let config = config::Config::load(&flags)?;
+            init_logging(&config);
+            tokio::runtime::Runtime::new()?.block_on(serve::run(config))
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `linkrift serve`: wires the link service and the HTTP API together, and shuts both down
+//! cleanly on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use linkrift_actors::domain::UrlPolicy;
+use linkrift_actors::service::{LinkService, ServiceConfig};
+use linkrift_api::{ApiConfig, AppState, REDIRECT_BUCKETS};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::config::Config;
+
+/// Runs a node until it is told to stop.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("redirect_duration_seconds".into()),
+            REDIRECT_BUCKETS,
+        )
+        .context("redirect buckets")?
+        .build_recorder();
+    let metrics = recorder.handle();
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+
+    let public_url = config.public_url();
+    let public_host = url::Url::parse(&public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string));
+    let service = LinkService::open(ServiceConfig {
+        data_dir: config.data_dir.clone(),
+        peer_addr: config.peer,
+        cluster_secret: config
+            .cluster_secret
+            .clone()
+            .unwrap_or_default()
+            .into_bytes(),
+        shard_count: config.shard_count,
+        code_length: config.code_length,
+        url_policy: UrlPolicy {
+            extra_schemes: config.allowed_schemes.clone(),
+            public_host,
+        },
+        ..ServiceConfig::default()
+    })
+    .await
+    .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+
+    if let Some(key) = service
+        .ensure_admin_key(config.admin_key.as_deref())
+        .await
+        .context("creating the first admin key")?
+    {
+        // Printed once, on stdout, so it does not end up in log files.
+        println!("admin key (shown once, store it now): {}", key.reveal());
+    }
+
+    let service = Arc::new(service);
+    let state = AppState {
+        service: service.clone(),
+        config: Arc::new(ApiConfig {
+            public_url,
+            max_body_bytes: config.max_body_bytes,
+            redirect_cache_seconds: config.redirect_cache_seconds,
+        }),
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", config.http))?;
+    let http = listener.local_addr()?;
+    tracing::info!(%http, data_dir = %config.data_dir.display(), "linkrift serving");
+    println!(
+        "linkrift serving http://{http} with data in {}",
+        config.data_dir.display()
+    );
+    axum::serve(listener, linkrift_api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+
+    tracing::info!("shutting down");
+    let service = Arc::try_unwrap(service)
+        .map_err(|_| anyhow::anyhow!("service still in use at shutdown"))?;
+    tokio::time::timeout(Duration::from_secs(30), service.shutdown())
+        .await
+        .context("shutdown took longer than 30 s")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
