@@ -145,11 +145,4 @@ impl Config {
         }
         Ok(config)
     }
-
-    /// The public base URL, defaulting to the HTTP address.
-    pub fn public_url(&self) -> String {
-        self.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.http))
-    }
 }

@@ -24,7 +24,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = recorder.handle();
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
 
-    let public_url = config.public_url();
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", config.http))?;
+    let http = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http}"));
     let public_host = url::Url::parse(&public_url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string));
@@ -66,10 +73,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         metrics,
     };
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("binding the HTTP address {}", config.http))?;
-    let http = listener.local_addr()?;
     tracing::info!(%http, data_dir = %config.data_dir.display(), "linkrift serving");
     println!(
         "linkrift serving http://{http} with data in {}",
@@ -81,13 +84,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("serving HTTP")?;
 
     tracing::info!("shutting down");
-    let service = Arc::try_unwrap(service)
-        .map_err(|_| anyhow::anyhow!("service still in use at shutdown"))?;
+    // Connection tasks that axum has let go of may still hold the router's state for a
+    // moment; wait for them to drop it.
+    let service = wait_for_sole_owner(service).await?;
     tokio::time::timeout(Duration::from_secs(30), service.shutdown())
         .await
         .context("shutdown took longer than 30 s")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn wait_for_sole_owner<T>(mut shared: Arc<T>) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(owned) => return Ok(owned),
+            Err(still_shared) if tokio::time::Instant::now() < deadline => {
+                shared = still_shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => anyhow::bail!("HTTP connections still held the service 10 s after shutdown"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,174 @@
+//! Starts the real `linkrift` binary on a free loopback port and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+/// A running `linkrift serve`.
+pub struct Node {
+    child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+    pub http: reqwest::Client,
+    pub printed_key: Option<String>,
+}
+
+impl Node {
+    /// Starts a node on `dir` with the test admin key, on a port the OS picks.
+    pub fn start(dir: &Path) -> Node {
+        Self::start_with(dir, &[("LINKRIFT_ADMIN_KEY", ADMIN_KEY)], &[])
+    }
+
+    /// Starts a node with extra environment variables and flags.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)], flags: &[&str]) -> Node {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_linkrift"));
+        command
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--shard-count",
+                "8",
+                "--log",
+                "warn",
+            ])
+            .args(flags)
+            .env_remove("LINKRIFT_ADMIN_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("linkrift starts");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut printed_key = None;
+        let base = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("linkrift prints where it serves");
+            if let Some(key) = line.strip_prefix("admin key (shown once, store it now): ") {
+                printed_key = Some(key.to_string());
+            }
+            if let Some(rest) = line.strip_prefix("linkrift serving ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Node {
+            child,
+            base,
+            dir: dir.to_path_buf(),
+            http,
+            printed_key,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Waits until every group has a leader (after a restart this takes an election).
+    pub async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM (through kill(1): the workspace forbids unsafe code), and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "SIGTERM sent");
+        self.child.wait().unwrap()
+    }
+
+    pub async fn create(&self, key: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url("/v1/links"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn redirect(&self, code: &str) -> (u16, Option<String>) {
+        let r = self
+            .http
+            .get(self.url(&format!("/{code}")))
+            .send()
+            .await
+            .unwrap();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), location)
+    }
+
+    pub async fn new_key(&self, scopes: &[&str]) -> String {
+        let r = self
+            .http
+            .post(self.url("/v1/keys"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"name": "test", "scopes": scopes}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.unwrap();
+        body["key"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The error code of an error body.
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
