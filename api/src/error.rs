@@ -78,6 +78,15 @@ impl ApiError {
     }
 }
 
+/// 413, naming the limit.
+pub fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is larger than the {limit}-byte limit"),
+    )
+}
+
 impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         Self::invalid(e)

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use linkrift_actors::service::LinkService;
@@ -84,9 +84,27 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            refuse_oversized,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
+}
+
+/// Refuses a body whose announced length is over the limit before reading any of it (a
+/// body without a length is cut off at the limit while it is read, by `DefaultBodyLimit`).
+async fn refuse_oversized(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > state.config.max_body_bytes as u64) {
+        return error::body_too_large(state.config.max_body_bytes).into_response();
+    }
+    next.run(request).await
 }
 
 /// Counts every request by route template and status: `http_requests_total`, and
