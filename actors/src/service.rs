@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use linkrift_raft::node::NodeOptions;
-use linkrift_raft::{Group, GroupId, RaftConfig, RaftNode};
+use linkrift_raft::{Group, GroupError, GroupId, RaftConfig, RaftNode};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
@@ -23,7 +23,12 @@ use crate::domain::{
 };
 use crate::groups::{shard_group, Command, GroupState, Outcome, META};
 use crate::meta::{MetaCommand, MetaOutcome, MetaReader};
-use crate::shard::{shard_of, RequestId, ShardCommand, ShardOutcome, ShardReader};
+use crate::shard::{
+    shard_of, RequestId, ShardActor, ShardCommand, ShardMsg, ShardOutcome, ShardReader,
+};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
 
 /// How a node's link service is set up.
 #[derive(Clone, Debug)]
@@ -143,6 +148,8 @@ const CODE_ATTEMPTS: u32 = 8;
 struct Shard {
     group: Group<GroupState>,
     reader: ShardReader,
+    actor: ActorRef<ShardMsg>,
+    actor_task: JoinHandle<()>,
 }
 
 /// One node's link service.
@@ -263,7 +270,18 @@ impl LinkService {
                     shard_group(shard)
                 ))),
             })?;
-            shards.push(Shard { group: g, reader });
+            let (actor, actor_task) =
+                Actor::spawn(None, ShardActor, g.clone())
+                    .await
+                    .map_err(|e| {
+                        OpenError::Config(format!("cannot start the actor of shard {shard}: {e}"))
+                    })?;
+            shards.push(Shard {
+                group: g,
+                reader,
+                actor,
+                actor_task,
+            });
         }
         Ok(Self {
             node,
@@ -321,17 +339,24 @@ impl LinkService {
         self.shards.iter().map(|s| s.reader.len()).sum()
     }
 
-    /// Proposes `command` to `group`, waiting (up to the write timeout) for a leader.
-    async fn propose(
+    /// Runs `attempt` until it succeeds or fails for good; while `group` has no leader it
+    /// waits for the group's state to change and tries again, up to the write timeout.
+    /// `attempt` gets the time left.
+    async fn until_led<T, F, Fut>(
         &self,
         group: &Group<GroupState>,
-        command: Command,
-    ) -> Result<Outcome, ServiceError> {
+        mut attempt: F,
+    ) -> Result<T, ServiceError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GroupError>>,
+    {
         let deadline = Instant::now() + self.write_timeout;
         let mut metrics = group.raft().metrics();
         loop {
-            match group.write(command.clone()).await {
-                Ok(outcome) => return Ok(outcome),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match attempt(left).await {
+                Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero()
@@ -348,18 +373,32 @@ impl LinkService {
         }
     }
 
+    /// Proposes `command` through the actor of `code`'s shard.
     async fn shard_command(
         &self,
         code: &str,
         command: ShardCommand,
     ) -> Result<ShardOutcome, ServiceError> {
-        match self
-            .propose(&self.shard(code).group, Command::Shard(command))
-            .await?
-        {
-            Outcome::Shard(o) => Ok(o),
-            other => Err(ServiceError::Internal(format!("shard answered {other:?}"))),
-        }
+        let shard = self.shard(code);
+        self.until_led(&shard.group, |left| {
+            let command = command.clone();
+            async move {
+                let reply = shard
+                    .actor
+                    .call(|port| ShardMsg::Propose(command, port), Some(left))
+                    .await;
+                match reply {
+                    Ok(CallResult::Success(outcome)) => outcome,
+                    Ok(CallResult::Timeout) => Err(GroupError::Unavailable(format!(
+                        "no answer within {left:?}"
+                    ))),
+                    Ok(CallResult::SenderError) | Err(_) => Err(GroupError::Unavailable(
+                        "the shard actor has stopped".into(),
+                    )),
+                }
+            }
+        })
+        .await
     }
 
     /// Creates a link. With a custom code, a taken code is an error; a generated code is
@@ -440,7 +479,12 @@ impl LinkService {
     }
 
     async fn meta_command(&self, command: MetaCommand) -> Result<MetaOutcome, ServiceError> {
-        match self.propose(&self.meta, Command::Meta(command)).await? {
+        let outcome = self
+            .until_led(&self.meta, |_| {
+                self.meta.write(Command::Meta(command.clone()))
+            })
+            .await?;
+        match outcome {
             Outcome::Meta(o) => Ok(o),
             other => Err(ServiceError::Internal(format!(
                 "meta group answered {other:?}"
@@ -545,7 +589,11 @@ impl LinkService {
 
     /// Stops every group and flushes the data to disk.
     pub async fn shutdown(self) {
-        drop(self.shards);
+        for shard in self.shards {
+            // Stopping lets the proposals already in Raft finish and answer.
+            shard.actor.stop(None);
+            let _ = shard.actor_task.await;
+        }
         drop(self.meta);
         self.node.shutdown().await;
     }

@@ -1,7 +1,9 @@
 //! A shard: its links, the commands that change them, and the read handle redirects use.
 
+mod actor;
 mod state;
 
+pub use actor::{ShardActor, ShardMsg};
 pub use state::{RequestId, ShardCommand, ShardOutcome, ShardReader, ShardState, DEDUPE_WINDOW_MS};
 
 use xxhash_rust::xxh3::xxh3_64;
