@@ -29,6 +29,22 @@ struct Inner<'a> {
     message: &'a str,
 }
 
+/// The error shape, for the OpenAPI document: `{"error": {"code", "message"}}`.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_input`.
+    pub code: String,
+    /// Explanation for people.
+    pub message: String,
+}
+
 impl ApiError {
     /// A new error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {

@@ -12,17 +12,19 @@ use crate::json::Json;
 use crate::AppState;
 
 /// Body of `POST /v1/keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
     name: String,
     scopes: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct KeyView {
+/// A key as listed (never the key itself).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyView {
     id: String,
     name: String,
+    #[schema(value_type = Vec<String>)]
     scopes: Vec<Scope>,
     created_at: i64,
     revoked_at: Option<i64>,
@@ -41,6 +43,8 @@ impl From<ApiKeyRecord> for KeyView {
 }
 
 /// `POST /v1/keys`: makes a key; the response carries it in clear text, once.
+#[utoipa::path(post, path = "/v1/keys", request_body = CreateKeyBody, security(("api_key" = [])),
+    responses((status = 201, description = "the key record plus `key`, shown once", body = KeyView)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -75,6 +79,7 @@ pub async fn create(
 }
 
 /// `GET /v1/keys`: every key, without secrets.
+#[utoipa::path(get, path = "/v1/keys", security(("api_key" = [])), responses((status = 200, body = Vec<KeyView>)))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::Admin)?;
     let keys: Vec<KeyView> = state
@@ -87,6 +92,8 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<R
 }
 
 /// `DELETE /v1/keys/{id}`: revokes a key at once.
+#[utoipa::path(delete, path = "/v1/keys/{id}", security(("api_key" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = KeyView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,

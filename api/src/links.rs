@@ -23,7 +23,7 @@ pub const MAX_BULK: usize = 1000;
 pub const MAX_PAGE: usize = 1000;
 
 /// A link as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LinkView {
     code: String,
     short_url: String,
@@ -84,7 +84,7 @@ fn link_response(status: StatusCode, link: &Link, state: &AppState) -> Response 
 }
 
 /// The body of `POST /v1/links` (and of each bulk item).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     url: String,
@@ -125,7 +125,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// The body of `PATCH /v1/links/{code}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
     url: Option<String>,
@@ -215,6 +215,10 @@ fn code_param(code: &str) -> Result<ShortCode, ApiError> {
 }
 
 /// `POST /v1/links`.
+#[utoipa::path(post, path = "/v1/links", request_body = CreateBody, security(("api_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe request key")),
+    responses((status = 201, body = LinkView), (status = 409, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -228,6 +232,8 @@ pub async fn create(
 }
 
 /// `GET /v1/links/{code}`.
+#[utoipa::path(get, path = "/v1/links/{code}", security(("api_key" = [])), params(("code" = String, Path)),
+    responses((status = 200, body = LinkView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -242,6 +248,10 @@ pub async fn get(
 }
 
 /// `PATCH /v1/links/{code}`, honouring `If-Match`.
+#[utoipa::path(patch, path = "/v1/links/{code}", request_body = UpdateBody, security(("api_key" = [])),
+    params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "the version last seen")),
+    responses((status = 200, body = LinkView), (status = 404, body = crate::error::ErrorBody),
+              (status = 412, body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -261,6 +271,9 @@ pub async fn update(
 }
 
 /// `DELETE /v1/links/{code}`, honouring `If-Match`.
+#[utoipa::path(delete, path = "/v1/links/{code}", security(("api_key" = [])),
+    params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "the version last seen")),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 412, body = crate::error::ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -275,7 +288,7 @@ pub async fn remove(
 }
 
 /// Query of `GET /v1/links`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<usize>,
@@ -283,13 +296,16 @@ pub struct ListQuery {
     tag: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Page {
+/// A page of links.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Page {
     links: Vec<LinkView>,
     next_cursor: Option<String>,
 }
 
 /// `GET /v1/links?limit=&cursor=&tag=`: links in code order, across all shards.
+#[utoipa::path(get, path = "/v1/links", security(("api_key" = [])), params(ListQuery),
+    responses((status = 200, body = Page)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -317,22 +333,28 @@ pub async fn list(
 
 /// Body of `POST /v1/links/bulk`: items are checked one by one, so one bad item does not
 /// spoil the others.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkBody {
+    /// Up to 1,000 link bodies, as for `POST /v1/links`.
+    #[schema(value_type = Vec<CreateBody>)]
     links: Vec<serde_json::Value>,
 }
 
-#[derive(Serialize)]
-struct BulkItem {
+/// The result of one bulk item: 201 and the link, or an error status and the error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BulkItem {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     link: Option<LinkView>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     error: Option<serde_json::Value>,
 }
 
 /// `POST /v1/links/bulk`: up to 1,000 creates, one result per item, in order.
+#[utoipa::path(post, path = "/v1/links/bulk", request_body = BulkBody, security(("api_key" = [])),
+    responses((status = 200, description = "{\"results\": [BulkItem]}", body = Vec<BulkItem>)))]
 pub async fn bulk(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -8,11 +8,13 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// Always 200 while the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
 pub async fn healthz() -> Response {
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
 /// 200 once every group on this node has a leader; 503 before.
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.service.is_ready() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
@@ -27,6 +29,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// The Prometheus text exposition, with Raft figures refreshed per scrape.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut leaderless = 0u64;
     for (group, m) in state.service.raft_metrics() {

@@ -12,6 +12,9 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// Redirects to the link's destination with its status code.
+#[utoipa::path(get, path = "/{code}", params(("code" = String, Path)),
+    responses((status = 302, description = "redirect (or 301, 307, 308 as the link says)"),
+              (status = 404, body = crate::error::ErrorBody), (status = 410, body = crate::error::ErrorBody)))]
 pub async fn redirect(State(state): State<AppState>, Path(code): Path<String>) -> Response {
     let start = Instant::now();
     let found = state.service.lookup(&code);

@@ -245,3 +245,41 @@ async fn first_admin_key_is_generated_and_printed_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_describes_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let doc: Value = node
+        .http
+        .get(node.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let methods = |path: &str| -> Vec<String> {
+        doc["paths"][path]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    for (path, expected) in [
+        ("/{code}", vec!["get"]),
+        ("/v1/links", vec!["get", "post"]),
+        ("/v1/links/bulk", vec!["post"]),
+        ("/v1/links/{code}", vec!["delete", "get", "patch"]),
+        ("/v1/keys", vec!["get", "post"]),
+        ("/v1/keys/{id}", vec!["delete"]),
+        ("/healthz", vec!["get"]),
+        ("/readyz", vec!["get"]),
+        ("/metrics", vec!["get"]),
+    ] {
+        let mut got = methods(path);
+        got.sort();
+        assert_eq!(got, expected, "methods of {path}");
+    }
+    assert!(doc["components"]["schemas"]["LinkView"].is_object());
+}
