@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Redirect and create benchmark of a single Linkrift node beside the nginx static-redirect
+# baseline, in one run on this machine (method: ../../shared/bench/README.md).
+#
+#   bench/redirect.sh [LINKS] [SECONDS] [RUNS]     defaults: 100000 10 3
+#
+# Starts what it measures on loopback, pins servers to CPU 1 and the load generator to
+# CPU 0, prints one markdown table, and stops everything it started. Installs wrk, hey and
+# nginx from Debian's packages when missing (needs root). LINKRIFT_MEMORY_LINKS=N also
+# loads N links into a fresh node and reports its resident memory per link.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+links=${1:-100000}; seconds=${2:-10}; runs=${3:-3}
+baseline_script=${NGINX_BASELINE:-../shared/bench/nginx-baseline.sh}
+lr_port=18090; ng_port=18091
+
+need() { command -v "$1" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }; }
+need wrk wrk; need hey hey; need nginx nginx
+
+cargo build --release -q -p linkrift
+work=$(mktemp -d /tmp/linkrift-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+key=bench-admin-key-0123456789
+start_linkrift() { # DIR PORT
+  LINKRIFT_ADMIN_KEY=$key taskset -c 1 target/release/linkrift serve --data-dir "$1" \
+    --http "127.0.0.1:$2" --log warn >"$1.out" 2>&1 &
+  pids+=($!); echo $!
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && return 0; sleep 0.1; done
+  echo "linkrift did not become ready" >&2; exit 1
+}
+
+# Creates N links through the bulk API; writes their codes, one per line, to FILE.
+load_links() { # PORT N FILE
+  python3 - "$1" "$2" "$3" "$key" <<'PY'
+import json, sys, urllib.request
+port, n, out, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+codes = []
+for start in range(0, n, 1000):
+    body = json.dumps({"links": [{"url": f"https://example.com/{i}"} for i in range(start, min(n, start + 1000))]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/links/bulk", body,
+                                 {"content-type": "application/json", "authorization": f"Bearer {key}"})
+    for item in json.load(urllib.request.urlopen(req))["results"]:
+        assert item["status"] == 201, item
+        codes.append(item["link"]["code"])
+with open(out, "w") as f:
+    f.write("\n".join(codes) + "\n")
+PY
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+cat > "$work/random.lua" <<'LUA'
+local codes = {}
+for line in io.lines(os.getenv("CODES")) do codes[#codes + 1] = "/" .. line end
+math.randomseed(os.time())
+request = function() return wrk.format("GET", codes[math.random(#codes)]) end
+LUA
+
+# One wrk run: prints "req/s p50_ms p99_ms req_per_cpu_s".
+measure() { # PID PORT CONNECTIONS
+  local before after out
+  before=$(cpu_ticks "$1")
+  out=$(CODES="$work/codes" taskset -c 0 wrk -t1 -c"$3" -d"${seconds}s" --latency -s "$work/random.lua" "http://127.0.0.1:$2" 2>&1)
+  after=$(cpu_ticks "$1")
+  python3 - "$out" "$before" "$after" "$hz" <<'PY'
+import re, sys
+out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def ms(label):
+    v, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+total = int(re.search(r"(\d+) requests in", out).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+cpu = (after - before) / hz
+print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {total / cpu if cpu else 0:.0f} {errors.group(1) if errors else 0}")
+PY
+}
+
+lr_pid=$(start_linkrift "$work/node" $lr_port)
+load_links $lr_port "$links" "$work/codes"
+ng_pid=$("$baseline_script" start $ng_port 1); pids+=("$ng_pid")
+ng_worker=$(pgrep -P "$ng_pid" | head -1); ng_worker=${ng_worker:-$ng_pid}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "| server | connections | requests/s | p50 ms | p99 ms | requests per server CPU-second | non-3xx |"
+echo "|---|---|---|---|---|---|---|"
+for c in 64 256; do
+  : >"$work/lr.$c"; : >"$work/ng.$c"
+  for _ in $(seq "$runs"); do
+    measure "$lr_pid" $lr_port $c >>"$work/lr.$c"
+    measure "$ng_worker" $ng_port $c >>"$work/ng.$c"
+  done
+  for s in lr ng; do
+    name=$([[ $s == lr ]] && echo "linkrift, $links links" || echo "nginx static 302")
+    row=""
+    for col in 1 2 3 4 5; do row="$row | $(cut -d' ' -f$col "$work/$s.$c" | median)"; done
+    echo "| $name | $c$row |"
+  done
+done
+
+# Creates at concurrency 32 (each request makes a new link with a generated code).
+hey_out=$(taskset -c 0 hey -n 5000 -c 32 -m POST -T application/json -H "Authorization: Bearer $key" \
+  -d '{"url": "https://example.com/created"}' "http://127.0.0.1:$lr_port/v1/links")
+echo
+echo "Creates, hey -n 5000 -c 32: $(grep -E 'Requests/sec' <<<"$hey_out" | xargs), \
+p50 $(grep -E '50% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
+p99 $(grep -E '99% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
+statuses: $(grep -A3 'Status code distribution' <<<"$hey_out" | grep -o '\[[0-9]*\][^[]*' | xargs)"
+
+if [[ -n ${LINKRIFT_MEMORY_LINKS:-} ]]; then
+  m_pid=$(start_linkrift "$work/mem" 18092)
+  base_rss=$(awk '/VmRSS/ {print $2}' "/proc/$m_pid/status")
+  load_links 18092 "$LINKRIFT_MEMORY_LINKS" "$work/mem-codes"
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$m_pid/status")
+  echo "Resident memory: $base_rss KiB empty, $rss KiB with $LINKRIFT_MEMORY_LINKS links:" \
+    "$(( (rss - base_rss) * 1024 / LINKRIFT_MEMORY_LINKS )) bytes per link"
+fi
