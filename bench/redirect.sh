@@ -20,14 +20,22 @@ need wrk wrk; need hey hey; need nginx nginx
 cargo build --release -q -p linkrift
 work=$(mktemp -d /tmp/linkrift-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  local status=$?
+  if [[ $status -ne 0 ]]; then
+    for f in "$work"/*.out; do [[ -f $f ]] && { echo "--- $f" >&2; grep -m3 -A3 -E "panicked|Error" "$f" >&2; }; done
+  fi
+  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 key=bench-admin-key-0123456789
-start_linkrift() { # DIR PORT
+start_linkrift() { # DIR PORT (runs in a subshell: the PID goes to a file for cleanup)
+  if curl -s -o /dev/null "http://127.0.0.1:$2/"; then echo "port $2 is already in use" >&2; exit 1; fi
   LINKRIFT_ADMIN_KEY=$key taskset -c 1 target/release/linkrift serve --data-dir "$1" \
     --http "127.0.0.1:$2" --log warn >"$1.out" 2>&1 &
-  pids+=($!); echo $!
+  echo $! >"$1.pid"; echo $!
   for _ in $(seq 600); do curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && return 0; sleep 0.1; done
   echo "linkrift did not become ready" >&2; exit 1
 }
