@@ -6,7 +6,7 @@
 #
 # Starts what it measures on loopback, pins servers to CPU 1 and the load generator to
 # CPU 0, prints one markdown table, and stops everything it started. Installs wrk, hey and
-# nginx from Debian's packages when missing (needs root). LINKRIFT_MEMORY_LINKS=N also
+# nginx from Debian's packages when missing (needs root). BENCH_MEMORY_LINKS=N also
 # loads N links into a fresh node and reports its resident memory per link.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -119,11 +119,11 @@ p50 $(grep -E '50% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
 p99 $(grep -E '99% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
 statuses: $(grep -A3 'Status code distribution' <<<"$hey_out" | grep -o '\[[0-9]*\][^[]*' | xargs)"
 
-if [[ -n ${LINKRIFT_MEMORY_LINKS:-} ]]; then
+if [[ -n ${BENCH_MEMORY_LINKS:-} ]]; then
   m_pid=$(start_linkrift "$work/mem" 18092)
   base_rss=$(awk '/VmRSS/ {print $2}' "/proc/$m_pid/status")
-  load_links 18092 "$LINKRIFT_MEMORY_LINKS" "$work/mem-codes"
+  load_links 18092 "$BENCH_MEMORY_LINKS" "$work/mem-codes"
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$m_pid/status")
-  echo "Resident memory: $base_rss KiB empty, $rss KiB with $LINKRIFT_MEMORY_LINKS links:" \
-    "$(( (rss - base_rss) * 1024 / LINKRIFT_MEMORY_LINKS )) bytes per link"
+  echo "Resident memory: $base_rss KiB empty, $rss KiB with $BENCH_MEMORY_LINKS links:" \
+    "$(( (rss - base_rss) * 1024 / BENCH_MEMORY_LINKS )) bytes per link"
 fi

@@ -42,6 +42,23 @@ pub struct Config {
     pub log: String,
 }
 
+/// The setting names, as TOML keys and (upper case, prefixed) environment variables.
+const KEYS: &[&str] = &[
+    "data_dir",
+    "http",
+    "peer",
+    "public_url",
+    "shard_count",
+    "code_length",
+    "allowed_schemes",
+    "max_body_bytes",
+    "redirect_cache_seconds",
+    "cluster_secret",
+    "admin_key",
+    "log_format",
+    "log",
+];
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -126,7 +143,9 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         let config: Config = figment
-            .merge(Env::prefixed("LINKRIFT_").ignore(&["config"]).split("__"))
+            // Only our own keys: other LINKRIFT_* variables (a test seed, a bench setting)
+            // must not stop a node, while a typo in the TOML file still does.
+            .merge(Env::prefixed("LINKRIFT_").only(KEYS))
             .merge(Serialized::defaults(flags))
             .extract()
             .context("invalid configuration")?;

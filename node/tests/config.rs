@@ -88,6 +88,9 @@ fn bad_settings_stop_the_node_with_a_reason() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(run(&["--config", "/nonexistent.toml"], &[]).contains("does not exist"));
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "shard_cuont = 8\n").unwrap();
+    assert!(run(&["--config", typo.to_str().unwrap()], &[]).contains("shard_cuont"));
     assert!(run(&["--code-length", "2"], &[]).contains("code_length must be 4 to 64"));
     assert!(run(&[], &[("LINKRIFT_SHARD_COUNT", "0")]).contains("shard_count must be 1 to 4096"));
     assert!(run(&[], &[("LINKRIFT_LOG_FORMAT", "xml")]).contains("log_format must be text or json"));

@@ -283,3 +283,70 @@ async fn openapi_document_describes_every_route() {
     }
     assert!(doc["components"]["schemas"]["LinkView"].is_object());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_through_every_shard_in_code_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    node.wait_ready().await;
+    let mut expected = Vec::new();
+    for i in 0..25 {
+        let code = format!("p{i:02}");
+        let tags = if i % 5 == 0 { vec!["fives"] } else { vec![] };
+        let (status, _) = node
+            .create(
+                ADMIN_KEY,
+                json!({"url": "https://example.com/", "code": code, "tags": tags}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        expected.push(code);
+    }
+    let page = |query: String| {
+        let node = &node;
+        async move {
+            let r = node
+                .http
+                .get(node.url(&format!("/v1/links?{query}")))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let query = match &cursor {
+            Some(c) => format!("limit=10&cursor={c}"),
+            None => "limit=10".to_string(),
+        };
+        let body = page(query).await;
+        seen.extend(
+            body["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["code"].as_str().unwrap().to_string()),
+        );
+        cursor = body["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, expected,
+        "every link once, in code order, across 8 shards"
+    );
+    let fives = page("tag=fives&limit=2".into()).await;
+    let codes: Vec<&str> = fives["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["p00", "p05"]);
+    assert_eq!(fives["next_cursor"], "p05");
+}
