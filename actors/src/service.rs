@@ -425,7 +425,7 @@ impl LinkService {
                 link,
             };
             match self.shard_command(code.as_str(), command).await? {
-                ShardOutcome::Created(link) => return Ok(link),
+                ShardOutcome::Created(link) => return Ok(Link::clone(&link)),
                 ShardOutcome::CodeTaken if custom => {
                     return Err(ServiceError::CodeTaken(code.to_string()))
                 }
@@ -454,7 +454,7 @@ impl LinkService {
             patch,
         };
         match self.shard_command(code.as_str(), command).await? {
-            ShardOutcome::Updated(link) => Ok(link),
+            ShardOutcome::Updated(link) => Ok(Link::clone(&link)),
             other => Err(refusal(code, other)),
         }
     }
@@ -473,7 +473,7 @@ impl LinkService {
             expected_version,
         };
         match self.shard_command(code.as_str(), command).await? {
-            ShardOutcome::Deleted(link) => Ok(link),
+            ShardOutcome::Deleted(link) => Ok(Link::clone(&link)),
             other => Err(refusal(code, other)),
         }
     }

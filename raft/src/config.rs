@@ -31,6 +31,9 @@ pub struct RaftConfig {
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
+    /// Memory sled may use to cache the node's logs (sled's own default is 1 GiB, which
+    /// would sit beside the state machines' own copy of the same data).
+    pub log_cache_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -47,6 +50,7 @@ impl Default for RaftConfig {
             snapshot_chunk_timeout: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
+            log_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -250,7 +250,10 @@ impl<S: StateMachine> RaftNode<S> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(io_err(format!("creating {}", options.data_dir.display())))?;
         let db_path = options.data_dir.join("raft.sled");
-        let db = sled::open(&db_path)
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(options.raft.log_cache_bytes)
+            .open()
             .map_err(sled_to_io)
             .map_err(io_err(format!("opening {}", db_path.display())))?;
         let hosted = db

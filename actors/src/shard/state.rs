@@ -74,11 +74,11 @@ impl ShardCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardOutcome {
     /// The link was created.
-    Created(Link),
+    Created(Arc<Link>),
     /// The link was changed; this is the new state.
-    Updated(Link),
+    Updated(Arc<Link>),
     /// The link was deleted; this was its last state.
-    Deleted(Link),
+    Deleted(Arc<Link>),
     /// Create refused: the code is in use.
     CodeTaken,
     /// Update or delete refused: no such link.
@@ -210,7 +210,9 @@ impl ShardState {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(link.code.to_string());
-                links.insert(link.code.to_string(), Arc::new(link.clone()));
+                // The remembered outcome shares the table's copy of the link.
+                let link = Arc::new(link);
+                links.insert(link.code.to_string(), link.clone());
                 ShardOutcome::Created(link)
             }
             ShardCommand::Update {
@@ -232,7 +234,8 @@ impl ShardState {
                 patch.apply_to(&mut link);
                 link.version += 1;
                 link.updated_at = at;
-                links.insert(code.to_string(), Arc::new(link.clone()));
+                let link = Arc::new(link);
+                links.insert(code.to_string(), link.clone());
                 ShardOutcome::Updated(link)
             }
             ShardCommand::Delete {
@@ -248,7 +251,7 @@ impl ShardState {
                         current: current.version,
                     };
                 }
-                let last = Link::clone(current);
+                let last = current.clone();
                 self.table
                     .order
                     .write()
