@@ -137,6 +137,21 @@ impl ShardReader {
     }
 }
 
+/// The link a change applies to, if it exists and is still at the version the caller
+/// expects (when it says); otherwise the refusal to answer with.
+fn versioned(
+    current: Option<&Arc<Link>>,
+    expected: Option<u64>,
+) -> Result<&Arc<Link>, ShardOutcome> {
+    let current = current.ok_or(ShardOutcome::NotFound)?;
+    match expected {
+        Some(v) if v != current.version => Err(ShardOutcome::VersionMismatch {
+            current: current.version,
+        }),
+        _ => Ok(current),
+    }
+}
+
 /// The shard state machine.
 #[derive(Default)]
 pub struct ShardState {
@@ -222,14 +237,10 @@ impl ShardState {
                 patch,
                 ..
             } => {
-                let Some(current) = links.get(code.as_str()) else {
-                    return ShardOutcome::NotFound;
+                let current = match versioned(links.get(code.as_str()), expected_version) {
+                    Ok(current) => current,
+                    Err(refusal) => return refusal,
                 };
-                if expected_version.is_some_and(|v| v != current.version) {
-                    return ShardOutcome::VersionMismatch {
-                        current: current.version,
-                    };
-                }
                 let mut link = Link::clone(current);
                 patch.apply_to(&mut link);
                 link.version += 1;
@@ -243,14 +254,10 @@ impl ShardState {
                 expected_version,
                 ..
             } => {
-                let Some(current) = links.get(code.as_str()) else {
-                    return ShardOutcome::NotFound;
+                let current = match versioned(links.get(code.as_str()), expected_version) {
+                    Ok(current) => current,
+                    Err(refusal) => return refusal,
                 };
-                if expected_version.is_some_and(|v| v != current.version) {
-                    return ShardOutcome::VersionMismatch {
-                        current: current.version,
-                    };
-                }
                 let last = current.clone();
                 self.table
                     .order
