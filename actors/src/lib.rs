@@ -4,11 +4,13 @@
 //! - [`domain`]: `ShortCode`, `DestinationUrl`, `Link`, API keys — checked once, when made.
 //! - [`shard`]: the pure shard state machine, its lock-free read handle, and `shard_of`.
 //! - [`meta`]: the meta group's state machine (API keys).
+//! - [`placement`]: where shard replicas belong (rendezvous hashing), for the cluster.
 //! - [`groups`]: the one state machine type the node's Raft groups run (meta or shard).
 //! - [`service`]: [`service::LinkService`], the handle the HTTP layer talks to.
 
 pub mod domain;
 pub mod groups;
 pub mod meta;
+pub mod placement;
 pub mod service;
 pub mod shard;
