@@ -14,3 +14,4 @@ pub mod meta;
 pub mod placement;
 pub mod service;
 pub mod shard;
+pub mod status;

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use linkrift_raft::node::NodeOptions;
-use linkrift_raft::{Group, GroupError, GroupId, RaftConfig, RaftNode};
+use linkrift_raft::{Group, GroupError, GroupId, NodeId, RaftConfig, RaftNode};
+
+use crate::status::{ClusterStatus, GroupStatus};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
@@ -585,6 +587,40 @@ impl LinkService {
             .chain(self.shards.iter().map(|s| &s.group))
             .map(|g| (g.id(), g.raft().metrics().borrow().clone()))
             .collect()
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let mut addrs = BTreeMap::new();
+        let groups = std::iter::once(("meta".to_string(), &self.meta))
+            .chain(
+                self.shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("shard {i}"), &s.group)),
+            )
+            .map(|(name, g)| {
+                let m = g.raft().metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                for (id, node) in membership.nodes() {
+                    addrs.insert(*id, node.addr.clone());
+                }
+                let voters: Vec<NodeId> = membership.voter_ids().collect();
+                GroupStatus {
+                    name,
+                    group: g.id().0,
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    learners: membership
+                        .learner_ids()
+                        .filter(|l| !voters.contains(l))
+                        .collect(),
+                    voters,
+                    applied: m.last_applied.map_or(0, |l| l.index),
+                }
+            })
+            .collect();
+        ClusterStatus::new(self.node.id(), self.shard_count(), groups, addrs)
     }
 
     /// Stops every group and flushes the data to disk.

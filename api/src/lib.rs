@@ -4,6 +4,7 @@
 //! Every failure, whatever produced it, is answered with one JSON shape,
 //! `{"error": {"code": "...", "message": "..."}}` ([`error::ApiError`]).
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod json;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke))
+        .route("/admin/status", get(admin::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

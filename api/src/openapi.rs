@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{keys, links, ops, redirect};
+use crate::{admin, keys, links, ops, redirect};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -15,6 +15,7 @@ use crate::{keys, links, ops, redirect};
         redirect::redirect,
         links::create, links::list, links::bulk, links::get, links::update, links::remove,
         keys::create, keys::list, keys::revoke,
+        admin::status,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&BearerKeys)

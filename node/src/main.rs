@@ -1,6 +1,7 @@
 //! The `linkrift` binary: parses the command line and hands over to the crates that do
 //! the work.
 
+mod cluster;
 mod config;
 mod serve;
 
@@ -17,6 +18,9 @@ struct Cli {
 enum Command {
     /// Run a node (a new single-node cluster when the data directory is empty).
     Serve(config::Flags),
+    /// Inspect and operate the cluster through any node's admin API.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 fn init_logging(config: &config::Config) {
@@ -41,6 +45,11 @@ fn main() -> anyhow::Result<()> {
             let config = config::Config::load(&flags)?;
             init_logging(&config);
             tokio::runtime::Runtime::new()?.block_on(serve::run(config))
+        }
+        Command::Cluster(command) => {
+            let out = tokio::runtime::Runtime::new()?.block_on(cluster::run(command))?;
+            print!("{out}");
+            Ok(())
         }
     }
 }

@@ -276,6 +276,7 @@ async fn openapi_document_describes_every_route() {
         ("/healthz", vec!["get"]),
         ("/readyz", vec!["get"]),
         ("/metrics", vec!["get"]),
+        ("/admin/status", vec!["get"]),
     ] {
         let mut got = methods(path);
         got.sort();
