@@ -581,6 +581,15 @@ impl LinkService {
             .all(|g| g.leader().is_some())
     }
 
+    /// Log flushes requested by this node's groups, and flushes performed to serve them.
+    pub fn flush_counts(&self) -> (u64, u64) {
+        let stats = self.node.flusher().stats();
+        (
+            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// openraft's metrics of every group on this node.
     pub fn raft_metrics(&self) -> Vec<(GroupId, openraft_metrics::Metrics)> {
         std::iter::once(&self.meta)

@@ -50,6 +50,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         }
     }
     metrics::gauge!("raft_leaderless_groups").set(leaderless as f64);
+    let (requests, flushes) = state.service.flush_counts();
+    metrics::counter!("raft_log_flush_requests_total").absolute(requests);
+    metrics::counter!("raft_log_flushes_total").absolute(flushes);
     metrics::gauge!("links_total").set(state.service.link_count() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
