@@ -248,6 +248,21 @@ impl LinkService {
             .map_err(io(format!("writing {}", tmp.display())))?;
             std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
             tracing::info!(shards = identity.shard_count, dir = %config.data_dir.display(), "created a new single-node cluster");
+        } else {
+            // A group whose only voter is this node need not wait out an election timeout
+            // after a restart: nobody else could win, so stand at once.
+            for id in node.group_ids() {
+                let Some(group) = node.group(id) else {
+                    continue;
+                };
+                let alone =
+                    group.read(|a| a.membership.membership().voter_ids().eq([identity.node_id]));
+                if alone {
+                    if let Err(e) = group.raft().trigger().elect().await {
+                        tracing::warn!(group = %id, error = %e, "could not start an election");
+                    }
+                }
+            }
         }
         let group = |id: GroupId| {
             node.group(id).ok_or_else(|| {
