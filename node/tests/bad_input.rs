@@ -83,8 +83,7 @@ async fn oversized_post(node: &Node, len: usize) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    node.wait_ready().await;
+    let node = Node::ready(dir.path()).await;
     let (status, _) = node
         .create(
             ADMIN_KEY,
@@ -250,16 +249,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         "keys need admin"
     );
     let writer = node.new_key(&["links:write"]).await;
-    let keys: Value = node
-        .http
-        .get(node.url("/v1/keys"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Value = node.get_json("/v1/keys", ADMIN_KEY).await;
     let writer_id = keys["keys"]
         .as_array()
         .unwrap()

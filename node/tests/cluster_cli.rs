@@ -17,8 +17,7 @@ fn cli(args: &[&str], key: &str) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_node_its_leaderships_and_no_under_replicated_group() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    node.wait_ready().await;
+    let node = Node::ready(dir.path()).await;
 
     let out = cli(
         &["cluster", "status", "--url", &node.base, "--json"],

@@ -9,8 +9,7 @@ use support::{error_code, Node, ADMIN_KEY};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_redirect_update_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    node.wait_ready().await;
+    let node = Node::ready(dir.path()).await;
 
     let (status, link) = node
         .create(ADMIN_KEY, json!({"url": "https://example.com/a", "code": "promo", "tags": ["x"], "title": "Promo"}))
@@ -51,27 +50,9 @@ async fn create_redirect_update_delete() {
     );
 
     // Read it back, list it, archive it (410), delete it (404).
-    let got: Value = node
-        .http
-        .get(node.url("/v1/links/promo"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = node.get_json("/v1/links/promo", ADMIN_KEY).await;
     assert_eq!(got["url"], "https://example.com/b");
-    let page: Value = node
-        .http
-        .get(node.url("/v1/links?tag=x"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = node.get_json("/v1/links?tag=x", ADMIN_KEY).await;
     assert_eq!(page["links"].as_array().unwrap().len(), 1);
     let r = node
         .http
@@ -105,8 +86,7 @@ async fn create_redirect_update_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_codes_and_idempotent_retries() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    node.wait_ready().await;
+    let node = Node::ready(dir.path()).await;
     let send = || {
         node.http
             .post(node.url("/v1/links"))
@@ -123,16 +103,7 @@ async fn generated_codes_and_idempotent_retries() {
         again["code"], code,
         "a retried request returns the first link"
     );
-    let page: Value = node
-        .http
-        .get(node.url("/v1/links"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = node.get_json("/v1/links", ADMIN_KEY).await;
     assert_eq!(
         page["links"].as_array().unwrap().len(),
         1,
@@ -143,8 +114,7 @@ async fn generated_codes_and_idempotent_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_links_survive_kill_9_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    node.wait_ready().await;
+    let node = Node::ready(dir.path()).await;
     let (status, _) = node
         .create(
             ADMIN_KEY,
@@ -288,8 +258,7 @@ async fn openapi_document_describes_every_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_pages_through_every_shard_in_code_order() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    node.wait_ready().await;
+    let node = Node::ready(dir.path()).await;
     let mut expected = Vec::new();
     for i in 0..25 {
         let code = format!("p{i:02}");

@@ -146,6 +146,26 @@ impl Node {
         (r.status().as_u16(), location)
     }
 
+    /// Starts a node on `dir` and waits until it is ready.
+    pub async fn ready(dir: &Path) -> Node {
+        let node = Self::start(dir);
+        node.wait_ready().await;
+        node
+    }
+
+    /// GET `path` with `key`, expecting 200; the JSON body.
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
+
     pub async fn new_key(&self, scopes: &[&str]) -> String {
         let r = self
             .http
