@@ -1,6 +1,7 @@
 //! Short codes: the path segment a redirect is served at.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -31,10 +32,11 @@ const RESERVED: &[&str] = &[
     "logout",
 ];
 
-/// A short code: 1–64 characters of `[A-Za-z0-9_-]`, not a reserved word.
+/// A short code: 1–64 characters of `[A-Za-z0-9_-]`, not a reserved word. Shared, not
+/// copied: a shard's table key and its ordered index hold the same allocation as the link.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ShortCode(String);
+pub struct ShortCode(Arc<str>);
 
 impl ShortCode {
     /// Longest code accepted.
@@ -60,7 +62,7 @@ impl ShortCode {
         if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(s)) {
             return Err(Invalid::new("code", format!("{s:?} is reserved")));
         }
-        Ok(Self(s.to_string()))
+        Ok(Self(Arc::from(s)))
     }
 
     /// A random base62 code of `len` characters (which is never reserved: reserved words
@@ -80,6 +82,11 @@ impl ShortCode {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The shared text, for keys that should not copy it.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl fmt::Display for ShortCode {
@@ -97,7 +104,7 @@ impl TryFrom<String> for ShortCode {
 
 impl From<ShortCode> for String {
     fn from(c: ShortCode) -> String {
-        c.0
+        c.0.to_string()
     }
 }
 

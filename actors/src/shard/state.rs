@@ -93,8 +93,8 @@ pub enum ShardOutcome {
 /// The links of one shard, shared between the state machine and readers.
 #[derive(Default)]
 struct Table {
-    links: papaya::HashMap<String, Arc<Link>>,
-    order: RwLock<BTreeSet<String>>,
+    links: papaya::HashMap<Arc<str>, Arc<Link>>,
+    order: RwLock<BTreeSet<Arc<str>>>,
 }
 
 /// Reads a shard's links without locks (for redirects) or with a read lock (for listing).
@@ -120,7 +120,7 @@ impl ShardReader {
             None => order.range::<str, _>(..),
         };
         range
-            .filter_map(|code| links.get(code.as_str()).cloned())
+            .filter_map(|code| links.get(&**code).cloned())
             .filter(|link| tag.is_none_or(|t| link.tags.contains(t)))
             .take(limit)
             .collect()
@@ -224,10 +224,10 @@ impl ShardState {
                     .order
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(link.code.to_string());
+                    .insert(link.code.shared());
                 // The remembered outcome shares the table's copy of the link.
                 let link = Arc::new(link);
-                links.insert(link.code.to_string(), link.clone());
+                links.insert(link.code.shared(), link.clone());
                 ShardOutcome::Created(link)
             }
             ShardCommand::Update {
@@ -246,7 +246,7 @@ impl ShardState {
                 link.version += 1;
                 link.updated_at = at;
                 let link = Arc::new(link);
-                links.insert(code.to_string(), link.clone());
+                links.insert(code.shared(), link.clone());
                 ShardOutcome::Updated(link)
             }
             ShardCommand::Delete {
@@ -277,7 +277,7 @@ impl ShardState {
         let snapshot = Snapshot {
             links: order
                 .iter()
-                .filter_map(|c| links.get(c.as_str()))
+                .filter_map(|c| links.get(&**c))
                 .map(|l| Link::clone(l))
                 .collect(),
             seen: self
@@ -299,8 +299,8 @@ impl ShardState {
         let mut order = self.table.order.write().unwrap_or_else(|p| p.into_inner());
         order.clear();
         for link in snapshot.links {
-            order.insert(link.code.to_string());
-            links.insert(link.code.to_string(), Arc::new(link));
+            order.insert(link.code.shared());
+            links.insert(link.code.shared(), Arc::new(link));
         }
         self.outcomes.clear();
         self.seen.clear();
