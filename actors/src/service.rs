@@ -551,6 +551,11 @@ impl LinkService {
         operator_key: Option<&str>,
     ) -> Result<Option<ApiKey>, ServiceError> {
         if !self.keys.is_empty() {
+            if operator_key.is_some() {
+                tracing::info!(
+                    "admin_key is only used for a new data directory; this one already has keys"
+                );
+            }
             return Ok(None);
         }
         let (key, generated) = match operator_key {
