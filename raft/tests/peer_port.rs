@@ -164,3 +164,40 @@ async fn bad_peer_input_closes_only_that_connection() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_connections_come_from_the_nodes_own_address() {
+    use linkrift_raft::transport::client::{Lane, PeerPool};
+    // A bare listener on 127.0.0.6 sees where a dial from "node" 127.0.0.5 comes from.
+    // Unbound, the kernel would pick 127.0.0.1 for any loopback destination.
+    let listener = tokio::net::TcpListener::bind("127.0.0.6:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let pool = PeerPool::new(
+        5,
+        "127.0.0.5".parse().unwrap(),
+        support::SECRET.into(),
+        &test_config(),
+        shutdown.clone(),
+        tokio_util::task::TaskTracker::new(),
+    );
+    let peer = pool.peer(&addr);
+    let call = tokio::spawn(async move {
+        peer.call(
+            1,
+            FrameKind::Vote,
+            vec![],
+            Lane::Control,
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    let (_stream, remote) = tokio::time::timeout(LONG, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(remote.ip().to_string(), "127.0.0.5");
+    // The bare listener never answers the handshake, so the call fails rather than hangs.
+    assert!(call.await.unwrap().is_err());
+    shutdown.cancel();
+}
