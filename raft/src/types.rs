@@ -33,8 +33,9 @@ impl fmt::Display for GroupId {
 
 /// An encoded application command or response. Opaque to Raft, so that groups running
 /// different state machines share one openraft type configuration and one transport.
+/// Serialised as one length-prefixed blob (`serde_bytes`), not a sequence of integers.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload(#[serde(with = "serde_bytes_compat")] pub Vec<u8>);
+pub struct Payload(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,43 +46,6 @@ impl fmt::Debug for Payload {
 impl fmt::Display for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
-    }
-}
-
-/// Serialises a byte vector as one length-prefixed blob instead of a sequence of
-/// individually tagged integers, which is what plain `Vec<u8>` does through serde.
-mod serde_bytes_compat {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0));
-                while let Some(b) = a.next_element()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_byte_buf(Visitor)
     }
 }
 
