@@ -90,10 +90,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_oversized,
         ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
+        .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }
 
@@ -113,7 +110,7 @@ async fn refuse_oversized(State(state): State<AppState>, request: Request, next:
 
 /// Counts every request by route template and status: `http_requests_total`, and
 /// `http_request_duration_seconds`.
-async fn count_requests(State(_): State<AppState>, request: Request, next: Next) -> Response {
+async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -134,7 +134,7 @@ async fn sigkill_loses_no_acknowledged_entry() {
             .recv_timeout(Duration::from_secs(60))
             .expect("child acknowledges a write");
         acked.entry(first.0).or_default().insert(first.1);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
         reader.join().unwrap();
