@@ -8,6 +8,7 @@
 //! - [`groups`]: the one state machine type the node's Raft groups run (meta or shard).
 //! - [`service`]: [`service::LinkService`], the handle the HTTP layer talks to.
 
+pub mod cluster;
 pub mod domain;
 pub mod groups;
 pub mod meta;

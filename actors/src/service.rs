@@ -1,36 +1,43 @@
 //! [`LinkService`]: one node's link service, the handle the HTTP layer talks to.
 //!
-//! It owns the node's Raft groups (the meta group and one per shard), knows which shard a
-//! code lives in, serves reads from the shards' lock-free tables, and turns API calls into
-//! commands proposed to the right group. Every write carries a request id, so retrying a
-//! call (here, or by the client with the same idempotency key) never acts twice.
+//! It owns the node's Raft groups (the meta group and the shards it holds replicas of),
+//! knows which shard a code lives in, serves reads from the local shards' lock-free tables
+//! or the near cache, and turns API calls into commands proposed to the right group, here
+//! or, forwarded over the cluster, on the shard's leader. Every write carries a request id,
+//! so retrying a call (here, after a failover, or by the client with the same idempotency
+//! key) never acts twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use linkrift_raft::node::NodeOptions;
 use linkrift_raft::{Group, GroupError, GroupId, NodeId, RaftConfig, RaftNode};
-
-use crate::status::{ClusterStatus, GroupStatus};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::cluster::cache::{CacheConfig, NearCache};
+use crate::cluster::peers::{Handler, Peers};
+use crate::cluster::wire::{Notice, Refusal, Reply, Request};
 use crate::domain::{
     ApiKey, ApiKeyHash, ApiKeyRecord, DestinationUrl, Invalid, Link, LinkPatch, NewLink,
     RedirectStatus, Scope, ShortCode, Tag, Title, UrlPolicy,
 };
 use crate::groups::{shard_group, Command, GroupState, Outcome, META};
-use crate::meta::{MetaCommand, MetaOutcome, MetaReader};
+use crate::meta::{MetaCommand, MetaOutcome, MetaReader, NodeAddrs, NodeRecord, NodeState};
+use crate::placement;
 use crate::shard::{
     shard_of, RequestId, ShardActor, ShardCommand, ShardMsg, ShardOutcome, ShardReader,
 };
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef};
-use tokio::task::JoinHandle;
+use crate::status::{ClusterStatus, GroupStatus};
 
 /// How a node's link service is set up.
 #[derive(Clone, Debug)]
@@ -39,16 +46,28 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     /// Peer (Raft) listener address.
     pub peer_addr: SocketAddr,
+    /// Cluster (actor) listener address.
+    pub cluster_addr: SocketAddr,
+    /// The HTTP address other nodes and operators reach this node at.
+    pub http_addr: String,
+    /// A member's cluster address, to join its cluster (only read with an empty data dir).
+    pub join: Option<SocketAddr>,
     /// Secret shared by the cluster's nodes.
     pub cluster_secret: Vec<u8>,
     /// Shards of a new cluster (1–4096). Fixed once the data directory exists.
     pub shard_count: u32,
+    /// Replicas per shard (capped by the number of nodes).
+    pub replication_factor: usize,
+    /// Replica moves in flight across the cluster at most.
+    pub max_moves: usize,
     /// Length of generated codes.
     pub code_length: usize,
     /// Which destinations are accepted.
     pub url_policy: UrlPolicy,
     /// How long a write may wait for its group to have a leader.
     pub write_timeout: Duration,
+    /// The near cache for shards held elsewhere.
+    pub cache: CacheConfig,
     /// Replication settings.
     pub raft: RaftConfig,
 }
@@ -58,16 +77,21 @@ impl Default for ServiceConfig {
         Self {
             data_dir: PathBuf::from("data"),
             peer_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cluster_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: String::new(),
+            join: None,
             cluster_secret: Vec::new(),
             shard_count: 64,
+            replication_factor: 3,
+            max_moves: 4,
             code_length: 7,
             url_policy: UrlPolicy::default(),
             write_timeout: Duration::from_secs(5),
+            cache: CacheConfig::default(),
             raft: RaftConfig::default(),
         }
     }
 }
-
 /// Why a service call failed, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -111,6 +135,9 @@ pub enum OpenError {
     /// The Raft layer failed to start.
     #[error(transparent)]
     Raft(Box<linkrift_raft::node::NodeError>),
+    /// Joining the cluster failed.
+    #[error("joining the cluster: {0}")]
+    Join(String),
 }
 
 impl From<linkrift_raft::node::NodeError> for OpenError {
@@ -141,28 +168,100 @@ pub struct LinkSpec {
 struct Identity {
     node_id: u64,
     shard_count: u32,
+    /// False between registering with a cluster and being admitted to it.
+    #[serde(default = "admitted_by_default")]
+    admitted: bool,
+    /// The token this node registered with (see [`MetaCommand::RegisterNode`]).
+    #[serde(default)]
+    token: u128,
+}
+
+fn admitted_by_default() -> bool {
+    true
 }
 
 const IDENTITY: &str = "linkrift.json";
 /// Generated-code attempts before giving up on a crowded code space.
 const CODE_ATTEMPTS: u32 = 8;
+/// How many times a write or read is passed on between nodes before it must be served.
+const HOPS: u8 = 2;
+/// How long a call to another node may take, except writes (which take what is left of
+/// the write timeout) and admission (which waits for the meta group to catch up).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
-struct Shard {
-    group: Group<GroupState>,
+/// A shard this node holds a replica of.
+pub(crate) struct LocalShard {
+    pub(crate) group: Group<GroupState>,
     reader: ShardReader,
     actor: ActorRef<ShardMsg>,
-    actor_task: JoinHandle<()>,
+    actor_task: Mutex<Option<JoinHandle<()>>>,
+    /// The replica is a voter: it has caught up and may answer reads.
+    serving: Arc<AtomicBool>,
+}
+
+impl LocalShard {
+    fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    async fn propose(
+        &self,
+        command: ShardCommand,
+        within: Duration,
+    ) -> Result<ShardOutcome, GroupError> {
+        let reply = self
+            .actor
+            .call(|port| ShardMsg::Propose(command, port), Some(within))
+            .await;
+        match reply {
+            Ok(CallResult::Success(outcome)) => outcome,
+            Ok(CallResult::Timeout) => Err(GroupError::Unavailable(format!(
+                "no answer within {within:?}"
+            ))),
+            Ok(CallResult::SenderError) | Err(_) => Err(GroupError::Unavailable(
+                "the shard actor has stopped".into(),
+            )),
+        }
+    }
+}
+
+/// How a code was answered without waiting.
+#[derive(Debug)]
+pub enum Lookup {
+    /// From this node's replica of the shard (`None`: no such link).
+    Local(Option<Arc<Link>>),
+    /// From the near cache (`None`: a replica said recently there is no such link).
+    Cached(Option<Arc<Link>>),
+    /// Neither: ask a replica with [`LinkService::fetch`].
+    Miss,
+}
+
+/// The node's shared state: what the HTTP layer, the peer actor and the background tasks
+/// all use.
+pub(crate) struct Core {
+    pub(crate) node: RaftNode<GroupState>,
+    pub(crate) me: NodeId,
+    pub(crate) meta: Group<GroupState>,
+    pub(crate) directory: MetaReader,
+    pub(crate) shard_count: u32,
+    pub(crate) local: papaya::HashMap<u32, Arc<LocalShard>>,
+    /// Serialises hosting and releasing replicas.
+    hosting: tokio::sync::Mutex<()>,
+    cache: NearCache,
+    pub(crate) peers: Peers<Core>,
+    pub(crate) replication_factor: usize,
+    pub(crate) max_moves: usize,
+    code_length: usize,
+    url_policy: UrlPolicy,
+    write_timeout: Duration,
+    pub(crate) cancel: CancellationToken,
 }
 
 /// One node's link service.
 pub struct LinkService {
-    node: RaftNode<GroupState>,
-    shards: Vec<Shard>,
-    meta: Group<GroupState>,
-    keys: MetaReader,
-    code_length: usize,
-    url_policy: UrlPolicy,
-    write_timeout: Duration,
+    core: Arc<Core>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Now, as Unix milliseconds.
@@ -186,8 +285,21 @@ fn read_identity(dir: &Path) -> Result<Option<Identity>, OpenError> {
     }
 }
 
+fn write_identity(dir: &Path, identity: &Identity) -> Result<(), OpenError> {
+    let io = |context: String| move |source| OpenError::Io { context, source };
+    let path = dir.join(IDENTITY);
+    let tmp = dir.join(format!("{IDENTITY}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(identity).expect("identity encodes"),
+    )
+    .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
+}
+
 impl LinkService {
-    /// Opens (or, in an empty directory, creates) a single-node cluster.
+    /// Opens the node's data: an existing directory as it was; an empty one as a new
+    /// single-node cluster, or, with `join`, as a new member of the cluster at `join`.
     pub async fn open(config: ServiceConfig) -> Result<Self, OpenError> {
         if !(1..=4096).contains(&config.shard_count) {
             return Err(OpenError::Config(format!(
@@ -201,32 +313,63 @@ impl LinkService {
                 config.code_length
             )));
         }
+        if !(1..=7).contains(&config.replication_factor) {
+            return Err(OpenError::Config(format!(
+                "replication_factor must be 1 to 7, not {}",
+                config.replication_factor
+            )));
+        }
         let io = |context: String| move |source| OpenError::Io { context, source };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
+        let peers: Peers<Core> = Peers::start(config.cluster_addr, &config.cluster_secret)
+            .await
+            .map_err(io(format!(
+                "listening for cluster traffic on {}",
+                config.cluster_addr
+            )))?;
+
         let existing = read_identity(&config.data_dir)?;
         let fresh = existing.is_none();
-        let identity = existing.unwrap_or(Identity {
-            node_id: 1,
-            shard_count: config.shard_count,
-        });
-        if identity.shard_count != config.shard_count {
+        let joining = fresh && config.join.is_some();
+        let identity = match existing {
+            Some(identity) => identity,
+            None => match config.join {
+                Some(seed) => register(&peers, seed, &config).await?,
+                None => Identity {
+                    node_id: 1,
+                    shard_count: config.shard_count,
+                    admitted: true,
+                    token: 0,
+                },
+            },
+        };
+        if identity.shard_count != config.shard_count && !joining {
             tracing::warn!(
                 configured = config.shard_count,
                 actual = identity.shard_count,
-                "shard_count is fixed when the data directory is created; using the existing value"
+                "shard_count is fixed when the cluster is created; using the cluster's"
             );
         }
+        if joining {
+            write_identity(&config.data_dir, &identity)?;
+        }
+        let me = identity.node_id;
         let options = NodeOptions {
-            node_id: identity.node_id,
+            node_id: me,
             data_dir: config.data_dir.clone(),
             peer_addr: config.peer_addr,
             cluster_secret: config.cluster_secret.clone(),
             raft: config.raft.clone(),
         };
         let node = RaftNode::start(options, Arc::new(GroupState::for_group)).await?;
-        if fresh {
-            let members = BTreeMap::from([(identity.node_id, node.addr().to_string())]);
+        let addrs = NodeAddrs {
+            http: config.http_addr.clone(),
+            peer: node.addr().to_string(),
+            cluster: peers.addr().to_string(),
+        };
+        if fresh && !joining {
+            let members = BTreeMap::from([(me, node.addr().to_string())]);
             let ids = std::iter::once(META).chain((0..identity.shard_count).map(shard_group));
             for id in ids {
                 let group = match node.group(id) {
@@ -239,24 +382,17 @@ impl LinkService {
                     tracing::debug!(group = %id, error = %e, "group already initialised");
                 }
             }
-            let path = config.data_dir.join(IDENTITY);
-            let tmp = config.data_dir.join(format!("{IDENTITY}.tmp"));
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec_pretty(&identity).expect("identity encodes"),
-            )
-            .map_err(io(format!("writing {}", tmp.display())))?;
-            std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
-            tracing::info!(shards = identity.shard_count, dir = %config.data_dir.display(), "created a new single-node cluster");
-        } else {
+        } else if node.group(META).is_none() {
+            node.create_group(META).await?;
+        }
+        if !fresh {
             // A group whose only voter is this node need not wait out an election timeout
             // after a restart: nobody else could win, so stand at once.
             for id in node.group_ids() {
                 let Some(group) = node.group(id) else {
                     continue;
                 };
-                let alone =
-                    group.read(|a| a.membership.membership().voter_ids().eq([identity.node_id]));
+                let alone = group.read(|a| a.membership.membership().voter_ids().eq([me]));
                 if alone {
                     if let Err(e) = group.raft().trigger().elect().await {
                         tracing::warn!(group = %id, error = %e, "could not start an election");
@@ -264,115 +400,417 @@ impl LinkService {
                 }
             }
         }
-        let group = |id: GroupId| {
-            node.group(id).ok_or_else(|| {
-                OpenError::Config(format!(
-                    "group {id} is missing from {}",
-                    config.data_dir.display()
-                ))
-            })
-        };
-        let meta = group(META)?;
-        let keys = meta.read(|a| match &a.state {
+        let meta = node
+            .group(META)
+            .ok_or_else(|| OpenError::Config("the meta group is missing".into()))?;
+        let directory = meta.read(|a| match &a.state {
             GroupState::Meta(m) => Ok(m.reader()),
             GroupState::Shard(_) => Err(OpenError::Config("group 0 is not the meta group".into())),
         })?;
-        let mut shards = Vec::with_capacity(identity.shard_count as usize);
-        for shard in 0..identity.shard_count {
-            let g = group(shard_group(shard))?;
-            let reader = g.read(|a| match &a.state {
-                GroupState::Shard(s) => Ok(s.reader()),
-                GroupState::Meta(_) => Err(OpenError::Config(format!(
-                    "group {} is not a shard",
-                    shard_group(shard)
-                ))),
-            })?;
-            let (actor, actor_task) =
-                Actor::spawn(None, ShardActor, g.clone())
-                    .await
-                    .map_err(|e| {
-                        OpenError::Config(format!("cannot start the actor of shard {shard}: {e}"))
-                    })?;
-            shards.push(Shard {
-                group: g,
-                reader,
-                actor,
-                actor_task,
-            });
-        }
-        Ok(Self {
+        peers.announce(me);
+        let core = Arc::new(Core {
             node,
-            shards,
+            me,
             meta,
-            keys,
+            directory,
+            shard_count: identity.shard_count,
+            local: papaya::HashMap::new(),
+            hosting: tokio::sync::Mutex::new(()),
+            cache: NearCache::new(config.cache),
+            peers,
+            replication_factor: config.replication_factor,
+            max_moves: config.max_moves.max(1),
             code_length: config.code_length,
             url_policy: config.url_policy,
             write_timeout: config.write_timeout,
-        })
+            cancel: CancellationToken::new(),
+        });
+        core.peers.serve(Arc::downgrade(&core));
+        for id in core.node.group_ids() {
+            if id != META {
+                core.host((id.0 - 1) as u32).await?;
+            }
+        }
+        if fresh && !joining {
+            let first = NodeRecord {
+                id: me,
+                addrs: addrs.clone(),
+                state: NodeState::Active,
+                joined_at: now_ms(),
+                token: 0,
+            };
+            core.meta_command(MetaCommand::Bootstrap {
+                shard_count: identity.shard_count,
+                node: first,
+            })
+            .await
+            .map_err(|e| OpenError::Config(format!("recording the new cluster: {e}")))?;
+            write_identity(&config.data_dir, &identity)?;
+            tracing::info!(shards = identity.shard_count, dir = %config.data_dir.display(), "created a new single-node cluster");
+        }
+        if !identity.admitted {
+            admit(&core, config.join, addrs.clone()).await?;
+            write_identity(
+                &config.data_dir,
+                &Identity {
+                    admitted: true,
+                    ..identity
+                },
+            )?;
+            tracing::info!(node = me, "joined the cluster");
+        }
+        let tasks = vec![
+            tokio::spawn(crate::cluster::driver::run(Arc::downgrade(&core))),
+            tokio::spawn(keep_in_touch(Arc::downgrade(&core), addrs)),
+        ];
+        Ok(Self { core, tasks })
     }
+}
 
-    /// The destination rules this service applies.
-    pub fn url_policy(&self) -> &UrlPolicy {
-        &self.url_policy
+/// Registers with the cluster at `seed`: returns the identity it gives this node.
+async fn register(
+    peers: &Peers<Core>,
+    seed: SocketAddr,
+    config: &ServiceConfig,
+) -> Result<Identity, OpenError> {
+    peers
+        .connect(seed, Duration::from_secs(10))
+        .await
+        .map_err(|e| OpenError::Join(format!("cannot open a session with {seed}: {e}")))?;
+    let token = rand::random::<u128>();
+    let request = Request::Register {
+        token,
+        addrs: NodeAddrs {
+            http: config.http_addr.clone(),
+            peer: String::new(),
+            cluster: peers.addr().to_string(),
+        },
+    };
+    match peers.call_any(&request, Duration::from_secs(10)).await {
+        Ok(Reply::Registered { id, shard_count }) => {
+            tracing::info!(node = id, shards = shard_count, %seed, "registered with the cluster");
+            Ok(Identity {
+                node_id: id,
+                shard_count,
+                admitted: false,
+                token,
+            })
+        }
+        Ok(Reply::Refused(r)) => Err(OpenError::Join(format!("{seed} refused: {r}"))),
+        Ok(other) => Err(OpenError::Join(format!("{seed} answered {other:?}"))),
+        Err(e) => Err(OpenError::Join(e.to_string())),
     }
+}
 
-    /// Number of shards.
-    pub fn shard_count(&self) -> u32 {
-        self.shards.len() as u32
+/// Asks the meta leader (through `seed`, or any node with a session) to admit this node.
+async fn admit(
+    core: &Arc<Core>,
+    seed: Option<SocketAddr>,
+    addrs: NodeAddrs,
+) -> Result<(), OpenError> {
+    let request = Request::Admit { id: core.me, addrs };
+    let deadline = Instant::now() + ADMIT_TIMEOUT;
+    loop {
+        let answer = core.peers.call_any(&request, ADMIT_TIMEOUT).await;
+        match answer {
+            Ok(Reply::Done) => return Ok(()),
+            Ok(Reply::Refused(Refusal::Failed(e))) => return Err(OpenError::Join(e)),
+            Ok(other) => tracing::info!(answer = ?other, "not admitted yet; trying again"),
+            Err(e) => {
+                tracing::info!(error = %e, "not admitted yet; trying again");
+                if let Some(seed) = seed {
+                    let _ = core.peers.connect(seed, Duration::from_secs(5)).await;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(OpenError::Join(format!(
+                "not admitted within {ADMIT_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
 
-    fn shard(&self, code: &str) -> &Shard {
-        &self.shards[shard_of(code, self.shard_count()) as usize]
-    }
-
-    /// The link at `code`, from this node's replica. Lock-free, no I/O: the redirect path.
-    pub fn lookup(&self, code: &str) -> Option<Arc<Link>> {
-        self.shard(code).reader.get(code)
-    }
-
-    /// Up to `limit` links after `cursor` in code order across all shards, with `tag`;
-    /// and the cursor of the next page, if there may be one.
-    pub fn list(
-        &self,
-        limit: usize,
-        cursor: Option<&str>,
-        tag: Option<&Tag>,
-    ) -> (Vec<Arc<Link>>, Option<String>) {
-        let mut links: Vec<Arc<Link>> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.reader.page(cursor, tag, limit))
+/// Keeps sessions with the other nodes up, and this node's addresses in the meta group
+/// current.
+async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recorded = false;
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if core.cancel.is_cancelled() {
+            return;
+        }
+        let nodes: Vec<(NodeId, SocketAddr)> = core
+            .directory
+            .nodes()
+            .into_iter()
+            .filter(|n| n.id != core.me)
+            .filter_map(|n| n.addrs.cluster.parse().ok().map(|a| (n.id, a)))
             .collect();
-        links.sort_by(|a, b| a.code.cmp(&b.code));
-        links.truncate(limit);
-        let next = (links.len() == limit)
-            .then(|| links.last().map(|l| l.code.to_string()))
-            .flatten();
-        (links, next)
+        core.peers.maintain(core.me, &nodes).await;
+        if !recorded {
+            match core.directory.node(core.me) {
+                Some(r) if r.addrs == addrs => recorded = true,
+                Some(_) => {
+                    let update = MetaCommand::UpdateAddrs {
+                        id: core.me,
+                        addrs: addrs.clone(),
+                    };
+                    if core.meta.is_leader() {
+                        recorded = core.meta_command(update).await.is_ok();
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+impl Core {
+    fn local_shard(&self, shard: u32) -> Option<Arc<LocalShard>> {
+        self.local.pin().get(&shard).cloned()
     }
 
-    /// Number of links on this node.
-    pub fn link_count(&self) -> usize {
-        self.shards.iter().map(|s| s.reader.len()).sum()
+    /// Starts hosting a replica of `shard` (an empty one, unless this node has its data).
+    pub(crate) async fn host(self: &Arc<Self>, shard: u32) -> Result<(), OpenError> {
+        let _serial = self.hosting.lock().await;
+        if self.local.pin().contains_key(&shard) {
+            return Ok(());
+        }
+        let id = shard_group(shard);
+        let group = match self.node.group(id) {
+            Some(g) => g,
+            None => self.node.create_group(id).await?,
+        };
+        let reader = group.read(|a| match &a.state {
+            GroupState::Shard(s) => Ok(s.reader()),
+            GroupState::Meta(_) => Err(OpenError::Config(format!("group {id} is not a shard"))),
+        })?;
+        let (actor, actor_task) = Actor::spawn(None, ShardActor, group.clone())
+            .await
+            .map_err(|e| {
+                OpenError::Config(format!("cannot start the actor of shard {shard}: {e}"))
+            })?;
+        let serving = Arc::new(AtomicBool::new(false));
+        let mut metrics = group.raft().metrics();
+        let flag = serving.clone();
+        let me = self.me;
+        tokio::spawn(async move {
+            loop {
+                let voter = metrics
+                    .borrow_and_update()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == me);
+                flag.store(voter, Ordering::Release);
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.local.pin().insert(
+            shard,
+            Arc::new(LocalShard {
+                group,
+                reader,
+                actor,
+                actor_task: Mutex::new(Some(actor_task)),
+                serving,
+            }),
+        );
+        Ok(())
     }
 
-    /// Runs `attempt` until it succeeds or fails for good; while `group` has no leader it
-    /// waits for the group's state to change and tries again, up to the write timeout.
-    /// `attempt` gets the time left.
-    async fn until_led<T, F, Fut>(
+    /// Stops hosting `shard` and deletes this node's replica.
+    pub(crate) async fn release(&self, shard: u32) -> Result<(), String> {
+        let _serial = self.hosting.lock().await;
+        let Some(local) = self.local.pin().remove(&shard).cloned() else {
+            return Ok(());
+        };
+        local.serving.store(false, Ordering::Release);
+        local.actor.stop(None);
+        let task = local
+            .actor_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.node
+            .remove_group(shard_group(shard))
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(shard, "released this node's replica");
+        Ok(())
+    }
+
+    /// Nodes to ask about `shard`: its target replicas first, then every other active node.
+    fn candidates(&self, shard: u32) -> Vec<NodeId> {
+        let active = self.directory.active_nodes();
+        let mut order = placement::replicas(shard, &active, self.replication_factor);
+        for n in active {
+            if !order.contains(&n) {
+                order.push(n);
+            }
+        }
+        order.retain(|&n| n != self.me);
+        order
+    }
+
+    /// Runs `command` on `shard`'s leader: here, or forwarded (at most `hops` times).
+    async fn route_write(
+        self: &Arc<Self>,
+        shard: u32,
+        command: &ShardCommand,
+        hops: u8,
+        deadline: Instant,
+    ) -> Result<ShardOutcome, Refusal> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(local) = self.local_shard(shard) {
+            return match local.propose(command.clone(), left).await {
+                Ok(outcome) => Ok(outcome),
+                Err(GroupError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if leader != self.me && hops > 0 => {
+                    self.forward_write(leader, shard, command, hops - 1, deadline)
+                        .await
+                }
+                Err(GroupError::NotLeader { leader, .. }) => Err(Refusal::NotLeader { leader }),
+                Err(e) if e.is_retryable() => Err(Refusal::Unavailable(e.to_string())),
+                Err(e) => Err(Refusal::Failed(e.to_string())),
+            };
+        }
+        if hops == 0 {
+            return Err(Refusal::NotHosted);
+        }
+        let mut last = Refusal::Unavailable(format!("no node holds shard {shard}"));
+        for node in self.candidates(shard) {
+            match self
+                .forward_write(node, shard, command, hops - 1, deadline)
+                .await
+            {
+                Ok(outcome) => return Ok(outcome),
+                Err(Refusal::Failed(e)) => return Err(Refusal::Failed(e)),
+                Err(r) => last = r,
+            }
+        }
+        Err(last)
+    }
+
+    async fn forward_write(
         &self,
-        group: &Group<GroupState>,
-        mut attempt: F,
-    ) -> Result<T, ServiceError>
+        node: NodeId,
+        shard: u32,
+        command: &ShardCommand,
+        hops: u8,
+        deadline: Instant,
+    ) -> Result<ShardOutcome, Refusal> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let request = Request::Write {
+            shard,
+            command: command.clone(),
+            hops,
+        };
+        match self.peers.call(node, &request, left).await {
+            Ok(Reply::Written(outcome)) => Ok(outcome),
+            Ok(Reply::Refused(r)) => Err(r),
+            Ok(other) => Err(Refusal::Failed(format!("a write answered {other:?}"))),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Proposes `command` to `shard`, wherever its leader is, retrying (with the same
+    /// request id) until it is answered or the write timeout passes.
+    async fn shard_command(
+        self: &Arc<Self>,
+        shard: u32,
+        command: ShardCommand,
+    ) -> Result<ShardOutcome, ServiceError> {
+        let deadline = Instant::now() + self.write_timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let last = match self.route_write(shard, &command, HOPS, deadline).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(Refusal::Failed(e)) => return Err(ServiceError::Internal(e)),
+                Err(r) => r,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServiceError::Unavailable(format!("shard {shard}: {last}")));
+            }
+            // Wait for this replica's view to change (a leader elected), or a moment when
+            // the shard is elsewhere.
+            let wait = pause.min(left);
+            match self.local_shard(shard) {
+                Some(local) => {
+                    let mut metrics = local.group.raft().metrics();
+                    let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                }
+                None => tokio::time::sleep(wait).await,
+            }
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Reads `code` where its shard is held (`hops` forwards at most, toward the leader).
+    async fn route_lookup(self: &Arc<Self>, code: &str, hops: u8) -> Result<Option<Link>, Refusal> {
+        let shard = shard_of(code, self.shard_count);
+        if let Some(local) = self.local_shard(shard) {
+            let leader = local.group.leader();
+            let here = leader == Some(self.me) || hops == 0 || leader.is_none();
+            if local.is_serving() && here {
+                return Ok(local.reader.get(code).map(|l| Link::clone(&l)));
+            }
+            if let Some(leader) = leader.filter(|&l| l != self.me && hops > 0) {
+                let request = Request::Lookup {
+                    code: code.to_string(),
+                    hops: hops - 1,
+                };
+                match self.peers.call(leader, &request, CALL_TIMEOUT).await {
+                    Ok(Reply::Found(link)) => return Ok(link),
+                    _ if local.is_serving() => {
+                        return Ok(local.reader.get(code).map(|l| Link::clone(&l)))
+                    }
+                    _ => {}
+                }
+            }
+            return Err(Refusal::NotHosted);
+        }
+        if hops == 0 {
+            return Err(Refusal::NotHosted);
+        }
+        let request = Request::Lookup {
+            code: code.to_string(),
+            hops: hops - 1,
+        };
+        let mut last = Refusal::Unavailable(format!("no node holds shard {shard}"));
+        for node in self.candidates(shard) {
+            match self.peers.call(node, &request, CALL_TIMEOUT).await {
+                Ok(Reply::Found(link)) => return Ok(link),
+                Ok(Reply::Refused(r)) => last = r,
+                Ok(other) => last = Refusal::Failed(format!("a lookup answered {other:?}")),
+                Err(e) => last = Refusal::Unavailable(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    async fn until_meta_led<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
     where
-        F: FnMut(Duration) -> Fut,
+        F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, GroupError>>,
     {
         let deadline = Instant::now() + self.write_timeout;
-        let mut metrics = group.raft().metrics();
+        let mut metrics = self.meta.raft().metrics();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match attempt(left).await {
+            match attempt().await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -380,8 +818,7 @@ impl LinkService {
                         || tokio::time::timeout(left, metrics.changed()).await.is_err()
                     {
                         return Err(ServiceError::Unavailable(format!(
-                            "group {} has no leader: {e}",
-                            group.id()
+                            "the meta group has no leader here: {e}"
                         )));
                     }
                 }
@@ -390,34 +827,383 @@ impl LinkService {
         }
     }
 
-    /// Proposes `command` through the actor of `code`'s shard.
+    /// Proposes `command` to the meta group; this node must lead it.
+    pub(crate) async fn meta_command(
+        &self,
+        command: MetaCommand,
+    ) -> Result<MetaOutcome, ServiceError> {
+        let outcome = self
+            .until_meta_led(|| self.meta.write(Command::Meta(command.clone())))
+            .await?;
+        match outcome {
+            Outcome::Meta(o) => Ok(o),
+            other => Err(ServiceError::Internal(format!(
+                "meta group answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends `request` to the meta leader when it is another node.
+    async fn to_meta_leader(&self, request: &Request, timeout: Duration) -> Reply {
+        match self.meta.leader() {
+            Some(leader) if leader != self.me => self
+                .peers
+                .call(leader, request, timeout)
+                .await
+                .unwrap_or_else(|e| Reply::Refused(Refusal::Unavailable(e.to_string()))),
+            _ => Reply::Refused(Refusal::Unavailable("the meta group has no leader".into())),
+        }
+    }
+
+    async fn handle_register(&self, token: u128, addrs: NodeAddrs) -> Reply {
+        let request = Request::Register {
+            token,
+            addrs: addrs.clone(),
+        };
+        if !self.meta.is_leader() {
+            return self.to_meta_leader(&request, CALL_TIMEOUT * 2).await;
+        }
+        match self
+            .meta_command(MetaCommand::RegisterNode {
+                token,
+                addrs,
+                at: now_ms(),
+            })
+            .await
+        {
+            Ok(MetaOutcome::Node(record)) => Reply::Registered {
+                id: record.id,
+                shard_count: self.directory.shard_count(),
+            },
+            Ok(other) => Reply::Refused(Refusal::Failed(format!("register answered {other:?}"))),
+            Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn handle_admit(&self, id: NodeId, addrs: NodeAddrs) -> Reply {
+        if !self.meta.is_leader() {
+            return self
+                .to_meta_leader(&Request::Admit { id, addrs }, ADMIT_TIMEOUT)
+                .await;
+        }
+        let Some(record) = self.directory.node(id) else {
+            return Reply::Refused(Refusal::Failed(format!("node {id} never registered")));
+        };
+        if record.state == NodeState::Active {
+            return Reply::Done;
+        }
+        // Registration happened before the node's Raft listener was up; record where it is.
+        if record.addrs != addrs {
+            let update = MetaCommand::UpdateAddrs {
+                id,
+                addrs: addrs.clone(),
+            };
+            if let Err(e) = self.meta_command(update).await {
+                return Reply::Refused(Refusal::Unavailable(e.to_string()));
+            }
+        }
+        if let Err(e) = self.meta.add_learner(id, addrs.peer.clone()).await {
+            return Reply::Refused(Refusal::Unavailable(format!(
+                "adding node {id} to the meta group: {e}"
+            )));
+        }
+        match self.meta_command(MetaCommand::ActivateNode { id }).await {
+            Ok(_) => {
+                tracing::info!(node = id, "node admitted");
+                Reply::Done
+            }
+            Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    fn group_statuses(&self) -> Vec<GroupStatus> {
+        let mut out = vec![group_status("meta".into(), &self.meta)];
+        let mut shards: Vec<(u32, Arc<LocalShard>)> = self
+            .local
+            .pin()
+            .iter()
+            .map(|(s, l)| (*s, l.clone()))
+            .collect();
+        shards.sort_by_key(|(s, _)| *s);
+        out.extend(
+            shards
+                .into_iter()
+                .map(|(s, l)| group_status(format!("shard {s}"), &l.group)),
+        );
+        out
+    }
+}
+
+fn group_status(name: String, g: &Group<GroupState>) -> GroupStatus {
+    let m = g.raft().metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    GroupStatus {
+        name,
+        group: g.id().0,
+        leader: m.current_leader,
+        term: m.current_term,
+        learners: membership
+            .learner_ids()
+            .filter(|l| !voters.contains(l))
+            .collect(),
+        voters,
+        applied: m.last_applied.map_or(0, |l| l.index),
+    }
+}
+
+impl Handler for Core {
+    async fn handle(self: Arc<Self>, request: Request) -> Reply {
+        match request {
+            Request::Register { token, addrs } => self.handle_register(token, addrs).await,
+            Request::Admit { id, addrs } => self.handle_admit(id, addrs).await,
+            Request::Meta(command) => {
+                if !self.meta.is_leader() {
+                    return self
+                        .to_meta_leader(&Request::Meta(command), CALL_TIMEOUT * 2)
+                        .await;
+                }
+                match self.meta_command(command).await {
+                    Ok(outcome) => Reply::Meta(outcome),
+                    Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
+                }
+            }
+            Request::Write {
+                shard,
+                command,
+                hops,
+            } => {
+                let deadline = Instant::now() + self.write_timeout;
+                match self.route_write(shard, &command, hops, deadline).await {
+                    Ok(outcome) => Reply::Written(outcome),
+                    Err(r) => Reply::Refused(r),
+                }
+            }
+            Request::Lookup { code, hops } => match self.route_lookup(&code, hops).await {
+                Ok(link) => Reply::Found(link),
+                Err(r) => Reply::Refused(r),
+            },
+            Request::List {
+                shards,
+                cursor,
+                tag,
+                limit,
+            } => {
+                let mut links = Vec::new();
+                for shard in shards {
+                    match self.local_shard(shard).filter(|l| l.is_serving()) {
+                        Some(local) => links.extend(
+                            local
+                                .reader
+                                .page(cursor.as_deref(), tag.as_ref(), limit as usize)
+                                .into_iter()
+                                .map(|l| Link::clone(&l)),
+                        ),
+                        None => return Reply::Refused(Refusal::NotHosted),
+                    }
+                }
+                Reply::Links(links)
+            }
+            Request::Host { shard } => match self.host(shard).await {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
+            },
+            Request::Release { shard } => match self.release(shard).await {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Refused(Refusal::Failed(e)),
+            },
+            Request::Reconcile {
+                shard,
+                target,
+                hops,
+            } => match crate::cluster::driver::reconcile_here(&self, shard, target, hops).await {
+                Ok(progress) => Reply::Reconciled(progress),
+                Err(r) => Reply::Refused(r),
+            },
+            Request::Groups => Reply::Groups(self.group_statuses()),
+        }
+    }
+
+    fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::Invalidate { code } => self.cache.invalidate(&code),
+        }
+    }
+}
+
+impl LinkService {
+    /// The destination rules this service applies.
+    pub fn url_policy(&self) -> &UrlPolicy {
+        &self.core.url_policy
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.core.shard_count
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.core.me
+    }
+
+    /// The cluster listener's address.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.core.peers.addr()
+    }
+
+    /// The Raft peer listener's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.core.node.addr()
+    }
+
+    /// The link at `code` if this node can answer without waiting: from its replica of the
+    /// shard, or from the near cache. Lock-free, no I/O: the redirect path.
+    pub fn lookup(&self, code: &str) -> Lookup {
+        let shard = shard_of(code, self.core.shard_count);
+        if let Some(local) = self.core.local.pin().get(&shard) {
+            if local.is_serving() {
+                return Lookup::Local(local.reader.get(code));
+            }
+        }
+        match self.core.cache.get(code) {
+            Some(entry) => Lookup::Cached(entry),
+            None => Lookup::Miss,
+        }
+    }
+
+    /// Asks a replica of `code`'s shard (its leader, when reachable) and caches the answer.
+    pub async fn fetch(&self, code: &str) -> Result<Option<Arc<Link>>, ServiceError> {
+        let ticket = self.core.cache.ticket();
+        match self.core.route_lookup(code, HOPS).await {
+            Ok(link) => {
+                let link = link.map(Arc::new);
+                let shard = shard_of(code, self.core.shard_count);
+                if self.core.local_shard(shard).is_none_or(|l| !l.is_serving()) {
+                    self.core.cache.fill(ticket, code, link.clone());
+                }
+                Ok(link)
+            }
+            Err(r) => Err(ServiceError::Unavailable(format!(
+                "no replica of {code:?}'s shard answered: {r}"
+            ))),
+        }
+    }
+
+    /// The link at `code`, wherever its shard is.
+    pub async fn get(&self, code: &str) -> Result<Option<Arc<Link>>, ServiceError> {
+        match self.lookup(code) {
+            Lookup::Local(link) | Lookup::Cached(link) => Ok(link),
+            Lookup::Miss => self.fetch(code).await,
+        }
+    }
+
+    /// Up to `limit` links after `cursor` in code order across all shards, with `tag`;
+    /// and the cursor of the next page, if there may be one.
+    pub async fn list(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+        tag: Option<&Tag>,
+    ) -> Result<(Vec<Arc<Link>>, Option<String>), ServiceError> {
+        let core = &self.core;
+        let mut links: Vec<Arc<Link>> = Vec::new();
+        let mut remote: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+        for shard in 0..core.shard_count {
+            match core.local_shard(shard).filter(|l| l.is_serving()) {
+                Some(local) => links.extend(local.reader.page(cursor, tag, limit)),
+                None => {
+                    let node = core.candidates(shard).into_iter().next().ok_or_else(|| {
+                        ServiceError::Unavailable(format!("no node holds shard {shard}"))
+                    })?;
+                    remote.entry(node).or_default().push(shard);
+                }
+            }
+        }
+        for (node, shards) in remote {
+            links.extend(self.list_remote(node, shards, limit, cursor, tag).await?);
+        }
+        links.sort_by(|a, b| a.code.cmp(&b.code));
+        links.truncate(limit);
+        let next = (links.len() == limit)
+            .then(|| links.last().map(|l| l.code.to_string()))
+            .flatten();
+        Ok((links, next))
+    }
+
+    /// Pages of `shards` from `node`, or shard by shard from other replicas if it refuses.
+    async fn list_remote(
+        &self,
+        node: NodeId,
+        shards: Vec<u32>,
+        limit: usize,
+        cursor: Option<&str>,
+        tag: Option<&Tag>,
+    ) -> Result<Vec<Arc<Link>>, ServiceError> {
+        let ask = |shards: Vec<u32>| Request::List {
+            shards,
+            cursor: cursor.map(str::to_string),
+            tag: tag.cloned(),
+            limit: limit as u32,
+        };
+        if let Ok(Reply::Links(links)) = self
+            .core
+            .peers
+            .call(node, &ask(shards.clone()), CALL_TIMEOUT)
+            .await
+        {
+            return Ok(links.into_iter().map(Arc::new).collect());
+        }
+        let mut out = Vec::new();
+        'shards: for shard in shards {
+            for other in self.core.candidates(shard) {
+                if let Ok(Reply::Links(links)) = self
+                    .core
+                    .peers
+                    .call(other, &ask(vec![shard]), CALL_TIMEOUT)
+                    .await
+                {
+                    out.extend(links.into_iter().map(Arc::new));
+                    continue 'shards;
+                }
+            }
+            return Err(ServiceError::Unavailable(format!(
+                "no replica of shard {shard} answered"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Number of links in this node's replicas.
+    pub fn link_count(&self) -> usize {
+        self.core
+            .local
+            .pin()
+            .values()
+            .filter(|l| l.is_serving())
+            .map(|l| l.reader.len())
+            .sum()
+    }
+
+    /// Entries in the near cache.
+    pub fn near_cache_len(&self) -> u64 {
+        self.core.cache.len()
+    }
+
     async fn shard_command(
         &self,
         code: &str,
         command: ShardCommand,
     ) -> Result<ShardOutcome, ServiceError> {
-        let shard = self.shard(code);
-        self.until_led(&shard.group, |left| {
-            let command = command.clone();
-            async move {
-                let reply = shard
-                    .actor
-                    .call(|port| ShardMsg::Propose(command, port), Some(left))
-                    .await;
-                match reply {
-                    Ok(CallResult::Success(outcome)) => outcome,
-                    Ok(CallResult::Timeout) => Err(GroupError::Unavailable(format!(
-                        "no answer within {left:?}"
-                    ))),
-                    Ok(CallResult::SenderError) | Err(_) => Err(GroupError::Unavailable(
-                        "the shard actor has stopped".into(),
-                    )),
-                }
-            }
-        })
-        .await
+        let shard = shard_of(code, self.core.shard_count);
+        let outcome = self.core.shard_command(shard, command).await;
+        // Whatever happened, near caches may hold what the code was before.
+        self.core.cache.invalidate(code);
+        self.core.peers.notify_all(&Notice::Invalidate {
+            code: code.to_string(),
+        });
+        outcome
     }
-
     /// Creates a link. With a custom code, a taken code is an error; a generated code is
     /// derived from the request id, so a retried request lands on the same shard, finds
     /// its first outcome and creates nothing twice.
@@ -426,7 +1212,7 @@ impl LinkService {
         for attempt in 0..CODE_ATTEMPTS {
             let code = match &spec.code {
                 Some(code) => code.clone(),
-                None => generated_code(request, attempt, self.code_length),
+                None => generated_code(request, attempt, self.core.code_length),
             };
             let link = NewLink {
                 code: code.clone(),
@@ -495,17 +1281,38 @@ impl LinkService {
         }
     }
 
+    /// Proposes `command` to the meta group, through its leader wherever it is.
     async fn meta_command(&self, command: MetaCommand) -> Result<MetaOutcome, ServiceError> {
-        let outcome = self
-            .until_led(&self.meta, |_| {
-                self.meta.write(Command::Meta(command.clone()))
-            })
-            .await?;
-        match outcome {
-            Outcome::Meta(o) => Ok(o),
-            other => Err(ServiceError::Internal(format!(
-                "meta group answered {other:?}"
-            ))),
+        let core = &self.core;
+        let deadline = Instant::now() + core.write_timeout;
+        loop {
+            match core.meta.leader() {
+                None => {}
+                Some(leader) if leader == core.me => return core.meta_command(command).await,
+                Some(leader) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match core
+                        .peers
+                        .call(leader, &Request::Meta(command.clone()), left)
+                        .await
+                    {
+                        Ok(Reply::Meta(outcome)) => return Ok(outcome),
+                        Ok(Reply::Refused(Refusal::Failed(e))) => {
+                            return Err(ServiceError::Internal(e))
+                        }
+                        Ok(_) | Err(_) => {}
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServiceError::Unavailable(
+                    "the meta group's leader cannot be reached".into(),
+                ));
+            }
+            let mut metrics = core.meta.raft().metrics();
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
         }
     }
 
@@ -550,7 +1357,7 @@ impl LinkService {
         &self,
         operator_key: Option<&str>,
     ) -> Result<Option<ApiKey>, ServiceError> {
-        if !self.keys.is_empty() {
+        if !self.core.directory.is_empty() {
             if operator_key.is_some() {
                 tracing::info!(
                     "admin_key is only used for a new data directory; this one already has keys"
@@ -570,7 +1377,7 @@ impl LinkService {
 
     /// Every key's record.
     pub fn keys(&self) -> Vec<ApiKeyRecord> {
-        self.keys.all()
+        self.core.directory.all()
     }
 
     /// Revokes a key.
@@ -590,77 +1397,152 @@ impl LinkService {
 
     /// The record of the key presented in clear text, if it exists (revoked or not).
     pub fn authenticate(&self, clear: &str) -> Option<ApiKeyRecord> {
-        self.keys.by_hash(&ApiKeyHash::of(clear))
+        self.core.directory.by_hash(&ApiKeyHash::of(clear))
     }
 
-    /// Whether every group on this node has a leader, so reads are current and writes
-    /// can be served.
+    /// Whether this node can serve: it is an active member, the meta group has a leader,
+    /// and every replica it holds has caught up (is a voter) and knows its leader.
     pub fn is_ready(&self) -> bool {
-        std::iter::once(&self.meta)
-            .chain(self.shards.iter().map(|s| &s.group))
-            .all(|g| g.leader().is_some())
+        let core = &self.core;
+        let active = core
+            .directory
+            .node(core.me)
+            .is_some_and(|n| n.state == NodeState::Active);
+        active
+            && core.meta.leader().is_some()
+            && core
+                .local
+                .pin()
+                .values()
+                .all(|l| l.is_serving() && l.group.leader().is_some())
     }
 
     /// Log flushes requested by this node's groups, and flushes performed to serve them.
     pub fn flush_counts(&self) -> (u64, u64) {
-        let stats = self.node.flusher().stats();
+        let stats = self.core.node.flusher().stats();
         (
-            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-            stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
+            stats.requests.load(Ordering::Relaxed),
+            stats.flushes.load(Ordering::Relaxed),
         )
     }
 
     /// openraft's metrics of every group on this node.
     pub fn raft_metrics(&self) -> Vec<(GroupId, openraft_metrics::Metrics)> {
-        std::iter::once(&self.meta)
-            .chain(self.shards.iter().map(|s| &s.group))
+        let mut groups = vec![self.core.meta.clone()];
+        groups.extend(self.core.local.pin().values().map(|l| l.group.clone()));
+        groups
+            .iter()
             .map(|g| (g.id(), g.raft().metrics().borrow().clone()))
             .collect()
     }
 
-    /// The cluster as this node sees it.
-    pub fn status(&self) -> ClusterStatus {
-        let mut addrs = BTreeMap::new();
-        let groups = std::iter::once(("meta".to_string(), &self.meta))
-            .chain(
-                self.shards
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (format!("shard {i}"), &s.group)),
-            )
-            .map(|(name, g)| {
-                let m = g.raft().metrics().borrow().clone();
-                let membership = m.membership_config.membership();
-                for (id, node) in membership.nodes() {
-                    addrs.insert(*id, node.addr.clone());
+    /// The cluster as the nodes that answer see it: every node's record, and each group as
+    /// its leader reports it (or, leaderless, as any replica does).
+    pub async fn status(&self) -> ClusterStatus {
+        let core = &self.core;
+        let mut reports = vec![core.group_statuses()];
+        let others: Vec<NodeId> = core
+            .directory
+            .nodes()
+            .iter()
+            .map(|n| n.id)
+            .filter(|&n| n != core.me)
+            .collect();
+        let answers = others
+            .iter()
+            .map(|&n| async move { (n, core.peers.call(n, &Request::Groups, CALL_TIMEOUT).await) });
+        let mut reachable = BTreeSet::from([core.me]);
+        for (node, answer) in futures::future::join_all(answers).await {
+            if let Ok(Reply::Groups(groups)) = answer {
+                reachable.insert(node);
+                reports.push(groups);
+            }
+        }
+        let mut best: BTreeMap<u64, GroupStatus> = BTreeMap::new();
+        for report in reports {
+            for g in report {
+                let better = best.get(&g.group).is_none_or(|b| {
+                    (g.leader.is_some(), g.term, g.applied)
+                        > (b.leader.is_some(), b.term, b.applied)
+                });
+                if better {
+                    best.insert(g.group, g);
                 }
-                let voters: Vec<NodeId> = membership.voter_ids().collect();
-                GroupStatus {
-                    name,
-                    group: g.id().0,
-                    leader: m.current_leader,
-                    term: m.current_term,
-                    learners: membership
-                        .learner_ids()
-                        .filter(|l| !voters.contains(l))
-                        .collect(),
-                    voters,
-                    applied: m.last_applied.map_or(0, |l| l.index),
-                }
+            }
+        }
+        let groups: Vec<GroupStatus> = (0..=core.shard_count as u64)
+            .map(|id| {
+                best.remove(&id).unwrap_or_else(|| GroupStatus {
+                    name: if id == 0 {
+                        "meta".into()
+                    } else {
+                        format!("shard {}", id - 1)
+                    },
+                    group: id,
+                    leader: None,
+                    term: 0,
+                    voters: vec![],
+                    learners: vec![],
+                    applied: 0,
+                })
             })
             .collect();
-        ClusterStatus::new(self.node.id(), self.shard_count(), groups, addrs)
+        let nodes: Vec<(NodeRecord, bool)> = core
+            .directory
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let up = reachable.contains(&n.id);
+                (n, up)
+            })
+            .collect();
+        let rf = core
+            .replication_factor
+            .min(core.directory.active_nodes().len().max(1));
+        ClusterStatus::new(core.me, core.shard_count, rf, groups, nodes)
     }
 
-    /// Stops every group and flushes the data to disk.
+    /// Stops the background tasks, leaves the cluster's sessions, stops every group and
+    /// flushes the data to disk.
     pub async fn shutdown(self) {
-        for shard in self.shards {
-            // Stopping lets the proposals already in Raft finish and answer.
-            shard.actor.stop(None);
-            let _ = shard.actor_task.await;
+        self.core.cancel.cancel();
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
         }
-        drop(self.meta);
-        self.node.shutdown().await;
+        self.core.peers.shutdown().await;
+        let shards: Vec<u32> = self.core.local.pin().keys().copied().collect();
+        for shard in shards {
+            if let Some(local) = self.core.local.pin().remove(&shard).cloned() {
+                // Stopping lets the proposals already in Raft finish and answer.
+                local.actor.stop(None);
+                let task = local
+                    .actor_task
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some(task) = task {
+                    let _ = task.await;
+                }
+            }
+        }
+        let core = wait_for_sole_owner(self.core).await;
+        let Core { node, meta, .. } = core;
+        drop(meta);
+        node.shutdown().await;
+    }
+}
+
+/// Waits until the background tasks have dropped their handles to `core`.
+async fn wait_for_sole_owner(mut core: Arc<Core>) -> Core {
+    loop {
+        match Arc::try_unwrap(core) {
+            Ok(core) => return core,
+            Err(shared) => {
+                core = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 

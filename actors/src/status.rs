@@ -1,11 +1,11 @@
 //! What `linkrift cluster status` shows: the nodes, every group's leader and members, and
-//! the groups with fewer voters than the replication factor asks for. Built from the
-//! Raft metrics of the groups on the answering node.
-
-use std::collections::BTreeMap;
+//! the groups with fewer voters than the replication factor asks for. Built from the meta
+//! group's node records and each group's Raft view as its leader (or any replica) reports it.
 
 use linkrift_raft::NodeId;
 use serde::{Deserialize, Serialize};
+
+use crate::meta::NodeRecord;
 
 /// The cluster as one node sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -14,9 +14,9 @@ pub struct ClusterStatus {
     pub node: NodeId,
     /// Number of shards.
     pub shard_count: u32,
-    /// Voters each group should have: 3, capped by the number of nodes.
+    /// Voters each shard should have: the configured factor, capped by the active nodes.
     pub replication_factor: usize,
-    /// Every node that is a member of some group.
+    /// Every node of the cluster.
     pub nodes: Vec<NodeStatus>,
     /// The meta group, then every shard.
     pub groups: Vec<GroupStatus>,
@@ -29,10 +29,16 @@ pub struct ClusterStatus {
 pub struct NodeStatus {
     /// Its id.
     pub id: NodeId,
-    /// Its peer address.
+    /// Its peer (Raft) address.
     pub addr: String,
-    /// `member` (the states of joining, draining and leaving nodes come with the cluster).
+    /// Its HTTP address.
+    pub http: String,
+    /// Its cluster (actor) address.
+    pub cluster: String,
+    /// `joining` or `active`.
     pub state: String,
+    /// Whether it answered the node that built this status.
+    pub reachable: bool,
     /// Groups it leads.
     pub leads: usize,
     /// Groups it holds a replica of.
@@ -58,36 +64,39 @@ pub struct GroupStatus {
     pub applied: u64,
 }
 
-/// Wanted voters per group for `nodes` nodes.
-pub fn replication_factor(nodes: usize) -> usize {
-    nodes.clamp(1, 3)
-}
-
 impl ClusterStatus {
-    /// Assembles the status from each group's view; `addrs` maps members to addresses.
+    /// Assembles the status from each group's view and the node records (with whether
+    /// each node answered).
     pub fn new(
         node: NodeId,
         shard_count: u32,
+        replication_factor: usize,
         groups: Vec<GroupStatus>,
-        addrs: BTreeMap<NodeId, String>,
+        nodes: Vec<(NodeRecord, bool)>,
     ) -> Self {
-        let rf = replication_factor(addrs.len());
-        let nodes = addrs
+        let rf = replication_factor;
+        let nodes = nodes
             .into_iter()
-            .map(|(id, addr)| NodeStatus {
-                id,
-                addr,
-                state: "member".into(),
-                leads: groups.iter().filter(|g| g.leader == Some(id)).count(),
-                replicas: groups
-                    .iter()
-                    .filter(|g| g.voters.contains(&id) || g.learners.contains(&id))
-                    .count(),
+            .map(|(record, reachable)| {
+                let id = record.id;
+                NodeStatus {
+                    id,
+                    addr: record.addrs.peer,
+                    http: record.addrs.http,
+                    cluster: record.addrs.cluster,
+                    state: record.state.name().into(),
+                    reachable,
+                    leads: groups.iter().filter(|g| g.leader == Some(id)).count(),
+                    replicas: groups
+                        .iter()
+                        .filter(|g| g.voters.contains(&id) || g.learners.contains(&id))
+                        .count(),
+                }
             })
             .collect();
         let under_replicated = groups
             .iter()
-            .filter(|g| g.voters.len() < rf || g.leader.is_none())
+            .filter(|g| g.group != 0 && (g.voters.len() < rf || g.leader.is_none()))
             .map(|g| g.name.clone())
             .collect();
         Self {
@@ -107,13 +116,19 @@ impl ClusterStatus {
             self.node, self.shard_count, self.replication_factor
         );
         out += &format!(
-            "{:<6} {:<22} {:<8} {:>6} {:>9}\n",
-            "NODE", "ADDRESS", "STATE", "LEADS", "REPLICAS"
+            "{:<6} {:<22} {:<22} {:<8} {:<5} {:>6} {:>9}\n",
+            "NODE", "HTTP", "PEER", "STATE", "UP", "LEADS", "REPLICAS"
         );
         for n in &self.nodes {
             out += &format!(
-                "{:<6} {:<22} {:<8} {:>6} {:>9}\n",
-                n.id, n.addr, n.state, n.leads, n.replicas
+                "{:<6} {:<22} {:<22} {:<8} {:<5} {:>6} {:>9}\n",
+                n.id,
+                n.http,
+                n.addr,
+                n.state,
+                if n.reachable { "yes" } else { "no" },
+                n.leads,
+                n.replicas
             );
         }
         out += "\n";
@@ -133,6 +148,7 @@ impl ClusterStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::{NodeAddrs, NodeState};
 
     fn group(name: &str, leader: Option<NodeId>, voters: Vec<NodeId>) -> GroupStatus {
         GroupStatus {
@@ -146,16 +162,33 @@ mod tests {
         }
     }
 
+    fn node(id: NodeId) -> (NodeRecord, bool) {
+        let record = NodeRecord {
+            id,
+            addrs: NodeAddrs {
+                http: format!("127.0.0.{id}:8080"),
+                peer: format!("127.0.0.{id}:7000"),
+                cluster: format!("127.0.0.{id}:7100"),
+            },
+            state: NodeState::Active,
+            joined_at: 0,
+            token: 0,
+        };
+        (record, id != 3)
+    }
+
     #[test]
     fn counts_leaders_replicas_and_under_replicated_groups() {
-        let addrs = BTreeMap::from([(1, "a:1".to_string()), (2, "b:1".into()), (3, "c:1".into())]);
-        let groups = vec![
+        let mut groups = vec![
             group("meta", Some(1), vec![1, 2, 3]),
             group("shard 0", Some(2), vec![1, 2, 3]),
             group("shard 1", Some(2), vec![2, 3]),
             group("shard 2", None, vec![1, 2, 3]),
         ];
-        let status = ClusterStatus::new(1, 3, groups, addrs);
+        for (i, g) in groups.iter_mut().enumerate() {
+            g.group = i as u64;
+        }
+        let status = ClusterStatus::new(1, 3, 3, groups, vec![node(1), node(2), node(3)]);
         assert_eq!(status.replication_factor, 3);
         let per_node: Vec<(usize, usize)> =
             status.nodes.iter().map(|n| (n.leads, n.replicas)).collect();
@@ -166,5 +199,7 @@ mod tests {
             text.contains("under-replicated groups (2): shard 1, shard 2"),
             "{text}"
         );
+        assert!(text.contains("127.0.0.3:8080"), "{text}");
+        assert!(!status.nodes[2].reachable);
     }
 }

@@ -18,5 +18,5 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::Admin)?;
-    Ok(axum::Json(state.service.status()).into_response())
+    Ok(axum::Json(state.service.status().await).into_response())
 }

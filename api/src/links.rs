@@ -242,7 +242,8 @@ pub async fn get(
     authorize(&headers, &state.service, Scope::LinksRead)?;
     let link = state
         .service
-        .lookup(&code)
+        .get(&code)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no link {code:?}")))?;
     Ok(link_response(StatusCode::OK, &link, &state))
 }
@@ -323,7 +324,8 @@ pub async fn list(
     let tag = query.tag.as_deref().map(Tag::parse).transpose()?;
     let (links, next_cursor) = state
         .service
-        .list(limit, query.cursor.as_deref(), tag.as_ref());
+        .list(limit, query.cursor.as_deref(), tag.as_ref())
+        .await?;
     let page = Page {
         links: links.iter().map(|l| LinkView::of(l, &state)).collect(),
         next_cursor,

@@ -20,6 +20,18 @@ pub struct Config {
     pub http: SocketAddr,
     /// Peer (Raft) listener.
     pub peer: SocketAddr,
+    /// Cluster (actor) listener: forwarded writes, cache fills, invalidations, joins.
+    pub cluster: SocketAddr,
+    /// A member's cluster address: an empty data directory joins that cluster.
+    pub join: Option<SocketAddr>,
+    /// Replicas per shard (capped by the number of nodes).
+    pub replication_factor: usize,
+    /// Near cache (links of shards held elsewhere): most entries.
+    pub near_cache_capacity: u64,
+    /// Near cache: how long a found link is served from it, in milliseconds.
+    pub near_cache_ttl_ms: u64,
+    /// Near cache: how long "no such link" is remembered, in milliseconds.
+    pub near_cache_negative_ttl_ms: u64,
     /// Base URL of the short links handed out; its host is refused as a destination.
     pub public_url: Option<String>,
     /// Shards of a new cluster (fixed once the data directory exists).
@@ -47,6 +59,12 @@ const KEYS: &[&str] = &[
     "data_dir",
     "http",
     "peer",
+    "cluster",
+    "join",
+    "replication_factor",
+    "near_cache_capacity",
+    "near_cache_ttl_ms",
+    "near_cache_negative_ttl_ms",
     "public_url",
     "shard_count",
     "code_length",
@@ -65,6 +83,12 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cluster: SocketAddr::from(([127, 0, 0, 1], 0)),
+            join: None,
+            replication_factor: 3,
+            near_cache_capacity: 100_000,
+            near_cache_ttl_ms: 5_000,
+            near_cache_negative_ttl_ms: 1_000,
             public_url: None,
             shard_count: 64,
             code_length: 7,
@@ -98,6 +122,23 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<SocketAddr>,
+    /// Cluster (actor) listen address [default: 127.0.0.1, any free port].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<SocketAddr>,
+    /// Join the cluster of the member whose cluster address this is (empty data dir only).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<SocketAddr>,
+    /// Replicas per shard, 1-7 [default: 3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<usize>,
+    /// Near cache TTL in milliseconds: the longest a non-replica node serves a changed link
+    /// if the invalidation is lost [default: 5000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub near_cache_ttl_ms: Option<u64>,
     /// Public base URL of short links [default: http://<http address>].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +195,12 @@ impl Config {
                 "log_format must be text or json, not {:?}",
                 config.log_format
             );
+        }
+        if config.join.is_some() && config.cluster_secret.is_none() {
+            bail!("joining a cluster needs cluster_secret (LINKRIFT_CLUSTER_SECRET), the same on every node");
+        }
+        if config.near_cache_ttl_ms == 0 || config.near_cache_negative_ttl_ms == 0 {
+            bail!("near cache TTLs must be at least 1 ms");
         }
         if let Some(url) = &config.public_url {
             let parsed =

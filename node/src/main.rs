@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (a new single-node cluster when the data directory is empty).
-    Serve(config::Flags),
+    Serve(Box<config::Flags>),
     /// Inspect and operate the cluster through any node's admin API.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),

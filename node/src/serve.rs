@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use linkrift_actors::cluster::cache::CacheConfig;
 use linkrift_actors::domain::UrlPolicy;
 use linkrift_actors::service::{LinkService, ServiceConfig};
 use linkrift_api::{ApiConfig, AppState, REDIRECT_BUCKETS};
@@ -38,6 +39,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let service = LinkService::open(ServiceConfig {
         data_dir: config.data_dir.clone(),
         peer_addr: config.peer,
+        cluster_addr: config.cluster,
+        http_addr: http.to_string(),
+        join: config.join,
+        replication_factor: config.replication_factor,
+        cache: CacheConfig {
+            capacity: config.near_cache_capacity,
+            ttl: Duration::from_millis(config.near_cache_ttl_ms),
+            negative_ttl: Duration::from_millis(config.near_cache_negative_ttl_ms),
+        },
         cluster_secret: config
             .cluster_secret
             .clone()
@@ -73,10 +83,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         metrics,
     };
-    tracing::info!(%http, data_dir = %config.data_dir.display(), "linkrift serving");
+    tracing::info!(%http, node = service.node_id(), peer = %service.peer_addr(), cluster = %service.cluster_addr(), data_dir = %config.data_dir.display(), "linkrift serving");
     println!(
-        "linkrift serving http://{http} with data in {}",
-        config.data_dir.display()
+        "linkrift serving http://{http} with data in {} (node {}, peer {}, cluster {})",
+        config.data_dir.display(),
+        service.node_id(),
+        service.peer_addr(),
+        service.cluster_addr()
     );
     axum::serve(listener, linkrift_api::router(state))
         .with_graceful_shutdown(shutdown_signal())

@@ -19,6 +19,10 @@ pub enum ShardMsg {
     Propose(ShardCommand, RpcReplyPort<Result<ShardOutcome, GroupError>>),
 }
 
+// Local only: it never crosses the cluster (writes from other nodes arrive as requests to
+// the peer actor, which proposes here).
+impl ractor::Message for ShardMsg {}
+
 /// The actor; its state is the shard's group handle and its in-flight proposals.
 pub struct ShardActor;
 

@@ -1,0 +1,149 @@
+//! What nodes say to one another over the cluster (actor) transport.
+//!
+//! Every request is idempotent, because a session can drop after the far side acted and
+//! before its answer arrived: writes carry their request id (the shard remembers it),
+//! registration carries a token, hosting a group that is hosted is a no-op, and so on.
+
+use linkrift_raft::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Link, Tag};
+use crate::meta::{MetaCommand, MetaOutcome, NodeAddrs};
+use crate::shard::{ShardCommand, ShardOutcome};
+use crate::status::GroupStatus;
+
+/// A request to another node; answered with a [`Reply`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// A new node asks for an id (forwarded to the meta leader).
+    Register {
+        /// Chosen by the joining node; a retry with it gets the same id.
+        token: u128,
+        /// Where the new node listens.
+        addrs: NodeAddrs,
+    },
+    /// A registered node is ready to receive the meta group (forwarded to the meta leader).
+    Admit {
+        /// The node.
+        id: NodeId,
+        /// Where it listens (its Raft listener was not up when it registered).
+        addrs: NodeAddrs,
+    },
+    /// Propose a meta command (forwarded to the meta leader).
+    Meta(MetaCommand),
+    /// Propose a shard command; forwarded to the shard's leader at most `hops` times.
+    Write {
+        /// The shard.
+        shard: u32,
+        /// The command (its request id makes a retry harmless).
+        command: ShardCommand,
+        /// Forwards left.
+        hops: u8,
+    },
+    /// Read one link, from the leader's replica when it can be reached in `hops`.
+    Lookup {
+        /// The code.
+        code: String,
+        /// Forwards left.
+        hops: u8,
+    },
+    /// A page of links of `shards`, all held by the asked node.
+    List {
+        /// The shards.
+        shards: Vec<u32>,
+        /// Start after this code.
+        cursor: Option<String>,
+        /// Only links with this tag.
+        tag: Option<Tag>,
+        /// At most this many per shard.
+        limit: u32,
+    },
+    /// Start hosting an empty replica of shard `shard` (the leader will add it as learner).
+    Host {
+        /// The shard.
+        shard: u32,
+    },
+    /// Stop hosting shard `shard` and delete its data (it was removed from the group).
+    Release {
+        /// The shard.
+        shard: u32,
+    },
+    /// Move shard `shard`'s membership one step toward `target` (asked of its leader).
+    Reconcile {
+        /// The shard.
+        shard: u32,
+        /// Its target replicas, with their peer addresses.
+        target: Vec<(NodeId, String)>,
+        /// Forwards left.
+        hops: u8,
+    },
+    /// The Raft view of every group this node hosts.
+    Groups,
+}
+
+/// A fire-and-forget message to every node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Notice {
+    /// `code` changed: drop it from near caches.
+    Invalidate {
+        /// The code.
+        code: String,
+    },
+}
+
+/// Why a node did not carry out a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// It holds no (caught-up) replica of the shard.
+    #[error("no replica of the shard here")]
+    NotHosted,
+    /// It is not the leader, and could not forward.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader it knows of.
+        leader: Option<NodeId>,
+    },
+    /// Try again later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Refused for good.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How far a shard's membership is from its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// Voters are the target; nothing to do.
+    Converged,
+    /// One step was taken; ask again.
+    Moved,
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// `Register`: the node's id and the cluster's shard count.
+    Registered {
+        /// Its id.
+        id: NodeId,
+        /// The cluster's shard count.
+        shard_count: u32,
+    },
+    /// `Admit`, `Host`, `Release`: done.
+    Done,
+    /// `Meta`.
+    Meta(MetaOutcome),
+    /// `Write`.
+    Written(ShardOutcome),
+    /// `Lookup`.
+    Found(Option<Link>),
+    /// `List`.
+    Links(Vec<Link>),
+    /// `Reconcile`.
+    Reconciled(Progress),
+    /// `Groups`.
+    Groups(Vec<GroupStatus>),
+    /// Not done, and why.
+    Refused(Refusal),
+}
