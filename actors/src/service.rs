@@ -86,7 +86,7 @@ impl Default for ServiceConfig {
             max_moves: 4,
             code_length: 7,
             url_policy: UrlPolicy::default(),
-            write_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
             cache: CacheConfig::default(),
             raft: RaftConfig::default(),
         }
@@ -459,6 +459,7 @@ impl LinkService {
             )?;
             tracing::info!(node = me, "joined the cluster");
         }
+        core.connect_to_peers(Duration::from_secs(5)).await;
         let tasks = vec![
             tokio::spawn(crate::cluster::driver::run(Arc::downgrade(&core))),
             tokio::spawn(keep_in_touch(Arc::downgrade(&core), addrs)),
@@ -544,14 +545,7 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
         if core.cancel.is_cancelled() {
             return;
         }
-        let nodes: Vec<(NodeId, SocketAddr)> = core
-            .directory
-            .nodes()
-            .into_iter()
-            .filter(|n| n.id != core.me)
-            .filter_map(|n| n.addrs.cluster.parse().ok().map(|a| (n.id, a)))
-            .collect();
-        core.peers.maintain(core.me, &nodes).await;
+        core.peers.maintain(core.me, &core.cluster_addrs()).await;
         if !recorded {
             match core.directory.node(core.me) {
                 Some(r) if r.addrs == addrs => recorded = true,
@@ -571,6 +565,35 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
 }
 
 impl Core {
+    /// The other nodes' ids and cluster addresses.
+    fn cluster_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.directory
+            .nodes()
+            .into_iter()
+            .filter(|n| n.id != self.me)
+            .filter_map(|n| n.addrs.cluster.parse().ok().map(|a| (n.id, a)))
+            .collect()
+    }
+
+    /// Opens sessions with the nodes this node dials, and waits (up to `within`) until
+    /// they are up, so that the first requests it serves can reach every shard.
+    async fn connect_to_peers(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let nodes = self.cluster_addrs();
+        let mut events = self.peers.events();
+        self.peers.maintain(self.me, &nodes).await;
+        while nodes
+            .iter()
+            .any(|(id, _)| *id < self.me && !self.peers.is_connected(*id))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, events.recv()).await.is_err() {
+                tracing::warn!("not every node could be reached at start; carrying on");
+                return;
+            }
+        }
+    }
+
     fn local_shard(&self, shard: u32) -> Option<Arc<LocalShard>> {
         self.local.pin().get(&shard).cloned()
     }
@@ -601,13 +624,17 @@ impl Core {
         let me = self.me;
         tokio::spawn(async move {
             loop {
-                let voter = metrics
-                    .borrow_and_update()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == me);
-                flag.store(voter, Ordering::Release);
+                // A replica serves reads once it is a voter and has applied everything up
+                // to the change that made it one (it was caught up before that change, but
+                // a follower sees a membership entry when it arrives, before applying it).
+                let serving = {
+                    let m = metrics.borrow_and_update();
+                    let config = &m.membership_config;
+                    let voter = config.membership().voter_ids().any(|v| v == me);
+                    let since = config.log_id().map_or(0, |l| l.index);
+                    voter && m.last_applied.map_or(0, |l| l.index) >= since
+                };
+                flag.store(serving, Ordering::Release);
                 if metrics.changed().await.is_err() {
                     return;
                 }
@@ -762,26 +789,27 @@ impl Core {
     /// Reads `code` where its shard is held (`hops` forwards at most, toward the leader).
     async fn route_lookup(self: &Arc<Self>, code: &str, hops: u8) -> Result<Option<Link>, Refusal> {
         let shard = shard_of(code, self.shard_count);
-        if let Some(local) = self.local_shard(shard) {
+        let local = self.local_shard(shard);
+        let read_here = |local: &LocalShard| local.reader.get(code).map(|l| Link::clone(&l));
+        if let Some(local) = &local {
             let leader = local.group.leader();
-            let here = leader == Some(self.me) || hops == 0 || leader.is_none();
-            if local.is_serving() && here {
-                return Ok(local.reader.get(code).map(|l| Link::clone(&l)));
+            if local.is_serving() && (leader == Some(self.me) || hops == 0 || leader.is_none()) {
+                return Ok(read_here(local));
             }
             if let Some(leader) = leader.filter(|&l| l != self.me && hops > 0) {
                 let request = Request::Lookup {
                     code: code.to_string(),
                     hops: hops - 1,
                 };
-                match self.peers.call(leader, &request, CALL_TIMEOUT).await {
-                    Ok(Reply::Found(link)) => return Ok(link),
-                    _ if local.is_serving() => {
-                        return Ok(local.reader.get(code).map(|l| Link::clone(&l)))
-                    }
-                    _ => {}
+                if let Ok(Reply::Found(link)) = self.peers.call(leader, &request, CALL_TIMEOUT).await
+                {
+                    return Ok(link);
                 }
             }
-            return Err(Refusal::NotHosted);
+            // The leader is gone or unreachable: this replica's copy is the best there is.
+            if local.is_serving() {
+                return Ok(read_here(local));
+            }
         }
         if hops == 0 {
             return Err(Refusal::NotHosted);
@@ -790,16 +818,20 @@ impl Core {
             code: code.to_string(),
             hops: hops - 1,
         };
-        let mut last = Refusal::Unavailable(format!("no node holds shard {shard}"));
+        let mut refusals = Vec::new();
         for node in self.candidates(shard) {
             match self.peers.call(node, &request, CALL_TIMEOUT).await {
                 Ok(Reply::Found(link)) => return Ok(link),
-                Ok(Reply::Refused(r)) => last = r,
-                Ok(other) => last = Refusal::Failed(format!("a lookup answered {other:?}")),
-                Err(e) => last = Refusal::Unavailable(e.to_string()),
+                Ok(Reply::Refused(r)) => refusals.push(format!("node {node}: {r}")),
+                Ok(other) => refusals.push(format!("node {node} answered {other:?}")),
+                Err(e) => refusals.push(e.to_string()),
             }
         }
-        Err(last)
+        Err(Refusal::Unavailable(if refusals.is_empty() {
+            format!("no node holds shard {shard}")
+        } else {
+            refusals.join("; ")
+        }))
     }
 
     async fn until_meta_led<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>

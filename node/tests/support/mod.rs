@@ -18,6 +18,10 @@ pub struct Node {
     pub dir: PathBuf,
     pub http: reqwest::Client,
     pub printed_key: Option<String>,
+    /// Its node id, as it printed it.
+    pub node_id: u64,
+    /// Its cluster (actor) address, as it printed it.
+    pub cluster: String,
 }
 
 impl Node {
@@ -28,24 +32,39 @@ impl Node {
 
     /// Starts a node with extra environment variables and flags.
     pub fn start_with(dir: &Path, env: &[(&str, &str)], flags: &[&str]) -> Node {
+        Self::start_logged(dir, env, flags, None)
+    }
+
+    /// Starts a node; with `log`, its log (stderr) goes to that file.
+    pub fn start_logged(
+        dir: &Path,
+        env: &[(&str, &str)],
+        flags: &[&str],
+        log: Option<&Path>,
+    ) -> Node {
         let mut command = Command::new(env!("CARGO_BIN_EXE_linkrift"));
         command
             .args(["serve", "--data-dir"])
             .arg(dir)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--shard-count",
-                "8",
-                "--log",
-                "warn",
-            ])
             .args(flags)
             .env_remove("LINKRIFT_ADMIN_KEY")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::inherit(),
+            });
         for (k, v) in env {
             command.env(k, v);
+        }
+        // Test defaults, unless the test gives its own.
+        for (flag, value) in [
+            ("--http", "127.0.0.1:0"),
+            ("--shard-count", "8"),
+            ("--log", "warn"),
+        ] {
+            if !flags.contains(&flag) {
+                command.args([flag, value]);
+            }
         }
         let mut child = command.spawn().expect("linkrift starts");
         let (tx, rx) = mpsc::channel();
@@ -58,7 +77,8 @@ impl Node {
             }
         });
         let mut printed_key = None;
-        let base = loop {
+        // "linkrift serving http://A with data in D (node N, peer P, cluster C)"
+        let (base, node_id, cluster) = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("linkrift prints where it serves");
@@ -66,7 +86,16 @@ impl Node {
                 printed_key = Some(key.to_string());
             }
             if let Some(rest) = line.strip_prefix("linkrift serving ") {
-                break rest.split_whitespace().next().unwrap().to_string();
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let after = |w: &str| {
+                    let i = words.iter().position(|x| *x == w).unwrap();
+                    words[i + 1].trim_end_matches([',', ')']).to_string()
+                };
+                break (
+                    words[0].to_string(),
+                    after("(node").parse().unwrap(),
+                    after("cluster"),
+                );
             }
         };
         let http = reqwest::Client::builder()
@@ -79,6 +108,8 @@ impl Node {
             dir: dir.to_path_buf(),
             http,
             printed_key,
+            node_id,
+            cluster,
         }
     }
 
@@ -101,6 +132,11 @@ impl Node {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, no chance to flush anything.

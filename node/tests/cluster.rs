@@ -1,0 +1,502 @@
+//! Real `linkrift` processes on 127.0.0.1–127.0.0.5 forming a cluster: growing under load,
+//! losing a leader, deleting on one node and reading on another, and a node with the wrong
+//! secret.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linkrift_actors::placement;
+use serde_json::{json, Value};
+use support::{Node, ADMIN_KEY};
+
+const SECRET: &str = "cluster-test-secret";
+
+/// Starts node `i` on 127.0.0.`i` (every port picked by the OS), joining `seed` if given.
+fn member(root: &Path, i: u8, seed: Option<&Node>, extra: &[&str]) -> Node {
+    let ip = format!("127.0.0.{i}");
+    let (http, peer, cluster) = (format!("{ip}:0"), format!("{ip}:0"), format!("{ip}:0"));
+    let mut flags = vec![
+        "--http",
+        http.as_str(),
+        "--peer",
+        peer.as_str(),
+        "--cluster",
+        cluster.as_str(),
+    ];
+    if let Some(seed) = seed {
+        flags.extend(["--join", seed.cluster.as_str()]);
+    }
+    flags.extend(extra);
+    let dir = root.join(format!("n{i}"));
+    let log = root.join(format!("n{i}.log"));
+    Node::start_logged(
+        &dir,
+        &[
+            ("LINKRIFT_ADMIN_KEY", ADMIN_KEY),
+            ("LINKRIFT_CLUSTER_SECRET", SECRET),
+        ],
+        &flags,
+        Some(&log),
+    )
+}
+
+async fn admin_status(node: &Node) -> Value {
+    node.get_json("/admin/status", ADMIN_KEY).await
+}
+
+/// Waits until `nodes` are all active and ready, and every shard's voters are exactly
+/// its replicas by the placement rule, with a leader and no learner left over.
+async fn wait_placed(nodes: &[&Node], rf: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ids: Vec<u64> = nodes.iter().map(|n| n.node_id).collect();
+    let mut last = Value::Null;
+    loop {
+        let mut ready = true;
+        for n in nodes {
+            let r = n.http.get(n.url("/readyz")).send().await;
+            ready &= r.is_ok_and(|r| r.status() == 200);
+        }
+        if ready {
+            let s = admin_status(nodes[0]).await;
+            let active: Vec<u64> = s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["state"] == "active")
+                .map(|n| n["id"].as_u64().unwrap())
+                .collect();
+            let placed = active.len() == ids.len()
+                && s["groups"].as_array().unwrap().iter().all(|g| {
+                    let id = g["group"].as_u64().unwrap();
+                    let mut voters: Vec<u64> = serde_json::from_value(g["voters"].clone()).unwrap();
+                    voters.sort();
+                    let learners = g["learners"].as_array().unwrap();
+                    if id == 0 {
+                        return !g["leader"].is_null()
+                            && voters.len() == placement::meta_voter_count(ids.len());
+                    }
+                    let mut want = placement::replicas((id - 1) as u32, &ids, rf);
+                    want.sort();
+                    !g["leader"].is_null() && learners.is_empty() && voters == want
+                });
+            if placed {
+                return s;
+            }
+            last = s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "placement not reached within 120 s; last status: {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Steady traffic against every node in `targets`: redirects of known codes, and creates
+/// (each retried with its idempotency key until acknowledged, or counted as unknown).
+struct Load {
+    stop: Arc<AtomicBool>,
+    redirects: tokio::task::JoinHandle<(u64, Vec<String>)>,
+    creates: tokio::task::JoinHandle<(BTreeMap<String, String>, Vec<String>)>,
+}
+
+impl Load {
+    fn start(targets: Arc<Mutex<Vec<String>>>, known: Vec<(String, String)>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hard_stop = Instant::now() + Duration::from_secs(300);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let redirects = {
+            let (stop, targets, client) = (stop.clone(), targets.clone(), client.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failures) = (0u64, Vec::new());
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+                    let base = {
+                        let t = targets.lock().unwrap();
+                        t[i % t.len()].clone()
+                    };
+                    let (code, url) = &known[i % known.len()];
+                    i += 1;
+                    match client.get(format!("{base}/{code}")).send().await {
+                        Ok(r)
+                            if r.status() == 302
+                                && r.headers()
+                                    .get("location")
+                                    .is_some_and(|l| l.to_str().unwrap() == url) =>
+                        {
+                            ok += 1
+                        }
+                        Ok(r) => {
+                            let status = r.status();
+                            let body = r.text().await.unwrap_or_default();
+                            failures.push(format!("{base}/{code}: {status} {body}"));
+                        }
+                        Err(e) => failures.push(format!("{base}/{code}: {e}")),
+                    }
+                }
+                (ok, failures)
+            })
+        };
+        let creates = {
+            let (stop, targets) = (stop.clone(), targets);
+            tokio::spawn(async move {
+                let (mut acked, mut unknown) = (BTreeMap::new(), Vec::new());
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+                    let url = format!("https://load.example/{i}");
+                    let mut done = false;
+                    for attempt in 0..10 {
+                        let base = {
+                            let t = targets.lock().unwrap();
+                            t[(i + attempt) % t.len()].clone()
+                        };
+                        let r = client
+                            .post(format!("{base}/v1/links"))
+                            .bearer_auth(ADMIN_KEY)
+                            .header("idempotency-key", format!("load-{i}"))
+                            .json(&json!({ "url": url }))
+                            .send()
+                            .await;
+                        if let Ok(r) = r {
+                            if r.status() == 201 {
+                                let body: Value = r.json().await.unwrap();
+                                acked.insert(url.clone(), body["code"].as_str().unwrap().into());
+                                done = true;
+                                break;
+                            }
+                        }
+                    }
+                    if !done {
+                        unknown.push(url);
+                    }
+                    i += 1;
+                }
+                (acked, unknown)
+            })
+        };
+        Load {
+            stop,
+            redirects,
+            creates,
+        }
+    }
+
+    async fn finish(self) -> ((u64, Vec<String>), (BTreeMap<String, String>, Vec<String>)) {
+        self.stop.store(true, Ordering::Relaxed);
+        (self.redirects.await.unwrap(), self.creates.await.unwrap())
+    }
+}
+
+/// Every link in the cluster, by URL (listing through `node`, page by page).
+async fn all_links(node: &Node) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/links?limit=1000&cursor={c}"),
+            None => "/v1/links?limit=1000".to_string(),
+        };
+        let page = node.get_json(&path, ADMIN_KEY).await;
+        for l in page["links"].as_array().unwrap() {
+            out.push((
+                l["url"].as_str().unwrap().to_string(),
+                l["code"].as_str().unwrap().to_string(),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+async fn seed_links(node: &Node, n: usize) -> Vec<(String, String)> {
+    let mut known = Vec::new();
+    for i in 0..n {
+        let url = format!("https://seed.example/{i}");
+        let (status, body) = node.create(ADMIN_KEY, json!({ "url": url })).await;
+        assert_eq!(status, 201, "{body}");
+        known.push((body["code"].as_str().unwrap().to_string(), url));
+    }
+    known
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_from_one_to_five_nodes_under_load_fails_no_redirect_and_loses_no_link() {
+    let root = tempfile::tempdir().unwrap();
+    let n1 = member(root.path(), 1, None, &[]);
+    n1.wait_ready().await;
+    let known = seed_links(&n1, 40).await;
+    let targets = Arc::new(Mutex::new(vec![n1.base.clone()]));
+    let load = Load::start(targets.clone(), known.clone());
+
+    let n2 = member(root.path(), 2, Some(&n1), &[]);
+    let n3 = member(root.path(), 3, Some(&n2), &[]);
+    targets
+        .lock()
+        .unwrap()
+        .extend([n2.base.clone(), n3.base.clone()]);
+    wait_placed(&[&n1, &n2, &n3], 3).await;
+
+    let n4 = member(root.path(), 4, Some(&n3), &[]);
+    let n5 = member(root.path(), 5, Some(&n1), &[]);
+    targets
+        .lock()
+        .unwrap()
+        .extend([n4.base.clone(), n5.base.clone()]);
+    let s = wait_placed(&[&n1, &n2, &n3, &n4, &n5], 3).await;
+
+    let ((ok, failures), (acked, unknown)) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} redirects failed: {:#?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(
+        ok > 0 && !acked.is_empty(),
+        "the load ran ({ok} redirects, {} creates)",
+        acked.len()
+    );
+
+    // Every acknowledged link is there, once; nothing else but the seeds and the creates
+    // whose outcome the client never learned.
+    let links = all_links(&n4).await;
+    let mut by_url: HashMap<String, Vec<String>> = HashMap::new();
+    for (url, code) in &links {
+        by_url.entry(url.clone()).or_default().push(code.clone());
+    }
+    for (url, code) in &acked {
+        assert_eq!(
+            by_url.get(url),
+            Some(&vec![code.clone()]),
+            "acknowledged {url} at {code}"
+        );
+    }
+    for (url, codes) in &by_url {
+        assert_eq!(codes.len(), 1, "{url} created more than once: {codes:?}");
+    }
+    assert_eq!(
+        links.len(),
+        known.len() + acked.len() + by_url.keys().filter(|u| unknown.contains(u)).count()
+    );
+    // Every node redirects every link, replica or not.
+    for node in [&n1, &n2, &n3, &n4, &n5] {
+        for (url, code) in acked.iter().take(30) {
+            assert_eq!(
+                node.redirect(code).await,
+                (302, Some(url.clone())),
+                "node {}",
+                node.node_id
+            );
+        }
+    }
+    // Replicas are spread: every node holds some.
+    for n in s["nodes"].as_array().unwrap() {
+        assert!(n["replicas"].as_u64().unwrap() > 0, "{n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_leader_loses_no_acknowledged_write_and_writes_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let n1 = member(root.path(), 1, None, &[]);
+    n1.wait_ready().await;
+    let n2 = member(root.path(), 2, Some(&n1), &[]);
+    let n3 = member(root.path(), 3, Some(&n1), &[]);
+    let s = wait_placed(&[&n1, &n2, &n3], 3).await;
+    let known = seed_links(&n2, 60).await;
+
+    // The node leading the most shards goes.
+    let victim = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|n| n["leads"].as_u64().unwrap())
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    assert!(victim > 0);
+    let mut nodes = vec![n1, n2, n3];
+    let victim = nodes.remove(nodes.iter().position(|n| n.node_id == victim).unwrap());
+    let survivors = Arc::new(Mutex::new(nodes.iter().map(|n| n.base.clone()).collect()));
+    let load = Load::start(survivors, known.clone());
+    let victim_id = victim.node_id;
+    let killed = Instant::now();
+    victim.kill9();
+
+    // Writes through a survivor succeed again within two election timeouts (2 × 3 s).
+    let (status, body) = nodes[0]
+        .create(ADMIN_KEY, json!({ "url": "https://after.example/kill" }))
+        .await;
+    let resumed = killed.elapsed();
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        resumed < Duration::from_secs(6),
+        "first write after the kill took {resumed:?}"
+    );
+    // Keep the load going until every shard has a leader again, then a little longer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = admin_status(&nodes[0]).await;
+        if s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| !g["leader"].is_null() && g["leader"].as_u64() != Some(victim_id))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaderless groups 30 s after the kill: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ((ok, failures), (acked, _unknown)) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} redirects failed: {:#?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    for node in &nodes {
+        for (code, url) in &known {
+            assert_eq!(node.redirect(code).await, (302, Some(url.clone())));
+        }
+        for (url, code) in &acked {
+            assert_eq!(
+                node.redirect(code).await,
+                (302, Some(url.clone())),
+                "acknowledged {code}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_node_stops_redirects_on_the_others_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    // A long near-cache TTL: only the invalidation can make a non-replica forget in time.
+    let ttl = ["--near-cache-ttl-ms", "60000"];
+    let n1 = member(root.path(), 1, None, &ttl);
+    n1.wait_ready().await;
+    let n2 = member(root.path(), 2, Some(&n1), &ttl);
+    let n3 = member(root.path(), 3, Some(&n1), &ttl);
+    let n4 = member(root.path(), 4, Some(&n1), &ttl);
+    let nodes = [&n1, &n2, &n3, &n4];
+    wait_placed(&nodes, 3).await;
+    let links = seed_links(&n1, 24).await;
+    let s = admin_status(&n1).await;
+    let voters = |shard: u64| -> Vec<u64> {
+        serde_json::from_value(s["groups"][(shard + 1) as usize]["voters"].clone()).unwrap()
+    };
+    let mut checked = 0;
+    for (code, url) in &links {
+        let shard = linkrift_actors::shard::shard_of(code, 8) as u64;
+        let holders = voters(shard);
+        // Every node redirects it (the non-replica fills its near cache).
+        for n in nodes {
+            assert_eq!(n.redirect(code).await, (302, Some(url.clone())));
+        }
+        let outsider = nodes
+            .iter()
+            .find(|n| !holders.contains(&n.node_id))
+            .unwrap();
+        let deleter = nodes
+            .iter()
+            .find(|n| n.node_id != outsider.node_id)
+            .unwrap();
+        let r = deleter
+            .http
+            .delete(deleter.url(&format!("/v1/links/{code}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        let deleted = Instant::now();
+        for n in nodes {
+            loop {
+                let (status, _) = n.redirect(code).await;
+                if status == 404 {
+                    break;
+                }
+                assert_eq!(status, 302);
+                // Far below the 60 s TTL: the invalidation (or, on a replica, the
+                // replicated delete) did it.
+                assert!(
+                    deleted.elapsed() < Duration::from_secs(5),
+                    "node {} still redirects {code} {:?} after the delete",
+                    n.node_id,
+                    deleted.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        checked += 1;
+        if checked == 6 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_is_refused_and_the_cluster_carries_on() {
+    let root = tempfile::tempdir().unwrap();
+    let n1 = member(root.path(), 1, None, &[]);
+    n1.wait_ready().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .args(["serve", "--data-dir"])
+        .arg(root.path().join("intruder"))
+        .args([
+            "--http",
+            "127.0.0.5:0",
+            "--peer",
+            "127.0.0.5:0",
+            "--cluster",
+            "127.0.0.5:0",
+        ])
+        .args(["--join", &n1.cluster, "--log", "warn"])
+        .env("LINKRIFT_CLUSTER_SECRET", "not-the-secret")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused the session: is the cluster secret the same?"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(root.path().join("n1.log")).unwrap();
+    assert!(
+        log.contains("cluster session refused"),
+        "the member logs the refusal: {log}"
+    );
+
+    let (status, body) = n1
+        .create(ADMIN_KEY, json!({ "url": "https://still.example/" }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let code = body["code"].as_str().unwrap();
+    assert_eq!(
+        n1.redirect(code).await,
+        (302, Some("https://still.example/".into()))
+    );
+    let s = admin_status(&n1).await;
+    assert_eq!(
+        s["nodes"].as_array().unwrap().len(),
+        1,
+        "the intruder was not registered: {s}"
+    );
+}
