@@ -624,15 +624,17 @@ impl Core {
         let me = self.me;
         tokio::spawn(async move {
             loop {
-                // A replica serves reads once it is a voter and has applied everything up
-                // to the change that made it one (it was caught up before that change, but
-                // a follower sees a membership entry when it arrives, before applying it).
+                // A replica starts serving reads once it is a voter and has applied
+                // everything up to the change that made it one (it was caught up before
+                // that change, but a follower sees a membership entry when it arrives,
+                // before applying it); it stops when it is no longer a voter.
                 let serving = {
                     let m = metrics.borrow_and_update();
                     let config = &m.membership_config;
                     let voter = config.membership().voter_ids().any(|v| v == me);
                     let since = config.log_id().map_or(0, |l| l.index);
-                    voter && m.last_applied.map_or(0, |l| l.index) >= since
+                    let applied = m.last_applied.map_or(0, |l| l.index) >= since;
+                    voter && (applied || flag.load(Ordering::Acquire))
                 };
                 flag.store(serving, Ordering::Release);
                 if metrics.changed().await.is_err() {
@@ -787,28 +789,44 @@ impl Core {
     }
 
     /// Reads `code` where its shard is held (`hops` forwards at most, toward the leader).
+    /// A link found on any caught-up replica is an answer; "no such link" is only taken
+    /// from the leader, since a follower may not have applied an acknowledged create yet.
     async fn route_lookup(self: &Arc<Self>, code: &str, hops: u8) -> Result<Option<Link>, Refusal> {
         let shard = shard_of(code, self.shard_count);
         let local = self.local_shard(shard);
-        let read_here = |local: &LocalShard| local.reader.get(code).map(|l| Link::clone(&l));
+        let read_here = |local: &LocalShard| {
+            local
+                .is_serving()
+                .then(|| local.reader.get(code).map(|l| Link::clone(&l)))
+                .flatten()
+        };
         if let Some(local) = &local {
             let leader = local.group.leader();
-            if local.is_serving() && (leader == Some(self.me) || hops == 0 || leader.is_none()) {
-                return Ok(read_here(local));
+            if leader == Some(self.me) && local.is_serving() {
+                return Ok(local.reader.get(code).map(|l| Link::clone(&l)));
+            }
+            if hops == 0 || leader.is_none() {
+                if let Some(link) = read_here(local) {
+                    return Ok(Some(link));
+                }
             }
             if let Some(leader) = leader.filter(|&l| l != self.me && hops > 0) {
                 let request = Request::Lookup {
                     code: code.to_string(),
                     hops: hops - 1,
                 };
-                if let Ok(Reply::Found(link)) = self.peers.call(leader, &request, CALL_TIMEOUT).await
+                if let Ok(Reply::Found(link)) =
+                    self.peers.call(leader, &request, CALL_TIMEOUT).await
                 {
                     return Ok(link);
                 }
             }
-            // The leader is gone or unreachable: this replica's copy is the best there is.
-            if local.is_serving() {
-                return Ok(read_here(local));
+            // The leader is gone or unreachable: a link this replica has is still an answer.
+            if let Some(link) = read_here(local) {
+                return Ok(Some(link));
+            }
+            if hops == 0 {
+                return Err(Refusal::NotLeader { leader });
             }
         }
         if hops == 0 {
@@ -832,6 +850,41 @@ impl Core {
         } else {
             refusals.join("; ")
         }))
+    }
+
+    /// A page of `shard`'s links, from its leader if it can be reached in `hops`, else
+    /// from this node's replica.
+    async fn page(
+        &self,
+        shard: u32,
+        cursor: Option<&str>,
+        tag: Option<&Tag>,
+        limit: usize,
+        hops: u8,
+    ) -> Result<Vec<Link>, Refusal> {
+        let local = self.local_shard(shard);
+        let leader = local.as_ref().and_then(|l| l.group.leader());
+        if let Some(leader) = leader.filter(|&l| l != self.me && hops > 0) {
+            let request = Request::List {
+                hops: hops - 1,
+                shards: vec![shard],
+                cursor: cursor.map(str::to_string),
+                tag: tag.cloned(),
+                limit: limit as u32,
+            };
+            if let Ok(Reply::Links(links)) = self.peers.call(leader, &request, CALL_TIMEOUT).await {
+                return Ok(links);
+            }
+        }
+        match local.filter(|l| l.is_serving()) {
+            Some(local) => Ok(local
+                .reader
+                .page(cursor, tag, limit)
+                .into_iter()
+                .map(|l| Link::clone(&l))
+                .collect()),
+            None => Err(Refusal::NotHosted),
+        }
     }
 
     async fn until_meta_led<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
@@ -1016,6 +1069,7 @@ impl Handler for Core {
                 Err(r) => Reply::Refused(r),
             },
             Request::List {
+                hops,
                 shards,
                 cursor,
                 tag,
@@ -1023,15 +1077,12 @@ impl Handler for Core {
             } => {
                 let mut links = Vec::new();
                 for shard in shards {
-                    match self.local_shard(shard).filter(|l| l.is_serving()) {
-                        Some(local) => links.extend(
-                            local
-                                .reader
-                                .page(cursor.as_deref(), tag.as_ref(), limit as usize)
-                                .into_iter()
-                                .map(|l| Link::clone(&l)),
-                        ),
-                        None => return Reply::Refused(Refusal::NotHosted),
+                    match self
+                        .page(shard, cursor.as_deref(), tag.as_ref(), limit as usize, hops)
+                        .await
+                    {
+                        Ok(page) => links.extend(page),
+                        Err(r) => return Reply::Refused(r),
                     }
                 }
                 Reply::Links(links)
@@ -1095,7 +1146,13 @@ impl LinkService {
         let shard = shard_of(code, self.core.shard_count);
         if let Some(local) = self.core.local.pin().get(&shard) {
             if local.is_serving() {
-                return Lookup::Local(local.reader.get(code));
+                match local.reader.get(code) {
+                    Some(link) => return Lookup::Local(Some(link)),
+                    // Only the leader's "no such link" is final (a follower may not have
+                    // applied a create yet); elsewhere the near cache or the leader says.
+                    None if local.group.is_leader() => return Lookup::Local(None),
+                    None => {}
+                }
             }
         }
         match self.core.cache.get(code) {
@@ -1105,20 +1162,41 @@ impl LinkService {
     }
 
     /// Asks a replica of `code`'s shard (its leader, when reachable) and caches the answer.
+    /// While the shard has no leader to say a code does not exist, waits for one (up to
+    /// the write timeout).
     pub async fn fetch(&self, code: &str) -> Result<Option<Arc<Link>>, ServiceError> {
-        let ticket = self.core.cache.ticket();
-        match self.core.route_lookup(code, HOPS).await {
-            Ok(link) => {
-                let link = link.map(Arc::new);
-                let shard = shard_of(code, self.core.shard_count);
-                if self.core.local_shard(shard).is_none_or(|l| !l.is_serving()) {
-                    self.core.cache.fill(ticket, code, link.clone());
+        let core = &self.core;
+        let shard = shard_of(code, core.shard_count);
+        let deadline = Instant::now() + core.write_timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let ticket = core.cache.ticket();
+            let refusal = match core.route_lookup(code, HOPS).await {
+                Ok(link) => {
+                    let link = link.map(Arc::new);
+                    let leads = core.local_shard(shard).is_some_and(|l| l.group.is_leader());
+                    if !leads {
+                        core.cache.fill(ticket, code, link.clone());
+                    }
+                    return Ok(link);
                 }
-                Ok(link)
+                Err(r) => r,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServiceError::Unavailable(format!(
+                    "no replica of {code:?}'s shard answered: {refusal}"
+                )));
             }
-            Err(r) => Err(ServiceError::Unavailable(format!(
-                "no replica of {code:?}'s shard answered: {r}"
-            ))),
+            let wait = pause.min(left);
+            match core.local_shard(shard) {
+                Some(local) => {
+                    let mut metrics = local.group.raft().metrics();
+                    let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                }
+                None => tokio::time::sleep(wait).await,
+            }
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
@@ -1143,7 +1221,13 @@ impl LinkService {
         let mut remote: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
         for shard in 0..core.shard_count {
             match core.local_shard(shard).filter(|l| l.is_serving()) {
-                Some(local) => links.extend(local.reader.page(cursor, tag, limit)),
+                Some(_) => links.extend(
+                    core.page(shard, cursor, tag, limit, 1)
+                        .await
+                        .map_err(|r| ServiceError::Unavailable(format!("shard {shard}: {r}")))?
+                        .into_iter()
+                        .map(Arc::new),
+                ),
                 None => {
                     let node = core.candidates(shard).into_iter().next().ok_or_else(|| {
                         ServiceError::Unavailable(format!("no node holds shard {shard}"))
@@ -1173,6 +1257,7 @@ impl LinkService {
         tag: Option<&Tag>,
     ) -> Result<Vec<Arc<Link>>, ServiceError> {
         let ask = |shards: Vec<u32>| Request::List {
+            hops: 1,
             shards,
             cursor: cursor.map(str::to_string),
             tag: tag.cloned(),

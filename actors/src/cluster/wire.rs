@@ -47,8 +47,11 @@ pub enum Request {
         /// Forwards left.
         hops: u8,
     },
-    /// A page of links of `shards`, all held by the asked node.
+    /// A page of links of each of `shards`, read on each shard's leader when it can be
+    /// reached in `hops`, else on the asked node's replica.
     List {
+        /// Forwards left.
+        hops: u8,
         /// The shards.
         shards: Vec<u32>,
         /// Start after this code.
