@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Cluster benchmark: redirects on a node holding the shard's replica and on one that does
+# not (near-cache hits, and misses), beside the nginx static-redirect baseline in the same
+# run; creates on a cluster; and the time from killing a shard leader to the first
+# successful write to that shard.
+#
+#   bench/cluster.sh [LINKS] [SECONDS] [KILLS]     defaults: 20000 10 10
+#
+# Four release nodes on 127.0.0.1-4 (every shard on 3 of them), servers pinned to CPU 1,
+# wrk/hey to CPU 0. "requests per server CPU-second" counts the CPU of the node hit; for
+# near-cache misses it also counts the node asked (the cluster's CPU). Installs wrk, hey,
+# nginx (Debian) and the xxhash module (PyPI) when missing. Stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+links=${1:-20000}; seconds=${2:-10}; kills=${3:-10}
+baseline_script=${NGINX_BASELINE:-../shared/bench/nginx-baseline.sh}
+ng_port=18191
+
+need() { command -v "$1" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }; }
+need wrk wrk; need hey hey; need nginx nginx
+python3 -c "import xxhash" 2>/dev/null || pip install -q xxhash
+
+cargo build --release -q -p linkrift
+work=$(mktemp -d /tmp/linkrift-cluster-bench.XXXXXX)
+cleanup() {
+  for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export LINKRIFT_ADMIN_KEY=bench-admin-key-0123456789 LINKRIFT_CLUSTER_SECRET=bench-secret
+key=$LINKRIFT_ADMIN_KEY
+
+start() { # I [extra flags...]: node I on 127.0.0.I, joining node 1 unless I is 1
+  local i=$1; shift
+  local join=(); [[ $i != 1 ]] && join=(--join 127.0.0.1:18100)
+  taskset -c 1 target/release/linkrift serve --data-dir "$work/n$i" --http "127.0.0.$i:18080" \
+    --peer "127.0.0.$i:18000" --cluster "127.0.0.$i:18100" --shard-count 16 --log warn \
+    --near-cache-ttl-ms 600000 "${join[@]}" "$@" >"$work/n$i.out" 2>&1 &
+  echo $! >"$work/n$i.pid"
+  for _ in $(seq 600); do curl -sf "http://127.0.0.$i:18080/readyz" >/dev/null && return 0; sleep 0.1; done
+  echo "node $i did not become ready" >&2; exit 1
+}
+status() { curl -sf -H "Authorization: Bearer $key" http://127.0.0.1:18080/admin/status; }
+wait_placed() {
+  for _ in $(seq 600); do
+    status | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if not s["under_replicated"] and all(len(g["voters"])==3 and not g["learners"] for g in s["groups"][1:]) else 1)' && return 0
+    sleep 0.2
+  done
+  echo "placement did not converge" >&2; exit 1
+}
+
+for i in 1 2 3 4; do start $i; done
+wait_placed
+
+# Links through the bulk API; then split their codes by whether node 4 holds their shard.
+python3 - "$links" "$key" "$work" <<'PY'
+import json, sys, urllib.request, xxhash
+n, key, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def call(path, body=None):
+    req = urllib.request.Request(f"http://127.0.0.1:18080{path}", body and json.dumps(body).encode(),
+        {"content-type": "application/json", "authorization": f"Bearer {key}"})
+    return json.load(urllib.request.urlopen(req))
+codes = []
+for start in range(0, n, 1000):
+    res = call("/v1/links/bulk", {"links": [{"url": f"https://example.com/{i}"} for i in range(start, min(n, start + 1000))]})
+    codes += [r["link"]["code"] for r in res["results"]]
+def jump(key, buckets):
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return b
+status = call("/admin/status")
+four = next(x["id"] for x in status["nodes"] if x["http"].startswith("127.0.0.4:"))
+held = {g["group"] - 1 for g in status["groups"][1:] if four in g["voters"]}
+local = [c for c in codes if jump(xxhash.xxh3_64_intdigest(c.encode()), status["shard_count"]) in held]
+remote = [c for c in codes if c not in set(local)]
+open(f"{work}/local", "w").write("\n".join(local) + "\n")
+open(f"{work}/remote", "w").write("\n".join(remote) + "\n")
+print(f"{len(codes)} links; node 4 holds {len(held)} of {status['shard_count']} shards: {len(local)} local codes, {len(remote)} remote", file=sys.stderr)
+PY
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cluster_ticks() { local t=0; for i in 1 2 3 4; do t=$((t + $(cpu_ticks "$(cat "$work/n$i.pid")"))); done; echo $t; }
+hz=$(getconf CLK_TCK)
+cat > "$work/random.lua" <<'LUA'
+local codes = {}
+for line in io.lines(os.getenv("CODES")) do codes[#codes + 1] = "/" .. line end
+math.randomseed(os.time())
+request = function() return wrk.format("GET", codes[math.random(#codes)]) end
+LUA
+# One wrk run: "req/s p50_ms p99_ms req_per_cpu_s non3xx". CPU: of PID, or the cluster's.
+measure() { # CODES URL CONNECTIONS PID|cluster
+  local before after out
+  if [[ $4 == cluster ]]; then before=$(cluster_ticks); else before=$(cpu_ticks "$4"); fi
+  out=$(CODES="$1" taskset -c 0 wrk -t1 -c"$3" -d"${seconds}s" --latency -s "$work/random.lua" "$2" 2>&1)
+  if [[ $4 == cluster ]]; then after=$(cluster_ticks); else after=$(cpu_ticks "$4"); fi
+  python3 - "$out" "$before" "$after" "$hz" <<'PY'
+import re, sys
+out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def ms(label):
+    v, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+total = int(re.search(r"(\d+) requests in", out).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+cpu = (after - before) / hz
+print(f"| {rps:.0f} | {ms('50%'):.3f} | {ms('99%'):.3f} | {total / cpu if cpu else 0:.0f} | {errors.group(1) if errors else 0} |")
+PY
+}
+
+ng_pid=$("$baseline_script" start $ng_port 1); echo "$ng_pid" >"$work/nginx.pid"
+ng_worker=$(pgrep -P "$ng_pid" | head -1); ng_worker=${ng_worker:-$ng_pid}
+n4=$(cat "$work/n4.pid")
+# Warm node 4's near cache with every remote code once.
+CODES="$work/remote" taskset -c 0 wrk -t1 -c16 -d3s -s "$work/random.lua" http://127.0.0.4:18080 >/dev/null
+echo "| what | connections | requests/s | p50 ms | p99 ms | requests per server CPU-second | non-3xx |"
+echo "|---|---|---|---|---|---|---|"
+echo "| nginx static 302 | 64 $(measure "$work/local" "http://127.0.0.1:$ng_port" 64 "$ng_worker")"
+echo "| node 4, codes it holds (replica) | 64 $(measure "$work/local" http://127.0.0.4:18080 64 "$n4")"
+echo "| node 4, codes held elsewhere (near-cache hits) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 "$n4")"
+# Misses: restart node 4 with a near cache too small to hold anything useful.
+kill "$n4"; wait "$n4" 2>/dev/null || true
+start 4 --near-cache-capacity 1
+echo "| node 4, codes held elsewhere (near-cache misses; cluster CPU) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 cluster)"
+
+hey_out=$(taskset -c 0 hey -n 5000 -c 50 -m POST -T application/json -H "Authorization: Bearer $key" \
+  -d '{"url": "https://example.com/created"}' "http://127.0.0.1:18080/v1/links")
+echo
+echo "Creates on 4 nodes through node 1, hey -n 5000 -c 50: $(grep -E 'Requests/sec' <<<"$hey_out" | xargs), \
+p50 $(grep -E '50% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
+p99 $(grep -E '99% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
+statuses: $(grep -A3 'Status code distribution' <<<"$hey_out" | grep -o '\[[0-9]*\][^[]*' | xargs)"
+
+# Failover: kill the leader of shard 0 (never node 1, which the script talks to), time the
+# first successful write to shard 0 through node 1, restart the victim, repeat.
+times=()
+for k in $(seq "$kills"); do
+  read -r victim code < <(status | python3 -c '
+import json, sys, xxhash
+s = json.load(sys.stdin)
+def jump(key, buckets):
+    b, j = -1, 0
+    while j < buckets:
+        b = j; key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return b
+shards = [g for g in s["groups"][1:] if g["leader"] and next(n for n in s["nodes"] if n["id"] == g["leader"])["http"].split(":")[0] != "127.0.0.1"]
+g = shards[0]
+ip = next(n for n in s["nodes"] if n["id"] == g["leader"])["http"].split(":")[0]
+code = next(c for c in (f"fo{'$k'}x{i}" for i in range(10**6)) if jump(xxhash.xxh3_64_intdigest(c.encode()), s["shard_count"]) == g["group"] - 1)
+print(ip.split(".")[-1], code)')
+  vpid=$(cat "$work/n$victim.pid"); kill -9 "$vpid"; t0=$(date +%s%N)
+  until [[ $(curl -s -o /dev/null -w "%{http_code}" -X POST http://127.0.0.1:18080/v1/links -H "Authorization: Bearer $key" \
+      -H 'content-type: application/json' -d "{\"url\":\"https://example.com/$code\",\"code\":\"$code\"}") == 201 ]]; do
+    (( $(date +%s%N) - t0 < 60000000000 )) || { echo "no successful write 60 s after kill $k" >&2; exit 1; }
+  done
+  times+=($(( ($(date +%s%N) - t0) / 1000000 )))
+  start "$victim"; wait_placed
+done
+printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "\nLeader kill to first successful write, %d kills: median %d ms, worst %d ms\n", NR, a[int((NR+1)/2)], a[NR]}'
