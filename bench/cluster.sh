@@ -122,7 +122,7 @@ echo "| node 4, codes it holds (replica) | 64 $(measure "$work/local" http://127
 echo "| node 4, codes held elsewhere (near-cache hits) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 "$n4")"
 # Misses: restart node 4 with a near cache too small to hold anything useful.
 kill "$n4"; wait "$n4" 2>/dev/null || true
-start 4 --near-cache-capacity 1
+LINKRIFT_NEAR_CACHE_CAPACITY=1 start 4
 echo "| node 4, codes held elsewhere (near-cache misses; cluster CPU) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 cluster)"
 
 hey_out=$(taskset -c 0 hey -n 5000 -c 50 -m POST -T application/json -H "Authorization: Bearer $key" \
