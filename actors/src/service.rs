@@ -554,9 +554,7 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
                         id: core.me,
                         addrs: addrs.clone(),
                     };
-                    if core.meta.is_leader() {
-                        recorded = core.meta_command(update).await.is_ok();
-                    }
+                    recorded = core.propose_meta(update).await.is_ok();
                 }
                 None => {}
             }
@@ -755,6 +753,18 @@ impl Core {
         }
     }
 
+    /// Waits up to `wait` before retrying a request to `shard`: until this node's replica
+    /// sees a change (a leader elected), or, with no replica here, for `wait`.
+    async fn pause_for_shard(&self, shard: u32, wait: Duration) {
+        match self.local_shard(shard) {
+            Some(local) => {
+                let mut metrics = local.group.raft().metrics();
+                let _ = tokio::time::timeout(wait, metrics.changed()).await;
+            }
+            None => tokio::time::sleep(wait).await,
+        }
+    }
+
     /// Proposes `command` to `shard`, wherever its leader is, retrying (with the same
     /// request id) until it is answered or the write timeout passes.
     async fn shard_command(
@@ -774,16 +784,7 @@ impl Core {
             if left.is_zero() {
                 return Err(ServiceError::Unavailable(format!("shard {shard}: {last}")));
             }
-            // Wait for this replica's view to change (a leader elected), or a moment when
-            // the shard is elsewhere.
-            let wait = pause.min(left);
-            match self.local_shard(shard) {
-                Some(local) => {
-                    let mut metrics = local.group.raft().metrics();
-                    let _ = tokio::time::timeout(wait, metrics.changed()).await;
-                }
-                None => tokio::time::sleep(wait).await,
-            }
+            self.pause_for_shard(shard, pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
@@ -925,6 +926,44 @@ impl Core {
             other => Err(ServiceError::Internal(format!(
                 "meta group answered {other:?}"
             ))),
+        }
+    }
+
+    /// Proposes `command` to the meta group, through its leader wherever it is.
+    pub(crate) async fn propose_meta(
+        &self,
+        command: MetaCommand,
+    ) -> Result<MetaOutcome, ServiceError> {
+        let core = self;
+        let deadline = Instant::now() + core.write_timeout;
+        loop {
+            match core.meta.leader() {
+                None => {}
+                Some(leader) if leader == core.me => return core.meta_command(command).await,
+                Some(leader) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match core
+                        .peers
+                        .call(leader, &Request::Meta(command.clone()), left)
+                        .await
+                    {
+                        Ok(Reply::Meta(outcome)) => return Ok(outcome),
+                        Ok(Reply::Refused(Refusal::Failed(e))) => {
+                            return Err(ServiceError::Internal(e))
+                        }
+                        Ok(_) | Err(_) => {}
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServiceError::Unavailable(
+                    "the meta group's leader cannot be reached".into(),
+                ));
+            }
+            let mut metrics = core.meta.raft().metrics();
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
         }
     }
 
@@ -1188,14 +1227,7 @@ impl LinkService {
                     "no replica of {code:?}'s shard answered: {refusal}"
                 )));
             }
-            let wait = pause.min(left);
-            match core.local_shard(shard) {
-                Some(local) => {
-                    let mut metrics = local.group.raft().metrics();
-                    let _ = tokio::time::timeout(wait, metrics.changed()).await;
-                }
-                None => tokio::time::sleep(wait).await,
-            }
+            core.pause_for_shard(shard, pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
@@ -1398,39 +1430,8 @@ impl LinkService {
         }
     }
 
-    /// Proposes `command` to the meta group, through its leader wherever it is.
     async fn meta_command(&self, command: MetaCommand) -> Result<MetaOutcome, ServiceError> {
-        let core = &self.core;
-        let deadline = Instant::now() + core.write_timeout;
-        loop {
-            match core.meta.leader() {
-                None => {}
-                Some(leader) if leader == core.me => return core.meta_command(command).await,
-                Some(leader) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match core
-                        .peers
-                        .call(leader, &Request::Meta(command.clone()), left)
-                        .await
-                    {
-                        Ok(Reply::Meta(outcome)) => return Ok(outcome),
-                        Ok(Reply::Refused(Refusal::Failed(e))) => {
-                            return Err(ServiceError::Internal(e))
-                        }
-                        Ok(_) | Err(_) => {}
-                    }
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ServiceError::Unavailable(
-                    "the meta group's leader cannot be reached".into(),
-                ));
-            }
-            let mut metrics = core.meta.raft().metrics();
-            let _ =
-                tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
-        }
+        self.core.propose_meta(command).await
     }
 
     /// Stores a new key with `scopes`; returns it in clear text (to show once) and its record.

@@ -44,15 +44,18 @@ pub enum PeerError {
     /// No session with that node.
     #[error("no session with node {0}")]
     NotConnected(NodeId),
+    /// No session with any node.
+    #[error("no session with any node of the cluster")]
+    Alone,
     /// No answer in time.
-    #[error("node {0} did not answer within {1:?}")]
-    Timeout(NodeId, Duration),
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(String, Duration),
     /// The session failed during the call.
-    #[error("the session with node {0} failed: {1}")]
-    Session(NodeId, String),
+    #[error("the session with {0} failed: {1}")]
+    Session(String, String),
     /// The answer could not be decoded.
-    #[error("undecodable answer from node {0}: {1}")]
-    Garbled(NodeId, String),
+    #[error("undecodable answer from {0}: {1}")]
+    Garbled(String, String),
 }
 
 /// What the peer actor receives from other nodes.
@@ -371,7 +374,7 @@ impl<H: Handler> Peers<H> {
 
     async fn call_cell(
         cell: ActorCell,
-        node: NodeId,
+        peer: String,
         request: &Request,
         timeout: Duration,
     ) -> Result<Reply, PeerError> {
@@ -382,11 +385,11 @@ impl<H: Handler> Peers<H> {
             .await
         {
             Ok(CallResult::Success(answer)) => {
-                codec::decode(&answer).map_err(|e| PeerError::Garbled(node, e.to_string()))
+                codec::decode(&answer).map_err(|e| PeerError::Garbled(peer, e.to_string()))
             }
-            Ok(CallResult::Timeout) => Err(PeerError::Timeout(node, timeout)),
-            Ok(CallResult::SenderError) => Err(PeerError::Session(node, "no answer".into())),
-            Err(e) => Err(PeerError::Session(node, e.to_string())),
+            Ok(CallResult::Timeout) => Err(PeerError::Timeout(peer, timeout)),
+            Ok(CallResult::SenderError) => Err(PeerError::Session(peer, "no answer".into())),
+            Err(e) => Err(PeerError::Session(peer, e.to_string())),
         }
     }
 
@@ -400,14 +403,14 @@ impl<H: Handler> Peers<H> {
         let cell = self
             .remote(&node_group(node))
             .ok_or(PeerError::NotConnected(node))?;
-        Self::call_cell(cell, node, request, timeout).await
+        Self::call_cell(cell, format!("node {node}"), request, timeout).await
     }
 
     /// Asks whichever node is at the other end of a session (used to join, when only
     /// the seed's session exists).
     pub async fn call_any(&self, request: &Request, timeout: Duration) -> Result<Reply, PeerError> {
-        let cell = self.remote(ALL).ok_or(PeerError::NotConnected(0))?;
-        Self::call_cell(cell, 0, request, timeout).await
+        let cell = self.remote(ALL).ok_or(PeerError::Alone)?;
+        Self::call_cell(cell, "the node joined through".into(), request, timeout).await
     }
 
     /// Sends `notice` to every other connected node, without waiting.
