@@ -16,17 +16,17 @@ links=${1:-20000}; seconds=${2:-10}; kills=${3:-10}
 baseline_script=${NGINX_BASELINE:-../shared/bench/nginx-baseline.sh}
 ng_port=18191
 
-need() { command -v "$1" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }; }
+work=$(mktemp -d /tmp/linkrift-cluster-bench.XXXXXX)
+source bench/lib.sh
 need wrk wrk; need hey hey; need nginx nginx
 python3 -c "import xxhash" 2>/dev/null || pip install -q xxhash
 
-cargo build --release -q -p linkrift
-work=$(mktemp -d /tmp/linkrift-cluster-bench.XXXXXX)
 cleanup() {
   for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
+cargo build --release -q -p linkrift
 export LINKRIFT_ADMIN_KEY=bench-admin-key-0123456789 LINKRIFT_CLUSTER_SECRET=bench-secret
 key=$LINKRIFT_ADMIN_KEY
 
@@ -81,33 +81,12 @@ open(f"{work}/remote", "w").write("\n".join(remote) + "\n")
 print(f"{len(codes)} links; node 4 holds {len(held)} of {status['shard_count']} shards: {len(local)} local codes, {len(remote)} remote", file=sys.stderr)
 PY
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 cluster_ticks() { local t=0; for i in 1 2 3 4; do t=$((t + $(cpu_ticks "$(cat "$work/n$i.pid")"))); done; echo $t; }
-hz=$(getconf CLK_TCK)
-cat > "$work/random.lua" <<'LUA'
-local codes = {}
-for line in io.lines(os.getenv("CODES")) do codes[#codes + 1] = "/" .. line end
-math.randomseed(os.time())
-request = function() return wrk.format("GET", codes[math.random(#codes)]) end
-LUA
-# One wrk run: "req/s p50_ms p99_ms req_per_cpu_s non3xx". CPU: of PID, or the cluster's.
+write_random_lua
+# One wrk run as a table row's cells. CPU: of PID, or of every node ("cluster").
 measure() { # CODES URL CONNECTIONS PID|cluster
-  local before after out
-  if [[ $4 == cluster ]]; then before=$(cluster_ticks); else before=$(cpu_ticks "$4"); fi
-  out=$(CODES="$1" taskset -c 0 wrk -t1 -c"$3" -d"${seconds}s" --latency -s "$work/random.lua" "$2" 2>&1)
-  if [[ $4 == cluster ]]; then after=$(cluster_ticks); else after=$(cpu_ticks "$4"); fi
-  python3 - "$out" "$before" "$after" "$hz" <<'PY'
-import re, sys
-out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-def ms(label):
-    v, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
-    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-total = int(re.search(r"(\d+) requests in", out).group(1))
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-cpu = (after - before) / hz
-print(f"| {rps:.0f} | {ms('50%'):.3f} | {ms('99%'):.3f} | {total / cpu if cpu else 0:.0f} | {errors.group(1) if errors else 0} |")
-PY
+  local ticks=(cpu_ticks "$4"); [[ $4 == cluster ]] && ticks=(cluster_ticks)
+  wrk_run "$1" "$2" "$3" "$seconds" "${ticks[@]}" | awk '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}'
 }
 
 ng_pid=$("$baseline_script" start $ng_port 1); echo "$ng_pid" >"$work/nginx.pid"

@@ -14,11 +14,10 @@ links=${1:-100000}; seconds=${2:-10}; runs=${3:-3}
 baseline_script=${NGINX_BASELINE:-../shared/bench/nginx-baseline.sh}
 lr_port=18090; ng_port=18091
 
-need() { command -v "$1" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }; }
+work=$(mktemp -d /tmp/linkrift-bench.XXXXXX)
+source bench/lib.sh
 need wrk wrk; need hey hey; need nginx nginx
 
-cargo build --release -q -p linkrift
-work=$(mktemp -d /tmp/linkrift-bench.XXXXXX)
 pids=()
 cleanup() {
   local status=$?
@@ -29,6 +28,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+cargo build --release -q -p linkrift
 
 key=bench-admin-key-0123456789
 start_linkrift() { # DIR PORT (runs in a subshell: the PID goes to a file for cleanup)
@@ -58,35 +58,9 @@ with open(out, "w") as f:
 PY
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
-
-cat > "$work/random.lua" <<'LUA'
-local codes = {}
-for line in io.lines(os.getenv("CODES")) do codes[#codes + 1] = "/" .. line end
-math.randomseed(os.time())
-request = function() return wrk.format("GET", codes[math.random(#codes)]) end
-LUA
-
-# One wrk run: prints "req/s p50_ms p99_ms req_per_cpu_s".
-measure() { # PID PORT CONNECTIONS
-  local before after out
-  before=$(cpu_ticks "$1")
-  out=$(CODES="$work/codes" taskset -c 0 wrk -t1 -c"$3" -d"${seconds}s" --latency -s "$work/random.lua" "http://127.0.0.1:$2" 2>&1)
-  after=$(cpu_ticks "$1")
-  python3 - "$out" "$before" "$after" "$hz" <<'PY'
-import re, sys
-out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-def ms(label):
-    v, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
-    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-total = int(re.search(r"(\d+) requests in", out).group(1))
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-cpu = (after - before) / hz
-print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {total / cpu if cpu else 0:.0f} {errors.group(1) if errors else 0}")
-PY
-}
+write_random_lua
+# One wrk run: prints "req/s p50_ms p99_ms req_per_cpu_s non3xx".
+measure() { wrk_run "$work/codes" "http://127.0.0.1:$2" "$3" "$seconds" cpu_ticks "$1"; } # PID PORT CONNECTIONS
 
 lr_pid=$(start_linkrift "$work/node" $lr_port)
 load_links $lr_port "$links" "$work/codes"
