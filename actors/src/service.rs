@@ -7,7 +7,7 @@
 //! so retrying a call (here, after a failover, or by the client with the same idempotency
 //! key) never acts twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,6 +188,10 @@ const HOPS: u8 = 2;
 /// How long a call to another node may take, except writes (which take what is left of
 /// the write timeout) and admission (which waits for the meta group to catch up).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one forwarded write may take before the caller tries again (with the same
+/// request id, so nothing happens twice): a hop to a node stuck behind a dead leader, or a
+/// session that died without closing, must not use up the whole write timeout.
+const HOP_TIMEOUT: Duration = Duration::from_secs(3);
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A shard this node holds a replica of.
@@ -252,6 +256,9 @@ pub(crate) struct Core {
     pub(crate) peers: Peers<Core>,
     pub(crate) replication_factor: usize,
     pub(crate) max_moves: usize,
+    /// openraft's leader lease (its longest election timeout): how long a voter refuses
+    /// to vote after it last heard from its leader.
+    leader_lease: Duration,
     code_length: usize,
     url_policy: UrlPolicy,
     write_timeout: Duration,
@@ -420,6 +427,7 @@ impl LinkService {
             peers,
             replication_factor: config.replication_factor,
             max_moves: config.max_moves.max(1),
+            leader_lease: config.raft.election_max,
             code_length: config.code_length,
             url_policy: config.url_policy,
             write_timeout: config.write_timeout,
@@ -536,9 +544,10 @@ async fn admit(
 /// Keeps sessions with the other nodes up, and this node's addresses in the meta group
 /// current.
 async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recorded = false;
+    let mut lost = LostLeaders::default();
     loop {
         tick.tick().await;
         let Some(core) = core.upgrade() else { return };
@@ -546,6 +555,7 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
             return;
         }
         core.peers.maintain(core.me, &core.cluster_addrs()).await;
+        core.stand_for_lost_leaders(&mut lost).await;
         if !recorded {
             match core.directory.node(core.me) {
                 Some(r) if r.addrs == addrs => recorded = true,
@@ -562,7 +572,57 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
     }
 }
 
+/// Leaders whose cluster session is gone, and the elections this node started for them.
+#[derive(Default)]
+struct LostLeaders {
+    /// Since when each node has had no session with this one.
+    since: HashMap<NodeId, Instant>,
+    /// The term each group was in when this node last stood for election in it.
+    stood: HashMap<GroupId, u64>,
+}
+
 impl Core {
+    /// Stands for election in the groups whose leader's session has been gone for longer
+    /// than the leader lease. openraft alone waits the lease plus an election timeout (4.5
+    /// to 6 s by default), and twice that when the first candidate is a replica that lags
+    /// (its request resets the others' timers); a killed node's session closes at once, so
+    /// the survivors can stand as soon as their votes are free. The voters stand in turn
+    /// (by id, 500 ms apart), so they do not split the vote; a lagging one that goes first
+    /// is refused and the next one wins. A leader whose session comes back is left alone.
+    async fn stand_for_lost_leaders(&self, lost: &mut LostLeaders) {
+        let now = Instant::now();
+        let mut groups = vec![self.meta.clone()];
+        groups.extend(self.local.pin().values().map(|l| l.group.clone()));
+        lost.since.retain(|node, _| !self.peers.is_connected(*node));
+        for group in groups {
+            let (leader, term, voters) = {
+                let m = group.raft().metrics().borrow().clone();
+                let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+                (m.current_leader, m.current_term, voters)
+            };
+            let Some(leader) = leader.filter(|&l| l != self.me) else {
+                continue;
+            };
+            if !voters.contains(&self.me) || self.peers.is_connected(leader) {
+                continue;
+            }
+            let since = *lost.since.entry(leader).or_insert(now);
+            let rank = voters
+                .iter()
+                .filter(|&&v| v != leader && v < self.me)
+                .count() as u32;
+            let wait = self.leader_lease + Duration::from_millis(500) * rank;
+            if now.duration_since(since) < wait || lost.stood.get(&group.id()) == Some(&term) {
+                continue;
+            }
+            lost.stood.insert(group.id(), term);
+            tracing::info!(group = %group.id(), leader, term, "the leader's session is gone; standing for election");
+            if let Err(e) = group.raft().trigger().elect().await {
+                tracing::warn!(group = %group.id(), error = %e, "could not start an election");
+            }
+        }
+    }
+
     /// The other nodes' ids and cluster addresses.
     fn cluster_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
         self.directory
@@ -739,18 +799,25 @@ impl Core {
         hops: u8,
         deadline: Instant,
     ) -> Result<ShardOutcome, Refusal> {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(HOP_TIMEOUT);
         let request = Request::Write {
             shard,
             command: command.clone(),
             hops,
         };
-        match self.peers.call(node, &request, left).await {
+        let started = Instant::now();
+        let result = match self.peers.call(node, &request, left).await {
             Ok(Reply::Written(outcome)) => Ok(outcome),
             Ok(Reply::Refused(r)) => Err(r),
             Ok(other) => Err(Refusal::Failed(format!("a write answered {other:?}"))),
             Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        };
+        if let Err(r) = &result {
+            tracing::debug!(node, shard, hops, took = ?started.elapsed(), refusal = %r, "forwarded write not done");
         }
+        result
     }
 
     /// Waits up to `wait` before retrying a request to `shard`: until this node's replica
@@ -1097,7 +1164,8 @@ impl Handler for Core {
                 command,
                 hops,
             } => {
-                let deadline = Instant::now() + self.write_timeout;
+                // Answer before the caller's hop timeout, even if only to refuse.
+                let deadline = Instant::now() + HOP_TIMEOUT.mul_f32(0.9);
                 match self.route_write(shard, &command, hops, deadline).await {
                     Ok(outcome) => Reply::Written(outcome),
                     Err(r) => Reply::Refused(r),
