@@ -577,46 +577,57 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
 struct LostLeaders {
     /// Since when each node has had no session with this one.
     since: HashMap<NodeId, Instant>,
-    /// The term each group was in when this node last stood for election in it.
-    stood: HashMap<GroupId, u64>,
+    /// Groups this node stood for election in: the leader they lost, and when it last stood.
+    standing: HashMap<GroupId, (NodeId, Instant)>,
 }
 
 impl Core {
     /// Stands for election in the groups whose leader's session has been gone for longer
-    /// than the leader lease. openraft alone waits the lease plus an election timeout (4.5
-    /// to 6 s by default), and twice that when the first candidate is a replica that lags
-    /// (its request resets the others' timers); a killed node's session closes at once, so
-    /// the survivors can stand as soon as their votes are free. The voters stand in turn
-    /// (by id, 500 ms apart), so they do not split the vote; a lagging one that goes first
-    /// is refused and the next one wins. A leader whose session comes back is left alone.
+    /// than the leader lease, and again while they have no leader. openraft alone waits
+    /// the lease plus an election timeout (4.5 to 6 s by default), and twice that when the
+    /// first candidate is a replica that lags (its request resets the others' timers); a
+    /// killed node's session closes at once, so the survivors can stand as soon as their
+    /// votes are free. The voters stand in turn (by id, 500 ms apart), so they do not
+    /// split the vote; a lagging one is refused and the next one wins. A leader whose
+    /// session comes back is left alone.
     async fn stand_for_lost_leaders(&self, lost: &mut LostLeaders) {
         let now = Instant::now();
         let mut groups = vec![self.meta.clone()];
         groups.extend(self.local.pin().values().map(|l| l.group.clone()));
         lost.since.retain(|node, _| !self.peers.is_connected(*node));
         for group in groups {
-            let (leader, term, voters) = {
+            let (leader, voters) = {
                 let m = group.raft().metrics().borrow().clone();
                 let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-                (m.current_leader, m.current_term, voters)
+                (m.current_leader, voters)
             };
-            let Some(leader) = leader.filter(|&l| l != self.me) else {
-                continue;
-            };
-            if !voters.contains(&self.me) || self.peers.is_connected(leader) {
+            if !voters.contains(&self.me) {
                 continue;
             }
-            let since = *lost.since.entry(leader).or_insert(now);
-            let rank = voters
-                .iter()
-                .filter(|&&v| v != leader && v < self.me)
-                .count() as u32;
-            let wait = self.leader_lease + Duration::from_millis(500) * rank;
-            if now.duration_since(since) < wait || lost.stood.get(&group.id()) == Some(&term) {
-                continue;
-            }
-            lost.stood.insert(group.id(), term);
-            tracing::info!(group = %group.id(), leader, term, "the leader's session is gone; standing for election");
+            let rank =
+                |gone: NodeId| voters.iter().filter(|&&v| v != gone && v < self.me).count() as u32;
+            let stand = match (leader, lost.standing.get(&group.id())) {
+                // A leader this node can reach (or is): nothing to do.
+                (Some(l), _) if l == self.me || self.peers.is_connected(l) => {
+                    lost.standing.remove(&group.id());
+                    None
+                }
+                // Its leader's session is gone: stand once the lease is over.
+                (Some(l), None) => {
+                    let since = *lost.since.entry(l).or_insert(now);
+                    let wait = self.leader_lease + Duration::from_millis(500) * rank(l);
+                    (now.duration_since(since) >= wait).then_some(l)
+                }
+                // Still no leader after standing: stand again, in turn.
+                (_, Some(&(l, at))) => {
+                    let wait = Duration::from_secs(1) + Duration::from_millis(500) * rank(l);
+                    (now.duration_since(at) >= wait).then_some(l)
+                }
+                (None, None) => None,
+            };
+            let Some(gone) = stand else { continue };
+            lost.standing.insert(group.id(), (gone, now));
+            tracing::info!(group = %group.id(), leader = gone, "the leader's session is gone; standing for election");
             if let Err(e) = group.raft().trigger().elect().await {
                 tracing::warn!(group = %group.id(), error = %e, "could not start an election");
             }
