@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Cluster benchmark: redirects on a node holding the shard's replica and on one that does
-# not (near-cache hits, and misses), beside the nginx static-redirect baseline in the same
-# run; creates on a cluster; and the time from killing a shard leader to the first
+# Cluster benchmark: creates on three nodes; redirects on a node holding the shard's
+# replica and on one that does not (near-cache hits, and misses), beside the nginx
+# static-redirect baseline in the same run; how long a node goes on redirecting a link
+# deleted through another; and the time from killing a shard leader to the first
 # successful write to that shard.
 #
 #   bench/cluster.sh [LINKS] [SECONDS] [KILLS]     defaults: 20000 10 10
 #
-# Four release nodes on 127.0.0.1-4 (every shard on 3 of them), servers pinned to CPU 1,
-# wrk/hey to CPU 0. "requests per server CPU-second" counts the CPU of the node hit; for
-# near-cache misses it also counts the node asked (the cluster's CPU). Installs wrk, hey,
-# nginx (Debian) and the xxhash module (PyPI) when missing. Stops everything it started.
+# Release nodes on 127.0.0.1-3, then a fourth on 127.0.0.4 (every shard on 3 of the 4),
+# servers pinned to CPU 1, wrk/hey to CPU 0. "requests per server CPU-second" counts the
+# CPU of the node hit; for near-cache misses it also counts the node asked (the cluster's
+# CPU). Installs wrk, hey, nginx (Debian) and the xxhash module (PyPI) when missing.
+# Stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 links=${1:-20000}; seconds=${2:-10}; kills=${3:-10}
@@ -49,7 +51,18 @@ wait_placed() {
   echo "placement did not converge" >&2; exit 1
 }
 
-for i in 1 2 3 4; do start $i; done
+for i in 1 2 3; do start $i; done
+wait_placed
+
+# Creates on three nodes (every shard on all three), through node 1.
+hey_out=$(taskset -c 0 hey -n 5000 -c 50 -m POST -T application/json -H "Authorization: Bearer $key" \
+  -d '{"url": "https://example.com/created"}' "http://127.0.0.1:18080/v1/links")
+creates="Creates on 3 nodes through node 1, hey -n 5000 -c 50: $(grep -E 'Requests/sec' <<<"$hey_out" | xargs), \
+p50 $(grep -E '50% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
+p99 $(grep -E '99% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
+statuses: $(grep -A3 'Status code distribution' <<<"$hey_out" | grep -o '\[[0-9]*\][^[]*' | xargs)"
+
+start 4
 wait_placed
 
 # Links through the bulk API; then split their codes by whether node 4 holds their shard.
@@ -99,18 +112,49 @@ echo "|---|---|---|---|---|---|---|"
 echo "| nginx static 302 | 64 $(measure "$work/local" "http://127.0.0.1:$ng_port" 64 "$ng_worker")"
 echo "| node 4, codes it holds (replica) | 64 $(measure "$work/local" http://127.0.0.4:18080 64 "$n4")"
 echo "| node 4, codes held elsewhere (near-cache hits) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 "$n4")"
+# Staleness: delete through node 1 a link node 4 has just redirected, and time until node 4
+# answers 404 (its near-cache TTL is 600 s here, so only the invalidation or, on a
+# follower replica, the replicated delete can do it).
+stale=$(python3 - "$key" "$work" <<'PY'
+import sys, time, urllib.request, urllib.error
+key, work = sys.argv[1], sys.argv[2]
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a): return None
+http = urllib.request.build_opener(NoRedirect)
+def status(url, method="GET"):
+    req = urllib.request.Request(url, method=method, headers={"authorization": f"Bearer {key}"})
+    try: return http.open(req).status
+    except urllib.error.HTTPError as e: return e.code
+out = []
+for kind in ("remote", "local"):
+    codes = open(f"{work}/{kind}").read().split()[-30:]
+    ms = []
+    for c in codes:
+        assert status(f"http://127.0.0.4:18080/{c}") == 302, c
+        assert status(f"http://127.0.0.1:18080/v1/links/{c}", "DELETE") == 204, c
+        t0 = time.monotonic()
+        while status(f"http://127.0.0.4:18080/{c}") != 404:
+            assert time.monotonic() - t0 < 10, f"{c} still served 10 s after its delete"
+        ms.append((time.monotonic() - t0) * 1000)
+    ms.sort()
+    name = "near cache (non-replica)" if kind == "remote" else "replica"
+    out.append(f"{name}: median {ms[len(ms)//2]:.1f} ms, worst {ms[-1]:.1f} ms over {len(ms)} deletes")
+print("; ".join(out))
+PY
+)
+# Those codes are gone now; keep them out of the miss run.
+head -n -30 "$work/remote" >"$work/remote.kept" && mv "$work/remote.kept" "$work/remote"
+
 # Misses: restart node 4 with a near cache too small to hold anything useful.
 kill "$n4"; wait "$n4" 2>/dev/null || true
 LINKRIFT_NEAR_CACHE_CAPACITY=1 start 4
 echo "| node 4, codes held elsewhere (near-cache misses; cluster CPU) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 cluster)"
 
-hey_out=$(taskset -c 0 hey -n 5000 -c 50 -m POST -T application/json -H "Authorization: Bearer $key" \
-  -d '{"url": "https://example.com/created"}' "http://127.0.0.1:18080/v1/links")
 echo
-echo "Creates on 4 nodes through node 1, hey -n 5000 -c 50: $(grep -E 'Requests/sec' <<<"$hey_out" | xargs), \
-p50 $(grep -E '50% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
-p99 $(grep -E '99% in' <<<"$hey_out" | awk '{print $3*1000 " ms"}'), \
-statuses: $(grep -A3 'Status code distribution' <<<"$hey_out" | grep -o '\[[0-9]*\][^[]*' | xargs)"
+echo "$creates"
+
+echo
+echo "Delete on node 1 until node 4 answers 404: $stale"
 
 # Failover: kill the leader of the first shard not led by node 1 (which the script talks
 # to), time the first successful write to that shard through node 1 (each attempt a new
