@@ -48,6 +48,16 @@ pub enum MetaCommand {
         /// The node.
         id: u64,
     },
+    /// An operator (or the placement driver) moves a node to another state: drain, leave,
+    /// cancel, lost, removed. Only the moves [`NodeState::may_become`] allows are made.
+    SetNodeState {
+        /// The node.
+        id: u64,
+        /// Its new state.
+        state: NodeState,
+        /// Proposer's clock.
+        at: i64,
+    },
     /// A node restarted with different addresses.
     UpdateAddrs {
         /// The node.
@@ -69,12 +79,29 @@ pub struct NodeAddrs {
 }
 
 /// Where a node is in its life in the cluster.
+///
+/// ```text
+/// joining ─► active ◄──► draining
+///              │ ▲  cancel   │
+///              ▼ │           ▼
+///            leaving ◄───────┘ ─► removed (holds nothing; out of the meta group)
+/// any live state ─► lost (silent for longer than dead_after; replaced, never back)
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeState {
     /// Registered; its copy of the meta group is catching up. Holds no shard replicas.
     Joining,
     /// Takes shard replicas and traffic.
     Active,
+    /// Keeps its replicas but leads nothing, takes no new replica, and is not ready.
+    Draining,
+    /// Drains, and its replicas move to other nodes; removed once it holds none.
+    Leaving,
+    /// Silent for longer than `dead_after`: its replicas are re-created elsewhere. If it
+    /// comes back it is told so, and rejoins with fresh data under a new id.
+    Lost,
+    /// Left the cluster. Kept so that its id is never given again.
+    Removed,
 }
 
 impl NodeState {
@@ -83,7 +110,48 @@ impl NodeState {
         match self {
             Self::Joining => "joining",
             Self::Active => "active",
+            Self::Draining => "draining",
+            Self::Leaving => "leaving",
+            Self::Lost => "lost",
+            Self::Removed => "removed",
         }
+    }
+
+    /// Whether a node in this state may be moved to `next`; `Err` says why not.
+    pub fn may_become(self, next: NodeState) -> Result<(), String> {
+        use NodeState::*;
+        let allowed = match (self, next) {
+            (a, b) if a == b => true,
+            (Joining, Active) => true,
+            (Active, Draining | Leaving) => true,
+            (Draining, Active | Leaving) => true,
+            (Leaving, Active | Draining | Removed) => true,
+            (Joining | Active | Draining | Leaving, Lost) => true,
+            _ => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "the node is {}, it cannot become {}",
+                self.name(),
+                next.name()
+            ))
+        }
+    }
+
+    /// Whether the node is a live member: it takes part in the meta group and may hold
+    /// replicas.
+    pub fn is_member(self) -> bool {
+        matches!(
+            self,
+            Self::Joining | Self::Active | Self::Draining | Self::Leaving
+        )
+    }
+
+    /// Whether the node gives up its leaderships and refuses to lead (draining or leaving).
+    pub fn yields(self) -> bool {
+        matches!(self, Self::Draining | Self::Leaving)
     }
 }
 
@@ -100,6 +168,8 @@ pub struct NodeRecord {
     pub joined_at: i64,
     /// The registration token (see [`MetaCommand::RegisterNode`]).
     pub token: u128,
+    /// When it entered its state, Unix milliseconds.
+    pub state_since: i64,
 }
 
 /// What a meta command did.
@@ -122,6 +192,8 @@ pub enum MetaOutcome {
     Node(NodeRecord),
     /// No node has that id.
     NodeNotFound,
+    /// The node cannot make that move (see [`NodeState::may_become`]).
+    Refused(String),
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -161,14 +233,19 @@ impl MetaReader {
             .cloned()
     }
 
-    /// Ids of the active nodes: the ones shard replicas are placed on.
+    /// Ids of the active nodes: the ones new shard replicas are placed on.
     pub fn active_nodes(&self) -> Vec<u64> {
+        self.in_states(&[NodeState::Active])
+    }
+
+    /// Ids of the nodes in any of `states`.
+    pub fn in_states(&self, states: &[NodeState]) -> Vec<u64> {
         self.keys
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .nodes
             .values()
-            .filter(|n| n.state == NodeState::Active)
+            .filter(|n| states.contains(&n.state))
             .map(|n| n.id)
             .collect()
     }
@@ -269,16 +346,31 @@ impl MetaState {
                     state: NodeState::Joining,
                     joined_at: at,
                     token,
+                    state_since: at,
                 };
                 keys.nodes.insert(id, record.clone());
                 MetaOutcome::Node(record)
             }
             MetaCommand::ActivateNode { id } => match keys.nodes.get_mut(&id) {
                 None => MetaOutcome::NodeNotFound,
-                Some(node) => {
+                Some(node) if node.state == NodeState::Joining => {
                     node.state = NodeState::Active;
                     MetaOutcome::Node(node.clone())
                 }
+                Some(node) => MetaOutcome::Node(node.clone()),
+            },
+            MetaCommand::SetNodeState { id, state, at } => match keys.nodes.get_mut(&id) {
+                None => MetaOutcome::NodeNotFound,
+                Some(node) => match node.state.may_become(state) {
+                    Err(why) => MetaOutcome::Refused(why),
+                    Ok(()) => {
+                        if node.state != state {
+                            node.state = state;
+                            node.state_since = at;
+                        }
+                        MetaOutcome::Node(node.clone())
+                    }
+                },
             },
             MetaCommand::UpdateAddrs { id, addrs } => match keys.nodes.get_mut(&id) {
                 None => MetaOutcome::NodeNotFound,
@@ -308,5 +400,93 @@ impl MetaState {
             .collect();
         *self.reader.keys.write().unwrap_or_else(|p| p.into_inner()) = restored;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> NodeAddrs {
+        NodeAddrs {
+            http: "127.0.0.1:1".into(),
+            peer: "127.0.0.1:2".into(),
+            cluster: "127.0.0.1:3".into(),
+        }
+    }
+
+    fn set(meta: &mut MetaState, id: u64, state: NodeState) -> MetaOutcome {
+        meta.apply(MetaCommand::SetNodeState { id, state, at: 7 })
+    }
+
+    #[test]
+    fn node_states_move_only_along_the_lifecycle() {
+        use NodeState::*;
+        let mut meta = MetaState::default();
+        let registered = meta.apply(MetaCommand::RegisterNode {
+            token: 9,
+            addrs: addrs(),
+            at: 1,
+        });
+        let MetaOutcome::Node(node) = registered else {
+            panic!("{registered:?}")
+        };
+        let id = node.id;
+        assert!(matches!(
+            set(&mut meta, id, Draining),
+            MetaOutcome::Refused(_)
+        ));
+        meta.apply(MetaCommand::ActivateNode { id });
+        for (to, ok) in [
+            (Draining, true),
+            (Active, true),
+            (Leaving, true),
+            (Draining, true),
+            (Leaving, true),
+            (Removed, true),
+            (Active, false),
+            (Lost, false),
+        ] {
+            let outcome = set(&mut meta, id, to);
+            assert_eq!(
+                matches!(outcome, MetaOutcome::Node(_)),
+                ok,
+                "to {to:?}: {outcome:?}"
+            );
+        }
+        assert_eq!(meta.reader().node(id).unwrap().state, Removed);
+        assert_eq!(meta.reader().node(id).unwrap().state_since, 7);
+        // A removed node's id is never given again.
+        let again = meta.apply(MetaCommand::RegisterNode {
+            token: 10,
+            addrs: addrs(),
+            at: 2,
+        });
+        assert!(matches!(again, MetaOutcome::Node(n) if n.id == id + 1));
+    }
+
+    #[test]
+    fn a_lost_node_stays_lost() {
+        let mut meta = MetaState::default();
+        meta.apply(MetaCommand::RegisterNode {
+            token: 1,
+            addrs: addrs(),
+            at: 1,
+        });
+        meta.apply(MetaCommand::ActivateNode { id: 1 });
+        assert!(matches!(
+            set(&mut meta, 1, NodeState::Lost),
+            MetaOutcome::Node(_)
+        ));
+        for to in [NodeState::Active, NodeState::Draining, NodeState::Leaving] {
+            assert!(
+                matches!(set(&mut meta, 1, to), MetaOutcome::Refused(_)),
+                "{to:?}"
+            );
+        }
+        // A late admission does not bring it back either.
+        meta.apply(MetaCommand::ActivateNode { id: 1 });
+        assert_eq!(meta.reader().node(1).unwrap().state, NodeState::Lost);
+        assert!(!NodeState::Lost.is_member());
     }
 }

@@ -28,6 +28,25 @@ pub fn replicas(shard: u32, nodes: &[NodeId], rf: usize) -> Vec<NodeId> {
     ranked
 }
 
+/// The nodes that should hold `shard` when some nodes (`keepers`: draining ones) keep the
+/// replicas they have but take no new one: the rendezvous ranking over `takers` and
+/// `keepers`, where a keeper counts only if it is among `current`, the shard's members.
+/// Nodes in neither list (leaving, lost) hold nothing in the target.
+pub fn target(
+    shard: u32,
+    takers: &[NodeId],
+    keepers: &[NodeId],
+    current: &[NodeId],
+    rf: usize,
+) -> Vec<NodeId> {
+    let all: Vec<NodeId> = takers.iter().chain(keepers).copied().collect();
+    replicas(shard, &all, all.len())
+        .into_iter()
+        .filter(|n| takers.contains(n) || current.contains(n))
+        .take(rf)
+        .collect()
+}
+
 /// The target placement of every shard.
 pub fn placement(shards: u32, nodes: &[NodeId], rf: usize) -> Vec<Vec<NodeId>> {
     (0..shards).map(|s| replicas(s, nodes, rf)).collect()
@@ -92,6 +111,23 @@ mod tests {
                 l.abs_diff(ideal) < ideal / 10,
                 "node {n} holds {l} replicas, ideal {ideal}"
             );
+        }
+    }
+
+    #[test]
+    fn a_draining_node_keeps_its_replicas_and_takes_no_new_one() {
+        let nodes: Vec<NodeId> = (1..=5).collect();
+        for shard in 0..64 {
+            let before = replicas(shard, &nodes, 3);
+            // Node 1 drains: the target is what it was.
+            let takers: Vec<NodeId> = (2..=5).collect();
+            assert_eq!(target(shard, &takers, &[1], &before, 3), before);
+            // Node 2 then leaves while node 1 drains: node 1 gains nothing.
+            let takers: Vec<NodeId> = (3..=5).collect();
+            let after = target(shard, &takers, &[1], &before, 3);
+            assert!(!after.contains(&2), "shard {shard}: {after:?}");
+            assert_eq!(after.contains(&1), before.contains(&1), "shard {shard}");
+            assert_eq!(after.len(), 3, "shard {shard}: {after:?}");
         }
     }
 

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cluster::cache::{CacheConfig, NearCache};
+use crate::cluster::membership::{Departure, Handover};
 use crate::cluster::peers::{Handler, Peers};
 use crate::cluster::wire::{Notice, Refusal, Reply, Request};
 use crate::domain::{
@@ -68,6 +69,9 @@ pub struct ServiceConfig {
     pub write_timeout: Duration,
     /// The near cache for shards held elsewhere.
     pub cache: CacheConfig,
+    /// How long a node may be out of touch with the meta leader before it is marked lost
+    /// and its replicas are re-created elsewhere.
+    pub dead_after: Duration,
     /// Replication settings.
     pub raft: RaftConfig,
 }
@@ -88,6 +92,7 @@ impl Default for ServiceConfig {
             url_policy: UrlPolicy::default(),
             write_timeout: Duration::from_secs(10),
             cache: CacheConfig::default(),
+            dead_after: Duration::from_secs(30),
             raft: RaftConfig::default(),
         }
     }
@@ -110,6 +115,9 @@ pub enum ServiceError {
         /// The current version.
         current: u64,
     },
+    /// The cluster refuses the operation as it stands (a leave that would lose a quorum).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Retryable: no leader, shutting down, overloaded.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -174,6 +182,10 @@ struct Identity {
     /// The token this node registered with (see [`MetaCommand::RegisterNode`]).
     #[serde(default)]
     token: u128,
+    /// Set when the node drained itself before a shutdown: it becomes active again when it
+    /// starts.
+    #[serde(default)]
+    drained_for_shutdown: bool,
 }
 
 fn admitted_by_default() -> bool {
@@ -258,7 +270,12 @@ pub(crate) struct Core {
     pub(crate) max_moves: usize,
     /// openraft's leader lease (its longest election timeout): how long a voter refuses
     /// to vote after it last heard from its leader.
-    leader_lease: Duration,
+    pub(crate) leader_lease: Duration,
+    /// How long a member may be out of touch before the meta leader marks it lost.
+    pub(crate) dead_after: Duration,
+    /// Set once this node learns it is no longer a member.
+    pub(crate) departure: tokio::sync::watch::Sender<Option<Departure>>,
+    data_dir: PathBuf,
     code_length: usize,
     url_policy: UrlPolicy,
     write_timeout: Duration,
@@ -267,7 +284,7 @@ pub(crate) struct Core {
 
 /// One node's link service.
 pub struct LinkService {
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -348,6 +365,7 @@ impl LinkService {
                     shard_count: config.shard_count,
                     admitted: true,
                     token: 0,
+                    drained_for_shutdown: false,
                 },
             },
         };
@@ -428,6 +446,9 @@ impl LinkService {
             replication_factor: config.replication_factor,
             max_moves: config.max_moves.max(1),
             leader_lease: config.raft.election_max,
+            dead_after: config.dead_after,
+            departure: tokio::sync::watch::channel(None).0,
+            data_dir: config.data_dir.clone(),
             code_length: config.code_length,
             url_policy: config.url_policy,
             write_timeout: config.write_timeout,
@@ -440,12 +461,14 @@ impl LinkService {
             }
         }
         if fresh && !joining {
+            let now = now_ms();
             let first = NodeRecord {
                 id: me,
                 addrs: addrs.clone(),
                 state: NodeState::Active,
-                joined_at: now_ms(),
+                joined_at: now,
                 token: 0,
+                state_since: now,
             };
             core.meta_command(MetaCommand::Bootstrap {
                 shard_count: identity.shard_count,
@@ -468,10 +491,13 @@ impl LinkService {
             tracing::info!(node = me, "joined the cluster");
         }
         core.connect_to_peers(Duration::from_secs(5)).await;
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::cluster::driver::run(Arc::downgrade(&core))),
             tokio::spawn(keep_in_touch(Arc::downgrade(&core), addrs)),
         ];
+        if identity.drained_for_shutdown {
+            tasks.push(tokio::spawn(undrain(Arc::downgrade(&core))));
+        }
         Ok(Self { core, tasks })
     }
 }
@@ -503,6 +529,7 @@ async fn register(
                 shard_count,
                 admitted: false,
                 token,
+                drained_for_shutdown: false,
             })
         }
         Ok(Reply::Refused(r)) => Err(OpenError::Join(format!("{seed} refused: {r}"))),
@@ -548,6 +575,7 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recorded = false;
     let mut lost = LostLeaders::default();
+    let mut handover = Handover::default();
     loop {
         tick.tick().await;
         let Some(core) = core.upgrade() else { return };
@@ -555,7 +583,11 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
             return;
         }
         core.peers.maintain(core.me, &core.cluster_addrs()).await;
-        core.stand_for_lost_leaders(&mut lost).await;
+        core.check_standing();
+        core.hand_over(&mut handover);
+        if !core.is_yielding() {
+            core.stand_for_lost_leaders(&mut lost).await;
+        }
         if !recorded {
             match core.directory.node(core.me) {
                 Some(r) if r.addrs == addrs => recorded = true,
@@ -569,6 +601,37 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
                 None => {}
             }
         }
+    }
+}
+
+/// Makes this node active again after it drained itself for a shutdown (unless an
+/// operator made it leave meanwhile).
+async fn undrain(core: std::sync::Weak<Core>) {
+    loop {
+        let Some(core) = core.upgrade() else { return };
+        if core.cancel.is_cancelled() {
+            return;
+        }
+        let done = match core.my_state() {
+            Some(NodeState::Draining) => {
+                let cancel = MetaCommand::SetNodeState {
+                    id: core.me,
+                    state: NodeState::Active,
+                    at: now_ms(),
+                };
+                core.propose_meta(cancel).await.is_ok()
+            }
+            _ => true,
+        };
+        if done {
+            if let Err(e) = core.mark_drained_for_shutdown(false) {
+                tracing::warn!(error = %e, "could not update the identity file");
+            }
+            tracing::info!("active again after draining for the last shutdown");
+            return;
+        }
+        drop(core);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -634,12 +697,13 @@ impl Core {
         }
     }
 
-    /// The other nodes' ids and cluster addresses.
+    /// The other nodes' ids and cluster addresses: members, and lost nodes (so that one
+    /// that comes back can be told it was replaced).
     fn cluster_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
         self.directory
             .nodes()
             .into_iter()
-            .filter(|n| n.id != self.me)
+            .filter(|n| n.id != self.me && n.state != NodeState::Removed)
             .filter_map(|n| n.addrs.cluster.parse().ok().map(|a| (n.id, a)))
             .collect()
     }
@@ -661,6 +725,20 @@ impl Core {
                 return;
             }
         }
+    }
+
+    /// Records in the identity file whether this node drained itself for a shutdown.
+    fn mark_drained_for_shutdown(&self, drained: bool) -> Result<(), OpenError> {
+        let Some(identity) = read_identity(&self.data_dir)? else {
+            return Err(OpenError::Config("the identity file is missing".into()));
+        };
+        write_identity(
+            &self.data_dir,
+            &Identity {
+                drained_for_shutdown: drained,
+                ..identity
+            },
+        )
     }
 
     fn local_shard(&self, shard: u32) -> Option<Arc<LocalShard>> {
@@ -748,15 +826,13 @@ impl Core {
         Ok(())
     }
 
-    /// Nodes to ask about `shard`: its target replicas first, then every other active node.
+    /// Nodes to ask about `shard`: every member that may hold a replica, the likeliest
+    /// holders first.
     fn candidates(&self, shard: u32) -> Vec<NodeId> {
-        let active = self.directory.active_nodes();
-        let mut order = placement::replicas(shard, &active, self.replication_factor);
-        for n in active {
-            if !order.contains(&n) {
-                order.push(n);
-            }
-        }
+        let members =
+            self.directory
+                .in_states(&[NodeState::Active, NodeState::Draining, NodeState::Leaving]);
+        let mut order = placement::replicas(shard, &members, members.len());
         order.retain(|&n| n != self.me);
         order
     }
@@ -771,6 +847,9 @@ impl Core {
     ) -> Result<ShardOutcome, Refusal> {
         let left = deadline.saturating_duration_since(Instant::now());
         if let Some(local) = self.local_shard(shard) {
+            if self.is_handing_over(&local.group) {
+                return Err(Refusal::NotLeader { leader: None });
+            }
             return match local.propose(command.clone(), left).await {
                 Ok(outcome) => Ok(outcome),
                 Err(GroupError::NotLeader {
@@ -996,6 +1075,11 @@ impl Core {
         &self,
         command: MetaCommand,
     ) -> Result<MetaOutcome, ServiceError> {
+        if self.is_handing_over(&self.meta) {
+            return Err(ServiceError::Unavailable(
+                "this node is handing over the meta group's leadership".into(),
+            ));
+        }
         let outcome = self
             .until_meta_led(|| self.meta.write(Command::Meta(command.clone())))
             .await?;
@@ -1017,7 +1101,10 @@ impl Core {
         loop {
             match core.meta.leader() {
                 None => {}
-                Some(leader) if leader == core.me => return core.meta_command(command).await,
+                Some(leader) if leader == core.me && !core.is_handing_over(&core.meta) => {
+                    return core.meta_command(command).await
+                }
+                Some(leader) if leader == core.me => {}
                 Some(leader) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match core
@@ -1151,6 +1238,17 @@ fn group_status(name: String, g: &Group<GroupState>) -> GroupStatus {
             .collect(),
         voters,
         applied: m.last_applied.map_or(0, |l| l.index),
+        last_log: m.last_log_index.unwrap_or(0),
+        matched: m
+            .replication
+            .iter()
+            .flatten()
+            .map(|(n, l)| (*n, l.map_or(0, |l| l.index)))
+            .collect(),
+        changing_to: {
+            let configs = membership.get_joint_config();
+            (configs.len() > 1).then(|| configs[configs.len() - 1].iter().copied().collect())
+        },
     }
 }
 
@@ -1213,15 +1311,32 @@ impl Handler for Core {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Refused(Refusal::Failed(e)),
             },
-            Request::Reconcile {
-                shard,
-                target,
-                hops,
-            } => match crate::cluster::driver::reconcile_here(&self, shard, target, hops).await {
-                Ok(progress) => Reply::Reconciled(progress),
-                Err(r) => Reply::Refused(r),
-            },
+            Request::Reconcile { shard, plan, hops } => {
+                match crate::cluster::driver::reconcile_here(&self, shard, plan, hops).await {
+                    Ok(progress) => Reply::Reconciled(progress),
+                    Err(r) => Reply::Refused(r),
+                }
+            }
             Request::Groups => Reply::Groups(self.group_statuses()),
+            Request::Stand { group } => self.stand(GroupId(group)).await,
+            Request::Replaced {
+                id,
+                rejoin,
+                members,
+            } => {
+                if id != self.me {
+                    return Reply::Refused(Refusal::Failed(format!(
+                        "this is node {}, not node {id}",
+                        self.me
+                    )));
+                }
+                self.depart(if rejoin {
+                    Departure::Replaced { members }
+                } else {
+                    Departure::Left
+                });
+                Reply::Done
+            }
         }
     }
 
@@ -1614,6 +1729,53 @@ impl LinkService {
                 .all(|l| l.is_serving() && l.group.leader().is_some())
     }
 
+    /// Watches for this node learning that it is no longer a member of its cluster.
+    pub fn departure(&self) -> tokio::sync::watch::Receiver<Option<Departure>> {
+        self.core.departure.subscribe()
+    }
+
+    /// Drains this node before it shuts down (`--drain-on-shutdown`): it stops being ready,
+    /// and hands its leaderships over, waiting up to `within` for that. It becomes active
+    /// again when it next starts.
+    pub async fn drain_for_shutdown(&self, within: Duration) -> Result<(), ServiceError> {
+        let core = &self.core;
+        let deadline = Instant::now() + within;
+        if core.my_state() == Some(NodeState::Active) {
+            core.mark_drained_for_shutdown(true)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let drain = crate::cluster::membership::Operation::Drain;
+            if let Err(e) = self.operate(core.me, drain).await {
+                tracing::warn!(error = %e, "could not drain before shutting down");
+                let _ = core.mark_drained_for_shutdown(false);
+                return Err(e);
+            }
+        }
+        let mut metrics: Vec<_> = core
+            .all_groups()
+            .iter()
+            .map(|g| g.raft().metrics())
+            .collect();
+        loop {
+            let leading = core
+                .all_groups()
+                .iter()
+                .filter(|g| core.is_handing_over(g))
+                .count();
+            if leading == 0 && core.is_yielding() {
+                tracing::info!("drained: this node leads no group another node could lead");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ServiceError::Unavailable(format!(
+                    "still leading {leading} group(s) after {within:?}"
+                )));
+            }
+            let changed =
+                futures::future::select_all(metrics.iter_mut().map(|m| Box::pin(m.changed())));
+            let _ = tokio::time::timeout(Duration::from_millis(250), changed).await;
+        }
+    }
+
     /// Log flushes requested by this node's groups, and flushes performed to serve them.
     pub fn flush_counts(&self) -> (u64, u64) {
         let stats = self.core.node.flusher().stats();
@@ -1681,6 +1843,9 @@ impl LinkService {
                     voters: vec![],
                     learners: vec![],
                     applied: 0,
+                    last_log: 0,
+                    matched: vec![],
+                    changing_to: None,
                 })
             })
             .collect();

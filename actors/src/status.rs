@@ -1,6 +1,7 @@
-//! What `linkrift cluster status` shows: the nodes, every group's leader and members, and
-//! the groups with fewer voters than the replication factor asks for. Built from the meta
-//! group's node records and each group's Raft view as its leader (or any replica) reports it.
+//! What `linkrift cluster status` shows: the nodes and their states, every group's leader
+//! and members, the replica moves in flight with their progress, and the groups with fewer
+//! live voters than the replication factor asks for. Built from the meta group's node
+//! records and each group's Raft view as its leader (or any replica) reports it.
 
 use linkrift_raft::NodeId;
 use serde::{Deserialize, Serialize};
@@ -20,8 +21,23 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// The meta group, then every shard.
     pub groups: Vec<GroupStatus>,
-    /// Names of the groups with fewer voters than `replication_factor`, or no leader.
+    /// Names of the groups with fewer live voters than `replication_factor`, or no leader.
     pub under_replicated: Vec<String>,
+    /// Replica moves under way: a learner catching up, or a voter change in progress.
+    pub moves: Vec<MoveStatus>,
+}
+
+/// A replica move under way in one group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoveStatus {
+    /// `shard N` (or `meta`).
+    pub group: String,
+    /// Nodes being added, with the log index each has (as far as the leader knows).
+    pub catching_up: Vec<(NodeId, u64)>,
+    /// The leader's last log index: what a learner must reach.
+    pub last_log: u64,
+    /// The voters it is changing to, when a joint-consensus change is under way.
+    pub changing_to: Option<Vec<NodeId>>,
 }
 
 /// One node.
@@ -35,8 +51,10 @@ pub struct NodeStatus {
     pub http: String,
     /// Its cluster (actor) address.
     pub cluster: String,
-    /// `joining` or `active`.
+    /// `joining`, `active`, `draining`, `leaving`, `lost` or `removed`.
     pub state: String,
+    /// When it entered that state, Unix milliseconds.
+    pub state_since: i64,
     /// Whether it answered the node that built this status.
     pub reachable: bool,
     /// Groups it leads.
@@ -62,6 +80,12 @@ pub struct GroupStatus {
     pub learners: Vec<NodeId>,
     /// Last log index applied on the answering node.
     pub applied: u64,
+    /// The answering node's last log index.
+    pub last_log: u64,
+    /// As the leader reports it: the log index each other member has.
+    pub matched: Vec<(NodeId, u64)>,
+    /// During a joint-consensus change, the voters it changes to.
+    pub changing_to: Option<Vec<NodeId>>,
 }
 
 impl ClusterStatus {
@@ -75,6 +99,11 @@ impl ClusterStatus {
         nodes: Vec<(NodeRecord, bool)>,
     ) -> Self {
         let rf = replication_factor;
+        let live: Vec<NodeId> = nodes
+            .iter()
+            .filter(|(record, reachable)| *reachable && record.state.is_member())
+            .map(|(record, _)| record.id)
+            .collect();
         let nodes = nodes
             .into_iter()
             .map(|(record, reachable)| {
@@ -85,6 +114,7 @@ impl ClusterStatus {
                     http: record.addrs.http,
                     cluster: record.addrs.cluster,
                     state: record.state.name().into(),
+                    state_since: record.state_since,
                     reachable,
                     leads: groups.iter().filter(|g| g.leader == Some(id)).count(),
                     replicas: groups
@@ -96,8 +126,28 @@ impl ClusterStatus {
             .collect();
         let under_replicated = groups
             .iter()
-            .filter(|g| g.group != 0 && (g.voters.len() < rf || g.leader.is_none()))
+            .filter(|g| {
+                let live_voters = g.voters.iter().filter(|v| live.contains(v)).count();
+                g.group != 0 && (live_voters < rf || g.leader.is_none())
+            })
             .map(|g| g.name.clone())
+            .collect();
+        let moves = groups
+            .iter()
+            .filter(|g| !g.learners.is_empty() || g.changing_to.is_some())
+            .map(|g| MoveStatus {
+                group: g.name.clone(),
+                catching_up: g
+                    .learners
+                    .iter()
+                    .map(|l| {
+                        let at = g.matched.iter().find(|(n, _)| n == l).map_or(0, |m| m.1);
+                        (*l, at)
+                    })
+                    .collect(),
+                last_log: g.last_log,
+                changing_to: g.changing_to.clone(),
+            })
             .collect();
         Self {
             node,
@@ -106,7 +156,21 @@ impl ClusterStatus {
             nodes,
             groups,
             under_replicated,
+            moves,
         }
+    }
+
+    /// Replicas of shards (not the meta group) on `node`, learners included.
+    pub fn replicas_on(&self, node: NodeId) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| g.group != 0 && (g.voters.contains(&node) || g.learners.contains(&node)))
+            .count()
+    }
+
+    /// The node's status, if the cluster has such a node.
+    pub fn node_status(&self, node: NodeId) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|n| n.id == node)
     }
 
     /// The human-readable form: a node table, then the groups that need attention.
@@ -116,12 +180,12 @@ impl ClusterStatus {
             self.node, self.shard_count, self.replication_factor
         );
         out += &format!(
-            "{:<6} {:<22} {:<22} {:<8} {:<5} {:>6} {:>9}\n",
+            "{:<6} {:<22} {:<22} {:<9} {:<5} {:>6} {:>9}\n",
             "NODE", "HTTP", "PEER", "STATE", "UP", "LEADS", "REPLICAS"
         );
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| n.state != "removed") {
             out += &format!(
-                "{:<6} {:<22} {:<22} {:<8} {:<5} {:>6} {:>9}\n",
+                "{:<6} {:<22} {:<22} {:<9} {:<5} {:>6} {:>9}\n",
                 n.id,
                 n.http,
                 n.addr,
@@ -132,6 +196,24 @@ impl ClusterStatus {
             );
         }
         out += "\n";
+        if self.moves.is_empty() {
+            out += "moves in flight: none\n";
+        } else {
+            out += &format!("moves in flight ({}):\n", self.moves.len());
+            for m in &self.moves {
+                out += &format!("  {}:", m.group);
+                for (node, at) in &m.catching_up {
+                    let pct = (*at * 100)
+                        .checked_div(m.last_log)
+                        .map_or(100, |p| p.min(100));
+                    out += &format!(" node {node} catching up {at}/{} ({pct}%)", m.last_log);
+                }
+                if let Some(to) = &m.changing_to {
+                    out += &format!(" changing voters to {to:?}");
+                }
+                out += "\n";
+            }
+        }
         if self.under_replicated.is_empty() {
             out += "under-replicated groups: none\n";
         } else {
@@ -159,6 +241,9 @@ mod tests {
             voters,
             learners: vec![],
             applied: 0,
+            last_log: 0,
+            matched: vec![],
+            changing_to: None,
         }
     }
 
@@ -173,6 +258,7 @@ mod tests {
             state: NodeState::Active,
             joined_at: 0,
             token: 0,
+            state_since: 0,
         };
         (record, id != 3)
     }
@@ -193,13 +279,36 @@ mod tests {
         let per_node: Vec<(usize, usize)> =
             status.nodes.iter().map(|n| (n.leads, n.replicas)).collect();
         assert_eq!(per_node, vec![(1, 3), (2, 4), (0, 4)]);
-        assert_eq!(status.under_replicated, vec!["shard 1", "shard 2"]);
+        // Shard 0's third voter, node 3, does not answer: it counts as missing.
+        assert_eq!(
+            status.under_replicated,
+            vec!["shard 0", "shard 1", "shard 2"]
+        );
         let text = status.render();
         assert!(
-            text.contains("under-replicated groups (2): shard 1, shard 2"),
+            text.contains("under-replicated groups (3): shard 0, shard 1, shard 2"),
             "{text}"
         );
         assert!(text.contains("127.0.0.3:8080"), "{text}");
         assert!(!status.nodes[2].reachable);
+        assert!(status.moves.is_empty());
+        assert!(text.contains("moves in flight: none"), "{text}");
+    }
+
+    #[test]
+    fn shows_learners_catching_up_and_voter_changes() {
+        let mut moving = group("shard 4", Some(1), vec![1, 2]);
+        moving.group = 5;
+        moving.learners = vec![4];
+        moving.last_log = 200;
+        moving.matched = vec![(2, 200), (4, 50)];
+        moving.changing_to = Some(vec![1, 2, 4]);
+        let status = ClusterStatus::new(1, 8, 3, vec![moving], vec![node(1), node(2)]);
+        assert_eq!(status.moves.len(), 1);
+        assert_eq!(status.moves[0].catching_up, vec![(4, 50)]);
+        assert_eq!(status.replicas_on(4), 1);
+        let text = status.render();
+        assert!(text.contains("node 4 catching up 50/200 (25%)"), "{text}");
+        assert!(text.contains("changing voters to [1, 2, 4]"), "{text}");
     }
 }

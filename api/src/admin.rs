@@ -1,9 +1,12 @@
 //! `/admin`: cluster operations, for keys with the `admin` scope.
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use linkrift_actors::cluster::membership::Operation;
 use linkrift_actors::domain::Scope;
+use linkrift_actors::meta::NodeRecord;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::authorize;
 use crate::error::ApiError;
@@ -19,4 +22,94 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::Admin)?;
     Ok(axum::Json(state.service.status().await).into_response())
+}
+
+/// Options of a leave.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct LeaveOptions {
+    /// Leave even if the shards must run with fewer replicas than the replication factor
+    /// (never below a quorum).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A node's record after an operation.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NodeAnswer {
+    /// The node.
+    pub id: u64,
+    /// Its state now: `draining`, `leaving` or `active`.
+    pub state: String,
+    /// When it entered that state, Unix milliseconds.
+    pub state_since: i64,
+}
+
+impl From<NodeRecord> for NodeAnswer {
+    fn from(r: NodeRecord) -> Self {
+        Self {
+            id: r.id,
+            state: r.state.name().into(),
+            state_since: r.state_since,
+        }
+    }
+}
+
+async fn operate(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: u64,
+    operation: Operation,
+) -> Result<Response, ApiError> {
+    authorize(headers, &state.service, Scope::Admin)?;
+    let record = state.service.operate(id, operation).await?;
+    Ok(axum::Json(NodeAnswer::from(record)).into_response())
+}
+
+/// `POST /admin/nodes/{id}/drain`: the node hands over its leaderships, takes no new
+/// replicas and answers `/readyz` with 503.
+#[utoipa::path(post, path = "/admin/nodes/{id}/drain", security(("api_key" = [])),
+    params(("id" = u64, Path, description = "node id")),
+    responses((status = 200, body = NodeAnswer),
+              (status = 404, body = crate::error::ErrorBody),
+              (status = 409, description = "refused, with the reason", body = crate::error::ErrorBody)))]
+pub async fn drain(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    operate(&state, &headers, id, Operation::Drain).await
+}
+
+/// `POST /admin/nodes/{id}/leave`: the node drains, its replicas move to other nodes, and
+/// it is removed once it holds none. Refused if it would lose a quorum, or replicas that no
+/// other node can take (unless `force`).
+#[utoipa::path(post, path = "/admin/nodes/{id}/leave", security(("api_key" = [])),
+    params(("id" = u64, Path, description = "node id"), LeaveOptions),
+    responses((status = 200, body = NodeAnswer),
+              (status = 404, body = crate::error::ErrorBody),
+              (status = 409, description = "refused, with the reason", body = crate::error::ErrorBody)))]
+pub async fn leave(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+    Query(options): Query<LeaveOptions>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let operation = Operation::Leave {
+        force: options.force,
+    };
+    operate(&state, &headers, id, operation).await
+}
+
+/// `POST /admin/nodes/{id}/cancel`: stops a drain or a leave; the node is active again.
+#[utoipa::path(post, path = "/admin/nodes/{id}/cancel", security(("api_key" = [])),
+    params(("id" = u64, Path, description = "node id")),
+    responses((status = 200, body = NodeAnswer),
+              (status = 404, body = crate::error::ErrorBody),
+              (status = 409, description = "refused, with the reason", body = crate::error::ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    operate(&state, &headers, id, Operation::Cancel).await
 }

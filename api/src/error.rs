@@ -116,6 +116,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(e) => Self::invalid(e),
             ServiceError::NotFound(_) => Self::not_found(message),
             ServiceError::CodeTaken(_) => Self::new(StatusCode::CONFLICT, "code_taken", message),
+            ServiceError::Refused(_) => Self::new(StatusCode::CONFLICT, "refused", message),
             ServiceError::VersionMismatch { .. } => {
                 Self::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", message)
             }

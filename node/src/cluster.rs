@@ -1,7 +1,10 @@
 //! `linkrift cluster ...`: operator commands, run against any node's admin API.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Context};
 use linkrift_actors::status::ClusterStatus;
+use serde::Deserialize;
 
 /// Where to reach a node, and as whom.
 #[derive(Debug, clap::Args)]
@@ -17,7 +20,8 @@ pub struct Target {
 /// The cluster commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {
-    /// Nodes, leaders and replicas per node, and under-replicated groups.
+    /// Nodes and their states, leaders and replicas per node, moves in flight, and
+    /// under-replicated groups.
     Status {
         #[command(flatten)]
         target: Target,
@@ -25,35 +29,167 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a node hand over its leaderships, take no new replicas and answer not-ready.
+    Drain {
+        /// The node's id (see `cluster status`).
+        node: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move a node's replicas to the other nodes, then remove it from the cluster.
+    Leave {
+        /// The node's id (see `cluster status`).
+        node: u64,
+        #[command(flatten)]
+        target: Target,
+        /// Print progress until the node holds nothing and has left.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up waiting after this many seconds (the leave goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Leave even if the shards must run with fewer replicas than the replication
+        /// factor because no other node can take them (never below a quorum).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop a drain or leave: the node is active again.
+    Cancel {
+        /// The node's id (see `cluster status`).
+        node: u64,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
-/// Runs a cluster command; returns what to print.
+/// A node's state, as the admin API answers an operation.
+#[derive(Debug, Deserialize)]
+struct NodeAnswer {
+    id: u64,
+    state: String,
+}
+
+/// Runs a cluster command; returns what to print last.
 pub async fn run(command: ClusterCommand) -> anyhow::Result<String> {
     match command {
         ClusterCommand::Status { target, json } => {
-            let url = format!("{}/admin/status", target.url.trim_end_matches('/'));
-            let response = reqwest::Client::new()
-                .get(&url)
-                .bearer_auth(&target.key)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {url}"))?;
-            let status = response.status();
-            let body = response.text().await.context("reading the answer")?;
-            if !status.is_success() {
-                let message = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                    .unwrap_or(body);
-                bail!("{url} answered {status}: {message}");
-            }
-            let parsed: ClusterStatus =
-                serde_json::from_str(&body).context("the node's answer is not a cluster status")?;
+            let status = status(&target).await?;
             Ok(if json {
-                serde_json::to_string_pretty(&parsed)?
+                serde_json::to_string_pretty(&status)? + "\n"
             } else {
-                parsed.render()
+                status.render()
             })
         }
+        ClusterCommand::Drain { node, target } => {
+            let answer = operate(&target, node, "drain").await?;
+            Ok(format!("node {} is {}\n", answer.id, answer.state))
+        }
+        ClusterCommand::Cancel { node, target } => {
+            let answer = operate(&target, node, "cancel").await?;
+            Ok(format!("node {} is {}\n", answer.id, answer.state))
+        }
+        ClusterCommand::Leave {
+            node,
+            target,
+            wait,
+            timeout,
+            force,
+        } => {
+            let action = if force { "leave?force=true" } else { "leave" };
+            let answer = operate(&target, node, action).await?;
+            if !wait {
+                return Ok(format!(
+                    "node {} is {}; follow it with `linkrift cluster status`\n",
+                    answer.id, answer.state
+                ));
+            }
+            println!("node {} is {}", answer.id, answer.state);
+            wait_until_left(&target, node, Duration::from_secs(timeout)).await
+        }
     }
+}
+
+/// Prints the leave's progress (replicas left, moves in flight, an estimate) until the
+/// node is removed.
+async fn wait_until_left(target: &Target, node: u64, timeout: Duration) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let mut first: Option<usize> = None;
+    let mut last_line = String::new();
+    loop {
+        let status = match status(target).await {
+            Ok(s) => s,
+            Err(e) if started.elapsed() < timeout => {
+                println!("(status unavailable: {e:#}; retrying)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let state = status
+            .node_status(node)
+            .map_or("removed", |n| n.state.as_str());
+        match state {
+            "removed" => return Ok(format!("node {node} has left the cluster\n")),
+            "leaving" => {}
+            other => {
+                bail!("node {node} is {other} now: the leave was cancelled or the node was lost")
+            }
+        }
+        let left = status.replicas_on(node);
+        let initial = *first.get_or_insert(left);
+        let elapsed = started.elapsed().as_secs_f64();
+        let done = initial.saturating_sub(left);
+        let estimate = if done > 0 && left > 0 {
+            format!("about {:.0} s left", left as f64 * elapsed / done as f64)
+        } else if left == 0 {
+            "leaving the meta group".to_string()
+        } else {
+            "estimating".to_string()
+        };
+        let line = format!(
+            "node {node}: {left} replica(s) left of {initial}, {} move(s) in flight, {estimate}",
+            status.moves.len()
+        );
+        if line != last_line {
+            println!("{line}");
+            last_line = line;
+        }
+        if started.elapsed() >= timeout {
+            bail!("node {node} still holds {left} replica(s) after {timeout:?}; the leave goes on");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn status(target: &Target) -> anyhow::Result<ClusterStatus> {
+    let body = request(target, reqwest::Method::GET, "admin/status").await?;
+    serde_json::from_str(&body).context("the node's answer is not a cluster status")
+}
+
+async fn operate(target: &Target, node: u64, action: &str) -> anyhow::Result<NodeAnswer> {
+    let path = format!("admin/nodes/{node}/{action}");
+    let body = request(target, reqwest::Method::POST, &path).await?;
+    serde_json::from_str(&body).context("the node's answer is not a node record")
+}
+
+/// Sends an admin request; a non-2xx answer becomes an error carrying its message.
+async fn request(target: &Target, method: reqwest::Method, path: &str) -> anyhow::Result<String> {
+    let url = format!("{}/{path}", target.url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(&target.key)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.text().await.context("reading the answer")?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        bail!("{url} answered {status}: {message}");
+    }
+    Ok(body)
 }

@@ -32,6 +32,12 @@ pub struct Config {
     pub near_cache_ttl_ms: u64,
     /// Near cache: how long "no such link" is remembered, in milliseconds.
     pub near_cache_negative_ttl_ms: u64,
+    /// Milliseconds a node may be out of touch with the meta leader before it is marked
+    /// lost and its replicas are re-created on the other nodes.
+    pub dead_after_ms: u64,
+    /// On SIGTERM, drain (hand over leaderships, answer not-ready) before stopping; the
+    /// node is active again when it next starts. For Kubernetes `preStop`.
+    pub drain_on_shutdown: bool,
     /// Base URL of the short links handed out; its host is refused as a destination.
     pub public_url: Option<String>,
     /// Shards of a new cluster (fixed once the data directory exists).
@@ -65,6 +71,8 @@ const KEYS: &[&str] = &[
     "near_cache_capacity",
     "near_cache_ttl_ms",
     "near_cache_negative_ttl_ms",
+    "dead_after_ms",
+    "drain_on_shutdown",
     "public_url",
     "shard_count",
     "code_length",
@@ -89,6 +97,8 @@ impl Default for Config {
             near_cache_capacity: 100_000,
             near_cache_ttl_ms: 5_000,
             near_cache_negative_ttl_ms: 1_000,
+            dead_after_ms: 30_000,
+            drain_on_shutdown: false,
             public_url: None,
             shard_count: 64,
             code_length: 7,
@@ -139,6 +149,14 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub near_cache_ttl_ms: Option<u64>,
+    /// Milliseconds out of touch before a node is marked lost [default: 30000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_after_ms: Option<u64>,
+    /// On SIGTERM, drain before stopping (active again at the next start).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drain_on_shutdown: bool,
     /// Public base URL of short links [default: http://<http address>].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,6 +216,12 @@ impl Config {
         }
         if config.join.is_some() && config.cluster_secret.is_none() {
             bail!("joining a cluster needs cluster_secret (LINKRIFT_CLUSTER_SECRET), the same on every node");
+        }
+        if config.dead_after_ms < 1_000 {
+            bail!(
+                "dead_after_ms must be at least 1000, not {}",
+                config.dead_after_ms
+            );
         }
         if config.near_cache_ttl_ms == 0 || config.near_cache_negative_ttl_ms == 0 {
             bail!("near cache TTLs must be at least 1 ms");

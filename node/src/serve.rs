@@ -1,11 +1,14 @@
 //! `linkrift serve`: wires the link service and the HTTP API together, and shuts both down
-//! cleanly on SIGTERM or Ctrl-C.
+//! cleanly on SIGTERM or Ctrl-C (draining first with `drain_on_shutdown`), or when the
+//! node learns it is no longer a member: after a leave it stops; when it was replaced
+//! while away it wipes its data and starts again, joining the cluster as a new node.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use linkrift_actors::cluster::cache::CacheConfig;
+use linkrift_actors::cluster::membership::Departure;
 use linkrift_actors::domain::UrlPolicy;
 use linkrift_actors::service::{LinkService, ServiceConfig};
 use linkrift_api::{ApiConfig, AppState, REDIRECT_BUCKETS};
@@ -48,6 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ttl: Duration::from_millis(config.near_cache_ttl_ms),
             negative_ttl: Duration::from_millis(config.near_cache_negative_ttl_ms),
         },
+        dead_after: Duration::from_millis(config.dead_after_ms),
         cluster_secret: config
             .cluster_secret
             .clone()
@@ -91,8 +95,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         service.peer_addr(),
         service.cluster_addr()
     );
+    let mut departures = service.departure();
+    let departure = std::sync::Arc::new(std::sync::Mutex::new(None::<Departure>));
+    let stop = {
+        let service = service.clone();
+        let departure = departure.clone();
+        let drain = config.drain_on_shutdown;
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    if drain {
+                        tracing::info!("draining before shutting down");
+                        if let Err(e) = service.drain_for_shutdown(Duration::from_secs(30)).await {
+                            tracing::warn!(error = %e, "stopping without a complete drain");
+                        }
+                    }
+                }
+                d = departed(&mut departures) => {
+                    *departure.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+                }
+            }
+        }
+    };
     axum::serve(listener, linkrift_api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .context("serving HTTP")?;
 
@@ -104,7 +130,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("shutdown took longer than 30 s")?;
     tracing::info!("stopped");
-    Ok(())
+    let departure = departure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match departure {
+        None => Ok(()),
+        Some(Departure::Left) => {
+            println!(
+                "this node has left the cluster; its data directory {} can be deleted",
+                config.data_dir.display()
+            );
+            Ok(())
+        }
+        Some(Departure::Replaced { members }) => rejoin(&config, &members),
+    }
+}
+
+/// Wipes the data of a node that was replaced while it was away, and starts again (the same
+/// process, re-executed) joining the cluster through one of `members` as a new node.
+fn rejoin(config: &Config, members: &[String]) -> anyhow::Result<()> {
+    let Some(seed) = members.first() else {
+        anyhow::bail!("this node was replaced, and no active member is known to join through");
+    };
+    let dir = &config.data_dir;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("wiping {}", path.display()))?;
+    }
+    println!(
+        "this node was replaced while it was away; its data is wiped, and it joins again through {seed}"
+    );
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut old = std::env::args_os().skip(1);
+    while let Some(arg) = old.next() {
+        match arg.to_str() {
+            Some("--join") => {
+                old.next();
+            }
+            Some(a) if a.starts_with("--join=") => {}
+            _ => args.push(arg),
+        }
+    }
+    args.push("--join".into());
+    args.push(seed.into());
+    let exe = std::env::current_exe().context("finding this program to start it again")?;
+    let error =
+        std::os::unix::process::CommandExt::exec(std::process::Command::new(exe).args(args));
+    Err(error).context("starting again to rejoin")
 }
 
 async fn wait_for_sole_owner<T>(mut shared: Arc<T>) -> anyhow::Result<T> {
@@ -117,6 +192,19 @@ async fn wait_for_sole_owner<T>(mut shared: Arc<T>) -> anyhow::Result<T> {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(_) => anyhow::bail!("HTTP connections still held the service 10 s after shutdown"),
+        }
+    }
+}
+
+/// Resolves when the node learns it is no longer a member.
+async fn departed(departures: &mut tokio::sync::watch::Receiver<Option<Departure>>) -> Departure {
+    loop {
+        let seen = departures.borrow_and_update().clone();
+        if let Some(d) = seen {
+            return d;
+        }
+        if departures.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -1,52 +1,71 @@
 //! The placement driver: on the meta leader, it moves every shard's Raft membership (the
-//! truth) toward the placement the active nodes imply (the target), and keeps the meta
-//! group's voters at 3 (5 from 5 nodes on).
+//! truth) toward the placement the nodes' states imply (the target), keeps the meta
+//! group's voters at 3 (5 from 5 nodes on), marks nodes silent for longer than `dead_after`
+//! as lost, and removes leaving nodes once they hold nothing.
 //!
 //! A move is asked of the shard's leader ([`reconcile_here`]), one step per request: host
 //! an empty replica on each new node, add it as a learner and wait until it has caught up,
 //! then change the voters to the target in one joint-consensus change (the old voters keep
 //! a quorum throughout), then tell the nodes that left to delete their replica. At most
-//! one request per shard is in flight, and at most `max_moves` across the cluster.
+//! one request per shard is in flight, and at most `max_moves` across the cluster. Active
+//! nodes take replicas; draining ones keep theirs; leaving and lost ones lose theirs.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use linkrift_raft::openraft::ChangeMembers;
-use linkrift_raft::NodeId;
+use linkrift_raft::{Group, NodeId};
 use tokio::task::JoinSet;
 
-use super::wire::{Progress, Refusal, Reply, Request};
+use super::wire::{Plan, Progress, Refusal, Reply, Request};
+use crate::groups::GroupState;
+use crate::meta::{MetaCommand, NodeState};
 use crate::placement;
-use crate::service::Core;
+use crate::service::{now_ms, Core};
 
 /// How often the driver looks for work.
 const TICK: Duration = Duration::from_millis(250);
 /// How often a shard that was on target is checked again anyway.
 const RECHECK: Duration = Duration::from_secs(30);
 /// How long one step may take (catching a learner up included).
-const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a learner's node may be out of touch before its catch-up is given up.
+const LEARNER_SILENCE: Duration = Duration::from_secs(5);
+/// How often a node that is no longer a member is told so.
+const RETELL: Duration = Duration::from_secs(2);
+
+type Step = (u32, Plan, Result<Progress, String>);
+
+/// What the driver remembers between ticks; forgotten when this node stops leading.
+#[derive(Default)]
+struct Memory {
+    /// Shards found on target, for which plan, and when.
+    on_target: HashMap<u32, (Plan, Instant)>,
+    /// Since when each member has had no session with this node.
+    silent: HashMap<NodeId, Instant>,
+    /// When each former member was last told it is one no more.
+    told: HashMap<NodeId, Instant>,
+}
 
 /// Runs the driver until the node stops.
 pub(crate) async fn run(core: Weak<Core>) {
-    let mut on_target: HashMap<u32, (Vec<NodeId>, Instant)> = HashMap::new();
+    let mut memory = Memory::default();
     let mut moving: HashSet<u32> = HashSet::new();
-    let mut in_flight: JoinSet<(u32, Vec<NodeId>, Result<Progress, String>)> = JoinSet::new();
+    let mut in_flight: JoinSet<Step> = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Ok((shard, target, result)) = done {
+                if let Ok((shard, plan, result)) = done {
                     moving.remove(&shard);
                     match result {
                         Ok(Progress::Converged) => {
-                            on_target.insert(shard, (target, Instant::now()));
+                            memory.on_target.insert(shard, (plan, Instant::now()));
                         }
-                        Ok(Progress::Moved) => {
-                            tracing::info!(shard, ?target, "moved a replica");
-                        }
+                        Ok(Progress::Moved) => tracing::info!(shard, "moved a replica"),
                         Err(e) => tracing::info!(shard, error = %e, "replica move did not complete; will retry"),
                     }
                 }
@@ -57,16 +76,17 @@ pub(crate) async fn run(core: Weak<Core>) {
         if core.cancel.is_cancelled() {
             return;
         }
-        if !core.meta.is_leader() {
-            on_target.clear();
+        if !core.meta.is_leader() || core.is_yielding() {
+            memory = Memory::default();
             continue;
         }
+        watch_for_lost(&core, &mut memory.silent).await;
+        tell_former_members(&core, &mut memory.told);
         balance_meta_voters(&core).await;
-        let active = core.directory.active_nodes();
-        if active.is_empty() {
+        let plan = plan(&core);
+        if plan.takers.is_empty() {
             continue;
         }
-        let rf = core.replication_factor.min(active.len());
         for shard in 0..core.shard_count {
             if in_flight.len() >= core.max_moves {
                 break;
@@ -74,32 +94,136 @@ pub(crate) async fn run(core: Weak<Core>) {
             if moving.contains(&shard) {
                 continue;
             }
-            let target = placement::replicas(shard, &active, rf);
-            if on_target
+            let fresh = memory
+                .on_target
                 .get(&shard)
-                .is_some_and(|(t, at)| *t == target && at.elapsed() < RECHECK)
-            {
+                .is_some_and(|(p, at)| *p == plan && at.elapsed() < RECHECK);
+            if fresh {
                 continue;
             }
             moving.insert(shard);
             let core = core.clone();
+            let plan = plan.clone();
             in_flight.spawn(async move {
-                let result = reconcile(&core, shard, &target).await;
-                (shard, target, result)
+                let result = reconcile(&core, shard, &plan).await;
+                (shard, plan, result)
             });
+        }
+        finish_leaves(&core, &plan, &memory.on_target).await;
+    }
+}
+
+/// Where replicas may go now: active nodes take them, draining ones keep theirs.
+fn plan(core: &Core) -> Plan {
+    let nodes = core.directory.nodes();
+    Plan {
+        takers: nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Active)
+            .map(|n| (n.id, n.addrs.peer.clone()))
+            .collect(),
+        keepers: nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Draining)
+            .map(|n| n.id)
+            .collect(),
+        rf: core.replication_factor as u8,
+    }
+}
+
+/// Marks lost the members that have had no session with this node (the meta leader) for
+/// longer than `dead_after`.
+async fn watch_for_lost(core: &Core, silent: &mut HashMap<NodeId, Instant>) {
+    let now = Instant::now();
+    let members: Vec<NodeId> = core
+        .directory
+        .nodes()
+        .into_iter()
+        .filter(|n| n.id != core.me && n.state.is_member())
+        .map(|n| n.id)
+        .collect();
+    silent.retain(|n, _| members.contains(n));
+    for node in members {
+        if core.peers.is_connected(node) {
+            silent.remove(&node);
+            continue;
+        }
+        let since = *silent.entry(node).or_insert(now);
+        if now.duration_since(since) < core.dead_after {
+            continue;
+        }
+        let lost = MetaCommand::SetNodeState {
+            id: node,
+            state: NodeState::Lost,
+            at: now_ms(),
+        };
+        match core.meta_command(lost).await {
+            Ok(_) => {
+                tracing::warn!(node, silent_for = ?now.duration_since(since), "node marked lost; its replicas will be re-created on the others");
+                silent.remove(&node);
+            }
+            Err(e) => tracing::info!(node, error = %e, "could not mark a node lost; will retry"),
         }
     }
 }
 
+/// Tells lost and removed nodes that come back that they are members no more.
+fn tell_former_members(core: &Arc<Core>, told: &mut HashMap<NodeId, Instant>) {
+    let nodes = core.directory.nodes();
+    let members: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Active)
+        .map(|n| n.addrs.cluster.clone())
+        .collect();
+    for node in nodes {
+        let rejoin = match node.state {
+            NodeState::Lost => true,
+            NodeState::Removed => false,
+            _ => continue,
+        };
+        if !core.peers.is_connected(node.id)
+            || told.get(&node.id).is_some_and(|at| at.elapsed() < RETELL)
+        {
+            continue;
+        }
+        told.insert(node.id, Instant::now());
+        let request = Request::Replaced {
+            id: node.id,
+            rejoin,
+            members: members.clone(),
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let answer = core.peers.call(node.id, &request, RETELL).await;
+            tracing::info!(node = node.id, rejoin, answer = ?answer.ok(), "told a former member it was replaced");
+        });
+    }
+}
+
 /// Makes the meta group's voters the first `meta_voter_count` active nodes (keeping the
-/// current ones that are still active). Every other node stays a learner.
+/// current ones that are still active; draining ones fill in when there are too few), and
+/// removes lost and removed nodes from it. Every other node stays a learner.
 async fn balance_meta_voters(core: &Core) {
-    let active = core.directory.active_nodes();
+    let nodes = core.directory.nodes();
+    let pick = |states: &[NodeState]| -> Vec<NodeId> {
+        nodes
+            .iter()
+            .filter(|n| states.contains(&n.state))
+            .map(|n| n.id)
+            .collect()
+    };
+    let active = pick(&[NodeState::Active]);
+    let eligible: Vec<NodeId> = active
+        .iter()
+        .copied()
+        .chain(pick(&[NodeState::Draining]))
+        .collect();
+    let gone = pick(&[NodeState::Lost, NodeState::Removed]);
     let want = placement::meta_voter_count(active.len());
     let (voters, members): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
         let m = core.meta.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        if m.membership_config.membership().get_joint_config().len() > 1 {
+        if membership.get_joint_config().len() > 1 {
             return; // a change is under way
         }
         (
@@ -113,7 +237,7 @@ async fn balance_meta_voters(core: &Core) {
         .filter(|v| active.contains(v))
         .take(want)
         .collect();
-    for &n in &active {
+    for &n in &eligible {
         if next.len() >= want {
             break;
         }
@@ -121,36 +245,84 @@ async fn balance_meta_voters(core: &Core) {
             next.insert(n);
         }
     }
-    if next == voters || next.is_empty() {
+    if next != voters && !next.is_empty() {
+        match core.meta.raft().change_membership(next.clone(), true).await {
+            Ok(_) => tracing::info!(voters = ?next, "meta group voters changed"),
+            Err(e) => {
+                tracing::info!(error = %e, "changing the meta group's voters failed; will retry")
+            }
+        }
         return;
     }
-    match core.meta.raft().change_membership(next.clone(), true).await {
-        Ok(_) => tracing::info!(voters = ?next, "meta group voters changed"),
-        Err(e) => tracing::info!(error = %e, "changing the meta group's voters failed; will retry"),
+    let drop: BTreeSet<NodeId> = members
+        .iter()
+        .copied()
+        .filter(|n| gone.contains(n) && !voters.contains(n))
+        .collect();
+    if !drop.is_empty() {
+        let change = ChangeMembers::RemoveNodes(drop.clone());
+        match core.meta.raft().change_membership(change, false).await {
+            Ok(_) => tracing::info!(nodes = ?drop, "former members left the meta group"),
+            Err(e) => {
+                tracing::info!(error = %e, "removing former members from the meta group failed; will retry")
+            }
+        }
     }
 }
 
-/// Asks the leader of `shard` for one step toward `target`, trying the nodes likely to
-/// hold the shard first.
-async fn reconcile(core: &Arc<Core>, shard: u32, target: &[NodeId]) -> Result<Progress, String> {
-    let addressed: Vec<(NodeId, String)> = target
-        .iter()
-        .filter_map(|&n| core.directory.node(n).map(|r| (n, r.addrs.peer)))
-        .collect();
-    let mut ask: Vec<NodeId> = target.to_vec();
-    for n in core.directory.active_nodes() {
-        if !ask.contains(&n) {
-            ask.push(n);
+/// Removes the leaving nodes that hold nothing any more: every shard is on target for the
+/// current plan (which leaves them out), and they are no longer meta voters.
+async fn finish_leaves(core: &Core, plan: &Plan, on_target: &HashMap<u32, (Plan, Instant)>) {
+    let leaving = core.directory.in_states(&[NodeState::Leaving]);
+    if leaving.is_empty() {
+        return;
+    }
+    let all_on_target =
+        (0..core.shard_count).all(|s| on_target.get(&s).is_some_and(|(p, _)| p == plan));
+    if !all_on_target {
+        return;
+    }
+    let meta_voters: Vec<NodeId> = core
+        .meta
+        .read(|a| a.membership.membership().voter_ids().collect());
+    for node in leaving {
+        if meta_voters.contains(&node) {
+            continue;
+        }
+        let removed = MetaCommand::SetNodeState {
+            id: node,
+            state: NodeState::Removed,
+            at: now_ms(),
+        };
+        match core.meta_command(removed).await {
+            Ok(_) => tracing::info!(
+                node,
+                "node holds no replica any more and has left the cluster"
+            ),
+            Err(e) => {
+                tracing::info!(node, error = %e, "could not record a finished leave; will retry")
+            }
         }
     }
+}
+
+/// Asks the leader of `shard` for one step toward the target, trying the nodes likely to
+/// hold the shard first.
+async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress, String> {
+    let members =
+        core.directory
+            .in_states(&[NodeState::Active, NodeState::Draining, NodeState::Leaving]);
+    let ask = placement::replicas(shard, &members, members.len());
     let mut last = String::from("no node holds the shard");
     for node in ask {
         let answer = if node == core.me {
-            reconcile_here(core, shard, addressed.clone(), 1).await
+            tokio::time::timeout(STEP_TIMEOUT, reconcile_here(core, shard, plan.clone(), 1))
+                .await
+                .unwrap_or_else(|_| Err(Refusal::Unavailable("the step timed out".into())))
         } else {
             let request = Request::Reconcile {
                 shard,
-                target: addressed.clone(),
+                plan: plan.clone(),
                 hops: 1,
             };
             match core.peers.call(node, &request, STEP_TIMEOUT).await {
@@ -169,12 +341,12 @@ async fn reconcile(core: &Arc<Core>, shard: u32, target: &[NodeId]) -> Result<Pr
     Err(last)
 }
 
-/// One step of `shard`'s membership toward `target`, taken by its leader (this node, or
-/// the leader it forwards to).
+/// One step of `shard`'s membership toward the target `plan` implies, taken by its leader
+/// (this node, or the leader it forwards to).
 pub(crate) async fn reconcile_here(
     core: &Arc<Core>,
     shard: u32,
-    target: Vec<(NodeId, String)>,
+    plan: Plan,
     hops: u8,
 ) -> Result<Progress, Refusal> {
     let Some(local) = core.local.pin().get(&shard).cloned() else {
@@ -186,7 +358,7 @@ pub(crate) async fn reconcile_here(
             Some(leader) if leader != core.me && hops > 0 => {
                 let request = Request::Reconcile {
                     shard,
-                    target,
+                    plan,
                     hops: hops - 1,
                 };
                 match core.peers.call(leader, &request, STEP_TIMEOUT).await {
@@ -199,7 +371,11 @@ pub(crate) async fn reconcile_here(
             leader => Err(Refusal::NotLeader { leader }),
         };
     }
-    let want: BTreeSet<NodeId> = target.iter().map(|(n, _)| *n).collect();
+    if core.is_yielding() {
+        return Err(Refusal::Unavailable(
+            "this node is handing over its leaderships".into(),
+        ));
+    }
     let (voters, members) = {
         let m = group.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -207,17 +383,22 @@ pub(crate) async fn reconcile_here(
         let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
         (voters, members)
     };
+    let current: Vec<NodeId> = members.iter().copied().collect();
+    let want: BTreeSet<NodeId> = plan.target(shard, &current).into_iter().collect();
+    if want.is_empty() {
+        return Err(Refusal::Failed("no node may hold the shard".into()));
+    }
     if voters == want && members == want {
         return Ok(Progress::Converged);
     }
     // 1. An empty replica on every new node, caught up as a learner.
-    for (node, addr) in &target {
-        if members.contains(node) {
-            continue;
-        }
+    for &node in want.difference(&members) {
+        let Some(addr) = plan.addr(node) else {
+            return Err(Refusal::Failed(format!("no address for node {node}")));
+        };
         match core
             .peers
-            .call(*node, &Request::Host { shard }, Duration::from_secs(10))
+            .call(node, &Request::Host { shard }, Duration::from_secs(10))
             .await
         {
             Ok(Reply::Done) => {}
@@ -229,9 +410,11 @@ pub(crate) async fn reconcile_here(
             Err(e) => return Err(Refusal::Unavailable(e.to_string())),
         }
         group
-            .add_learner(*node, addr.clone())
+            .raft()
+            .add_learner(node, linkrift_raft::openraft::BasicNode::new(addr), false)
             .await
             .map_err(|e| Refusal::Unavailable(format!("adding node {node} as learner: {e}")))?;
+        catch_up(core, group, node).await?;
     }
     // 2. The target becomes the voter set; members outside it leave the group.
     if voters != want {
@@ -275,4 +458,45 @@ pub(crate) async fn reconcile_here(
         }
     }
     Ok(Progress::Moved)
+}
+
+/// Waits until learner `node` has every entry the leader had when it was added. Gives up
+/// when this node stops leading, the learner's node is out of touch for longer than
+/// [`LEARNER_SILENCE`], or the step takes longer than [`STEP_TIMEOUT`].
+async fn catch_up(core: &Core, group: &Group<GroupState>, node: NodeId) -> Result<(), Refusal> {
+    let mut metrics = group.raft().metrics();
+    let goal = metrics.borrow().last_log_index.unwrap_or(0);
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut silent_since: Option<Instant> = None;
+    loop {
+        let matched = {
+            let m = metrics.borrow_and_update();
+            if m.current_leader != Some(core.me) {
+                return Err(Refusal::NotLeader {
+                    leader: m.current_leader,
+                });
+            }
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&node).copied().flatten())
+                .map_or(0, |l| l.index)
+        };
+        if matched >= goal {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if core.peers.is_connected(node) {
+            silent_since = None;
+        } else if now.duration_since(*silent_since.get_or_insert(now)) > LEARNER_SILENCE {
+            return Err(Refusal::Unavailable(format!(
+                "node {node} went out of touch while catching up"
+            )));
+        }
+        if now >= deadline {
+            return Err(Refusal::Unavailable(format!(
+                "node {node} did not catch up within {STEP_TIMEOUT:?} ({matched}/{goal})"
+            )));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
+    }
 }

@@ -1,7 +1,9 @@
 //! The cluster: the actor transport between nodes, what travels on it, the near cache for
-//! shards held elsewhere, and the placement driver that moves replicas.
+//! shards held elsewhere, the placement driver that moves replicas, and a node's part in
+//! draining, leaving and being replaced.
 
 pub mod cache;
 pub mod driver;
+pub mod membership;
 pub mod peers;
 pub mod wire;

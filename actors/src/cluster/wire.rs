@@ -71,17 +71,61 @@ pub enum Request {
         /// The shard.
         shard: u32,
     },
-    /// Move shard `shard`'s membership one step toward `target` (asked of its leader).
+    /// Move shard `shard`'s membership one step toward the placement `plan` implies
+    /// (asked of its leader, which knows the shard's members).
     Reconcile {
         /// The shard.
         shard: u32,
-        /// Its target replicas, with their peer addresses.
-        target: Vec<(NodeId, String)>,
+        /// The nodes replicas may be on.
+        plan: Plan,
         /// Forwards left.
         hops: u8,
     },
     /// The Raft view of every group this node hosts.
     Groups,
+    /// Stand for election in group `group` now (its leader is handing over).
+    Stand {
+        /// The Raft group id.
+        group: u64,
+    },
+    /// The meta leader tells node `id` that it is no longer a member: lost and replaced
+    /// (`rejoin`: it should join again with fresh data) or removed after leaving.
+    Replaced {
+        /// The node told.
+        id: NodeId,
+        /// Whether it should join again, with fresh data, under a new id.
+        rejoin: bool,
+        /// Cluster addresses of active members, to join through.
+        members: Vec<String>,
+    },
+}
+
+/// Where replicas may be placed, as the meta group's node states say: what the placement
+/// driver sends a shard's leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Active nodes, with their peer addresses: they may take new replicas.
+    pub takers: Vec<(NodeId, String)>,
+    /// Draining nodes: they keep the replicas they have.
+    pub keepers: Vec<NodeId>,
+    /// The replication factor.
+    pub rf: u8,
+}
+
+impl Plan {
+    /// The replicas `shard` should have, given its current members.
+    pub fn target(&self, shard: u32, current: &[NodeId]) -> Vec<NodeId> {
+        let takers: Vec<NodeId> = self.takers.iter().map(|(n, _)| *n).collect();
+        crate::placement::target(shard, &takers, &self.keepers, current, self.rf as usize)
+    }
+
+    /// A taker's peer address.
+    pub fn addr(&self, node: NodeId) -> Option<&str> {
+        self.takers
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, a)| a.as_str())
+    }
 }
 
 /// A fire-and-forget message to every node.
