@@ -38,7 +38,7 @@ use crate::placement;
 use crate::shard::{
     shard_of, RequestId, ShardActor, ShardCommand, ShardMsg, ShardOutcome, ShardReader,
 };
-use crate::status::{ClusterStatus, GroupStatus};
+use crate::status::{ClusterStatus, GroupStatus, ReplicaDigest};
 
 /// How a node's link service is set up.
 #[derive(Clone, Debug)]
@@ -619,7 +619,13 @@ async fn undrain(core: std::sync::Weak<Core>) {
                     state: NodeState::Active,
                     at: now_ms(),
                 };
-                core.propose_meta(cancel).await.is_ok()
+                match core.propose_meta(cancel).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::info!(error = %e, "could not make this node active again; will retry");
+                        false
+                    }
+                }
             }
             _ => true,
         };
@@ -1205,6 +1211,22 @@ impl Core {
         }
     }
 
+    /// This node's replica of `shard`, summed up.
+    fn replica_digest(&self, shard: u32) -> Option<ReplicaDigest> {
+        let local = self.local_shard(shard)?;
+        let (links, digest) = local.reader.digest();
+        let voter = local
+            .group
+            .read(|a| a.membership.membership().voter_ids().any(|v| v == self.me));
+        Some(ReplicaDigest {
+            node: self.me,
+            voter,
+            applied: local.group.last_applied().map_or(0, |l| l.index),
+            links,
+            digest,
+        })
+    }
+
     fn group_statuses(&self) -> Vec<GroupStatus> {
         let mut out = vec![group_status("meta".into(), &self.meta)];
         let mut shards: Vec<(u32, Arc<LocalShard>)> = self
@@ -1318,6 +1340,10 @@ impl Handler for Core {
                 }
             }
             Request::Groups => Reply::Groups(self.group_statuses()),
+            Request::Digest { shard } => match self.replica_digest(shard) {
+                Some(d) => Reply::Digest(d),
+                None => Reply::Refused(Refusal::NotHosted),
+            },
             Request::Stand { group } => self.stand(GroupId(group)).await,
             Request::Replaced {
                 id,
@@ -1862,6 +1888,28 @@ impl LinkService {
             .replication_factor
             .min(core.directory.active_nodes().len().max(1));
         ClusterStatus::new(core.me, core.shard_count, rf, groups, nodes)
+    }
+
+    /// Every replica of `shard` that a member node holds, summed up (for checking that the
+    /// replicas agree). Nodes that do not answer are left out.
+    pub async fn replica_digests(&self, shard: u32) -> Result<Vec<ReplicaDigest>, ServiceError> {
+        let core = &self.core;
+        if shard >= core.shard_count {
+            return Err(ServiceError::NotFound(format!("shard {shard}")));
+        }
+        let mut out: Vec<ReplicaDigest> = core.replica_digest(shard).into_iter().collect();
+        let asks = core.candidates(shard).into_iter().map(|n| async move {
+            core.peers
+                .call(n, &Request::Digest { shard }, CALL_TIMEOUT)
+                .await
+        });
+        for answer in futures::future::join_all(asks).await {
+            if let Ok(Reply::Digest(d)) = answer {
+                out.push(d);
+            }
+        }
+        out.sort_by_key(|d| d.node);
+        Ok(out)
     }
 
     /// Stops the background tasks, leaves the cluster's sessions, stops every group and

@@ -63,6 +63,21 @@ pub struct NodeStatus {
     pub replicas: usize,
 }
 
+/// One replica of a shard, as its node reports it (see [`crate::shard::ShardReader::digest`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDigest {
+    /// The node holding it.
+    pub node: NodeId,
+    /// Whether it is a voter.
+    pub voter: bool,
+    /// The last log index it applied.
+    pub applied: u64,
+    /// Links in it.
+    pub links: usize,
+    /// Digest of every link's every field.
+    pub digest: u64,
+}
+
 /// One Raft group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupStatus {

@@ -24,6 +24,22 @@ pub async fn status(
     Ok(axum::Json(state.service.status().await).into_response())
 }
 
+/// `GET /admin/shards/{shard}/replicas`: every replica of the shard with its applied log
+/// index, link count and a digest of its links: replicas at the same index must agree.
+#[utoipa::path(get, path = "/admin/shards/{shard}/replicas", security(("api_key" = [])),
+    params(("shard" = u32, Path, description = "shard number")),
+    responses((status = 200, description = "`[{node, voter, applied, links, digest}]`"),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn replicas(
+    State(state): State<AppState>,
+    Path(shard): Path<u32>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::Admin)?;
+    let digests = state.service.replica_digests(shard).await?;
+    Ok(axum::Json(digests).into_response())
+}
+
 /// Options of a leave.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct LeaveOptions {

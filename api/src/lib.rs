@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/admin/status", get(admin::status))
+        .route("/admin/shards/{shard}/replicas", get(admin::replicas))
         .route("/admin/nodes/{id}/drain", post(admin::drain))
         .route("/admin/nodes/{id}/leave", post(admin::leave))
         .route("/admin/nodes/{id}/cancel", post(admin::cancel))

@@ -15,7 +15,7 @@ use crate::{admin, keys, links, ops, redirect};
         redirect::redirect,
         links::create, links::list, links::bulk, links::get, links::update, links::remove,
         keys::create, keys::list, keys::revoke,
-        admin::status, admin::drain, admin::leave, admin::cancel,
+        admin::status, admin::drain, admin::leave, admin::cancel, admin::replicas,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&BearerKeys)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Link, Tag};
 use crate::meta::{MetaCommand, MetaOutcome, NodeAddrs};
 use crate::shard::{ShardCommand, ShardOutcome};
-use crate::status::GroupStatus;
+use crate::status::{GroupStatus, ReplicaDigest};
 
 /// A request to another node; answered with a [`Reply`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,6 +83,11 @@ pub enum Request {
     },
     /// The Raft view of every group this node hosts.
     Groups,
+    /// This node's replica of shard `shard`: applied index, link count and digest.
+    Digest {
+        /// The shard.
+        shard: u32,
+    },
     /// Stand for election in group `group` now (its leader is handing over).
     Stand {
         /// The Raft group id.
@@ -191,6 +196,8 @@ pub enum Reply {
     Reconciled(Progress),
     /// `Groups`.
     Groups(Vec<GroupStatus>),
+    /// A replica's digest.
+    Digest(ReplicaDigest),
     /// Not done, and why.
     Refused(Refusal),
 }

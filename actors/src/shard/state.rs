@@ -131,6 +131,17 @@ impl ShardReader {
         self.table.links.len()
     }
 
+    /// The number of links and an order-independent digest of their every field: equal on
+    /// two replicas that have applied the same entries.
+    pub fn digest(&self) -> (usize, u64) {
+        let links = self.table.links.pin();
+        let sum = links.values().fold(0u64, |acc, link| {
+            let bytes = linkrift_raft::codec::encode(&**link);
+            acc.wrapping_add(xxhash_rust::xxh3::xxh3_64(&bytes))
+        });
+        (links.len(), sum)
+    }
+
     /// Whether the shard holds no links.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

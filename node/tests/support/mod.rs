@@ -4,10 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+pub mod cluster;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
@@ -22,6 +24,27 @@ pub struct Node {
     pub node_id: u64,
     /// Its cluster (actor) address, as it printed it.
     pub cluster: String,
+    /// Its peer (Raft) address, as it printed it.
+    pub peer: String,
+    /// What it prints after the serving line (read on, so that it never writes to a
+    /// closed pipe).
+    stdout: Mutex<mpsc::Receiver<String>>,
+}
+
+/// "linkrift serving http://A with data in D (node N, peer P, cluster C)": (A, N, C, P).
+fn serving(line: &str) -> Option<(String, u64, String, String)> {
+    let rest = line.strip_prefix("linkrift serving ")?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let after = |w: &str| {
+        let i = words.iter().position(|x| *x == w).unwrap();
+        words[i + 1].trim_end_matches([',', ')']).to_string()
+    };
+    Some((
+        words[0].to_string(),
+        after("(node").parse().unwrap(),
+        after("cluster"),
+        after("peer"),
+    ))
 }
 
 impl Node {
@@ -50,7 +73,14 @@ impl Node {
             .env_remove("LINKRIFT_ADMIN_KEY")
             .stdout(Stdio::piped())
             .stderr(match log {
-                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                // Appended to: a restarted node's log follows its earlier one.
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .unwrap(),
+                ),
                 None => Stdio::inherit(),
             });
         for (k, v) in env {
@@ -71,31 +101,21 @@ impl Node {
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                // Keep reading after the test stops listening: the node must not see EPIPE.
+                let _ = tx.send(line);
             }
         });
         let mut printed_key = None;
         // "linkrift serving http://A with data in D (node N, peer P, cluster C)"
-        let (base, node_id, cluster) = loop {
+        let (base, node_id, cluster, peer) = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("linkrift prints where it serves");
             if let Some(key) = line.strip_prefix("admin key (shown once, store it now): ") {
                 printed_key = Some(key.to_string());
             }
-            if let Some(rest) = line.strip_prefix("linkrift serving ") {
-                let words: Vec<&str> = rest.split_whitespace().collect();
-                let after = |w: &str| {
-                    let i = words.iter().position(|x| *x == w).unwrap();
-                    words[i + 1].trim_end_matches([',', ')']).to_string()
-                };
-                break (
-                    words[0].to_string(),
-                    after("(node").parse().unwrap(),
-                    after("cluster"),
-                );
+            if let Some(found) = serving(&line) {
+                break found;
             }
         };
         let http = reqwest::Client::builder()
@@ -110,6 +130,58 @@ impl Node {
             printed_key,
             node_id,
             cluster,
+            peer,
+            stdout: Mutex::new(rx),
+        }
+    }
+
+    /// Waits (up to `within`) for a line of its standard output that starts with
+    /// `prefix`; the line.
+    pub async fn wait_line(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = self.stdout.lock().unwrap().try_recv();
+            match line {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => continue,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    panic!(
+                        "node {} closed its output before printing {prefix:?}",
+                        self.node_id
+                    )
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not print {prefix:?} within {within:?}",
+                self.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the node to serve again after it started itself anew (a rejoin), and
+    /// takes its new id and addresses.
+    pub async fn wait_restarted(&mut self, within: Duration) {
+        let line = self.wait_line("linkrift serving ", within).await;
+        let (base, node_id, cluster, peer) = serving(&line).unwrap();
+        (self.base, self.node_id, self.cluster, self.peer) = (base, node_id, cluster, peer);
+    }
+
+    /// Waits (up to `within`) for the process to exit by itself.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} still running after {within:?}",
+                self.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
