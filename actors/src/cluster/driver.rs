@@ -101,11 +101,15 @@ pub(crate) async fn run(core: Weak<Core>) {
             if fresh {
                 continue;
             }
+            // Only a step that finds the shard on target puts it back.
+            memory.on_target.remove(&shard);
             moving.insert(shard);
             let core = core.clone();
             let plan = plan.clone();
             in_flight.spawn(async move {
+                let started = Instant::now();
                 let result = reconcile(&core, shard, &plan).await;
+                tracing::debug!(shard, took = ?started.elapsed(), ?result, "reconcile step");
                 (shard, plan, result)
             });
         }
@@ -334,8 +338,11 @@ async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress
         };
         match answer {
             Ok(progress) => return Ok(progress),
-            Err(Refusal::NotHosted) => continue,
-            Err(r) => last = r.to_string(),
+            // Not there, or not the leader and could not forward: ask the next node.
+            Err(r @ (Refusal::NotHosted | Refusal::NotLeader { .. })) => last = r.to_string(),
+            // The leader tried and could not: the next tick tries again, with the
+            // placement as it is then (asking another node now would repeat a stale step).
+            Err(r) => return Err(r.to_string()),
         }
     }
     Err(last)
@@ -391,8 +398,13 @@ pub(crate) async fn reconcile_here(
     if voters == want && members == want {
         return Ok(Progress::Converged);
     }
-    // 1. An empty replica on every new node, caught up as a learner.
-    for &node in want.difference(&members) {
+    // 1. An empty replica on every new node, caught up as a learner (also a learner added
+    // by an earlier step: it may have fallen behind, or died, since).
+    for &node in want.difference(&voters) {
+        if members.contains(&node) {
+            catch_up(core, group, node).await?;
+            continue;
+        }
         let Some(addr) = plan.addr(node) else {
             return Err(Refusal::Failed(format!("no address for node {node}")));
         };
@@ -414,10 +426,13 @@ pub(crate) async fn reconcile_here(
             .add_learner(node, linkrift_raft::openraft::BasicNode::new(addr), false)
             .await
             .map_err(|e| Refusal::Unavailable(format!("adding node {node} as learner: {e}")))?;
+        tracing::info!(shard, node, "catching up a new replica");
         catch_up(core, group, node).await?;
+        tracing::info!(shard, node, "new replica caught up");
     }
     // 2. The target becomes the voter set; members outside it leave the group.
     if voters != want {
+        tracing::info!(shard, from = ?voters, to = ?want, "changing voters");
         group
             .raft()
             .change_membership(want.clone(), false)
@@ -434,6 +449,7 @@ pub(crate) async fn reconcile_here(
             .collect()
     };
     if !leftovers.is_empty() {
+        tracing::info!(shard, nodes = ?leftovers, "removing members");
         group
             .raft()
             .change_membership(ChangeMembers::RemoveNodes(leftovers), false)
