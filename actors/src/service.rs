@@ -1106,7 +1106,22 @@ impl Core {
         let deadline = Instant::now() + core.write_timeout;
         loop {
             match core.meta.leader() {
-                None => {}
+                // No leader known here (after a restart on a new peer address, the leader
+                // cannot reach this node until the change is recorded): any other member
+                // forwards to the leader it knows.
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let ask = Request::Meta(command.clone());
+                    match core.peers.call_any(&ask, left.min(CALL_TIMEOUT * 2)).await {
+                        Ok(Reply::Meta(outcome)) => return Ok(outcome),
+                        Ok(Reply::Refused(Refusal::Failed(e))) => {
+                            return Err(ServiceError::Internal(e))
+                        }
+                        other => {
+                            tracing::debug!(answer = ?other, "a meta proposal through any member failed")
+                        }
+                    }
+                }
                 Some(leader) if leader == core.me && !core.is_handing_over(&core.meta) => {
                     return core.meta_command(command).await
                 }
@@ -1122,7 +1137,9 @@ impl Core {
                         Ok(Reply::Refused(Refusal::Failed(e))) => {
                             return Err(ServiceError::Internal(e))
                         }
-                        Ok(_) | Err(_) => {}
+                        other => {
+                            tracing::debug!(leader, answer = ?other, "a meta proposal through the leader failed")
+                        }
                     }
                 }
             }

@@ -10,11 +10,11 @@
 //! one request per shard is in flight, and at most `max_moves` across the cluster. Active
 //! nodes take replicas; draining ones keep theirs; leaving and lost ones lose theirs.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use linkrift_raft::openraft::ChangeMembers;
+use linkrift_raft::openraft::{BasicNode, ChangeMembers};
 use linkrift_raft::{Group, NodeId};
 use tokio::task::JoinSet;
 
@@ -120,19 +120,51 @@ pub(crate) async fn run(core: Weak<Core>) {
 /// Where replicas may go now: active nodes take them, draining ones keep theirs.
 fn plan(core: &Core) -> Plan {
     let nodes = core.directory.nodes();
-    Plan {
-        takers: nodes
+    let with = |state: NodeState| -> Vec<(NodeId, String)> {
+        nodes
             .iter()
-            .filter(|n| n.state == NodeState::Active)
+            .filter(|n| n.state == state)
             .map(|n| (n.id, n.addrs.peer.clone()))
-            .collect(),
-        keepers: nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Draining)
-            .map(|n| n.id)
-            .collect(),
+            .collect()
+    };
+    Plan {
+        takers: with(NodeState::Active),
+        keepers: with(NodeState::Draining),
+        leavers: with(NodeState::Leaving),
         rf: core.replication_factor as u8,
     }
+}
+
+/// Members of a group whose recorded peer address is not the one the meta group has now
+/// (the node restarted on another address), with the address to record.
+fn moved_addresses(
+    group: &Group<GroupState>,
+    now: impl Fn(NodeId) -> Option<String>,
+) -> BTreeMap<NodeId, BasicNode> {
+    group.read(|a| {
+        a.membership
+            .membership()
+            .nodes()
+            .filter_map(|(id, node)| {
+                let addr = now(*id)?;
+                (addr != node.addr).then(|| (*id, BasicNode::new(addr)))
+            })
+            .collect()
+    })
+}
+
+/// Records new peer addresses in a group's membership, so that Raft reaches the nodes.
+async fn update_addresses(
+    group: &Group<GroupState>,
+    moved: BTreeMap<NodeId, BasicNode>,
+) -> Result<(), String> {
+    tracing::info!(group = %group.id(), nodes = ?moved, "recording new peer addresses");
+    group
+        .raft()
+        .change_membership(ChangeMembers::SetNodes(moved), false)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("recording new peer addresses: {e}"))
 }
 
 /// Marks lost the members that have had no session with this node (the meta leader) for
@@ -204,9 +236,9 @@ fn tell_former_members(core: &Arc<Core>, told: &mut HashMap<NodeId, Instant>) {
     }
 }
 
-/// Makes the meta group's voters the first `meta_voter_count` active nodes (keeping the
-/// current ones that are still active; draining ones fill in when there are too few), and
-/// removes lost and removed nodes from it. Every other node stays a learner.
+/// Keeps `meta_voter_count` voters in the meta group, from the active and draining nodes
+/// (current voters stay; a drain, as for a restart, changes nothing), and removes lost and
+/// removed nodes from it. Every other node stays a learner.
 async fn balance_meta_voters(core: &Core) {
     let nodes = core.directory.nodes();
     let pick = |states: &[NodeState]| -> Vec<NodeId> {
@@ -223,7 +255,19 @@ async fn balance_meta_voters(core: &Core) {
         .chain(pick(&[NodeState::Draining]))
         .collect();
     let gone = pick(&[NodeState::Lost, NodeState::Removed]);
-    let want = placement::meta_voter_count(active.len());
+    let moved = moved_addresses(&core.meta, |id| {
+        nodes
+            .iter()
+            .find(|n| n.id == id && n.state.is_member() && !n.addrs.peer.is_empty())
+            .map(|n| n.addrs.peer.clone())
+    });
+    if !moved.is_empty() {
+        if let Err(e) = update_addresses(&core.meta, moved).await {
+            tracing::info!(error = %e, "will retry");
+        }
+        return;
+    }
+    let want = placement::meta_voter_count(eligible.len());
     let (voters, members): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
         let m = core.meta.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -238,7 +282,7 @@ async fn balance_meta_voters(core: &Core) {
     let mut next: BTreeSet<NodeId> = voters
         .iter()
         .copied()
-        .filter(|v| active.contains(v))
+        .filter(|v| eligible.contains(v))
         .take(want)
         .collect();
     for &n in &eligible {
@@ -390,6 +434,13 @@ pub(crate) async fn reconcile_here(
         let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
         (voters, members)
     };
+    let moved = moved_addresses(group, |id| plan.addr(id).map(str::to_string));
+    if !moved.is_empty() {
+        update_addresses(group, moved)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        return Ok(Progress::Moved);
+    }
     let current: Vec<NodeId> = members.iter().copied().collect();
     let want: BTreeSet<NodeId> = plan.target(shard, &current).into_iter().collect();
     if want.is_empty() {

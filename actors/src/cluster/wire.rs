@@ -111,8 +111,10 @@ pub enum Request {
 pub struct Plan {
     /// Active nodes, with their peer addresses: they may take new replicas.
     pub takers: Vec<(NodeId, String)>,
-    /// Draining nodes: they keep the replicas they have.
-    pub keepers: Vec<NodeId>,
+    /// Draining nodes, with their peer addresses: they keep the replicas they have.
+    pub keepers: Vec<(NodeId, String)>,
+    /// Leaving nodes, with their peer addresses: their replicas move away.
+    pub leavers: Vec<(NodeId, String)>,
     /// The replication factor.
     pub rf: u8,
 }
@@ -120,14 +122,17 @@ pub struct Plan {
 impl Plan {
     /// The replicas `shard` should have, given its current members.
     pub fn target(&self, shard: u32, current: &[NodeId]) -> Vec<NodeId> {
-        let takers: Vec<NodeId> = self.takers.iter().map(|(n, _)| *n).collect();
-        crate::placement::target(shard, &takers, &self.keepers, current, self.rf as usize)
+        let ids = |nodes: &[(NodeId, String)]| nodes.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+        let (takers, keepers) = (ids(&self.takers), ids(&self.keepers));
+        crate::placement::target(shard, &takers, &keepers, current, self.rf as usize)
     }
 
-    /// A taker's peer address.
+    /// A member's peer address, as the meta group records it.
     pub fn addr(&self, node: NodeId) -> Option<&str> {
         self.takers
             .iter()
+            .chain(&self.keepers)
+            .chain(&self.leavers)
             .find(|(n, _)| *n == node)
             .map(|(_, a)| a.as_str())
     }
