@@ -29,27 +29,9 @@ cleanup() {
 }
 trap cleanup EXIT
 cargo build --release -q -p linkrift
+node_flags=(--near-cache-ttl-ms 600000)
 export LINKRIFT_ADMIN_KEY=bench-admin-key-0123456789 LINKRIFT_CLUSTER_SECRET=bench-secret
 key=$LINKRIFT_ADMIN_KEY
-
-start() { # I [extra flags...]: node I on 127.0.0.I, joining node 1 unless I is 1
-  local i=$1; shift
-  local join=(); [[ $i != 1 ]] && join=(--join 127.0.0.1:18100)
-  taskset -c 1 target/release/linkrift serve --data-dir "$work/n$i" --http "127.0.0.$i:18080" \
-    --peer "127.0.0.$i:18000" --cluster "127.0.0.$i:18100" --shard-count 16 --log warn \
-    --near-cache-ttl-ms 600000 "${join[@]}" "$@" >"$work/n$i.out" 2>&1 &
-  echo $! >"$work/n$i.pid"
-  for _ in $(seq 600); do curl -sf "http://127.0.0.$i:18080/readyz" >/dev/null && return 0; sleep 0.1; done
-  echo "node $i did not become ready" >&2; exit 1
-}
-status() { curl -sf -H "Authorization: Bearer $key" http://127.0.0.1:18080/admin/status; }
-wait_placed() {
-  for _ in $(seq 600); do
-    status | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if not s["under_replicated"] and all(len(g["voters"])==3 and not g["learners"] for g in s["groups"][1:]) else 1)' && return 0
-    sleep 0.2
-  done
-  echo "placement did not converge" >&2; exit 1
-}
 
 for i in 1 2 3; do start $i; done
 wait_placed

@@ -38,3 +38,43 @@ cpu = (after - before) / hz
 print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {total / cpu if cpu else 0:.0f} {errors.group(1) if errors else 0}")
 PY
 }
+
+# Cluster nodes: node I listens on 127.0.0.I (HTTP 18080, peer 18000, cluster 18100),
+# pinned to CPU 1, 16 shards, data and output in $work. Needs $key (the admin key, also
+# exported as LINKRIFT_ADMIN_KEY) and LINKRIFT_CLUSTER_SECRET; extra flags for every node
+# in the array node_flags.
+node_flags=()
+start() { # I [extra flags...]: node I, joining node 1 unless I is 1; waits until ready
+  local i=$1; shift
+  local join=(); [[ $i != 1 ]] && join=(--join 127.0.0.1:18100)
+  taskset -c 1 target/release/linkrift serve --data-dir "$work/n$i" --http "127.0.0.$i:18080" \
+    --peer "127.0.0.$i:18000" --cluster "127.0.0.$i:18100" --shard-count 16 --log warn \
+    "${node_flags[@]}" "${join[@]}" "$@" >"$work/n$i.out" 2>&1 &
+  echo $! >"$work/n$i.pid"
+  for _ in $(seq 600); do curl -sf "http://127.0.0.$i:18080/readyz" >/dev/null && return 0; sleep 0.1; done
+  echo "node $i did not become ready" >&2; exit 1
+}
+status() { curl -sf -H "Authorization: Bearer $key" http://127.0.0.1:18080/admin/status; }
+# Whether every shard's voters are exactly its rendezvous replicas over the active nodes
+# (as actors/src/placement.rs computes them), with a leader and no learner or joint change.
+placed() {
+  status | python3 -c '
+import json, sys, xxhash
+s = json.load(sys.stdin)
+active = [n["id"] for n in s["nodes"] if n["state"] == "active"]
+rf = min(3, len(active))
+def replicas(shard):
+    w = lambda n: xxhash.xxh3_64_intdigest(shard.to_bytes(4, "big") + n.to_bytes(8, "big"))
+    return sorted(sorted(active, key=lambda n: (w(n), n), reverse=True)[:rf])
+ok = not s["moves"] and all(
+    g["leader"] is not None and not g["learners"] and sorted(g["voters"]) == replicas(g["group"] - 1)
+    for g in s["groups"][1:])
+sys.exit(0 if ok else 1)'
+}
+wait_placed() { # [SECONDS, default 120]
+  local deadline=$(( $(date +%s) + ${1:-120} ))
+  until placed; do
+    (( $(date +%s) < deadline )) || { echo "placement did not converge" >&2; exit 1; }
+    sleep 0.2
+  done
+}

@@ -1772,6 +1772,45 @@ impl LinkService {
                 .all(|l| l.is_serving() && l.group.leader().is_some())
     }
 
+    /// How many nodes are in each state, as this node's copy of the meta group says.
+    pub fn node_states(&self) -> Vec<(&'static str, usize)> {
+        let nodes = self.core.directory.nodes();
+        [
+            NodeState::Joining,
+            NodeState::Active,
+            NodeState::Draining,
+            NodeState::Leaving,
+            NodeState::Lost,
+            NodeState::Removed,
+        ]
+        .into_iter()
+        .map(|state| {
+            (
+                state.name(),
+                nodes.iter().filter(|n| n.state == state).count(),
+            )
+        })
+        .collect()
+    }
+
+    /// Groups this node leads that have a replica move under way (a learner catching up, or
+    /// a voter change); summed over the nodes, the moves in flight in the cluster.
+    pub fn moves_led(&self) -> usize {
+        self.core
+            .all_groups()
+            .iter()
+            .filter(|g| g.is_leader())
+            .filter(|g| {
+                // The meta group's learners are permanent, not moves.
+                let shard = g.id() != crate::groups::META;
+                g.read(|a| {
+                    let m = a.membership.membership();
+                    m.get_joint_config().len() > 1 || (shard && m.learner_ids().next().is_some())
+                })
+            })
+            .count()
+    }
+
     /// Watches for this node learning that it is no longer a member of its cluster.
     pub fn departure(&self) -> tokio::sync::watch::Receiver<Option<Departure>> {
         self.core.departure.subscribe()

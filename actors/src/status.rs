@@ -147,13 +147,15 @@ impl ClusterStatus {
             })
             .map(|g| g.name.clone())
             .collect();
+        // The meta group's learners are permanent (nodes beyond its voters); a shard's are
+        // replicas on their way to becoming voters.
+        let moving = |g: &GroupStatus| g.group != 0 && !g.learners.is_empty();
         let moves = groups
             .iter()
-            .filter(|g| !g.learners.is_empty() || g.changing_to.is_some())
+            .filter(|g| moving(g) || g.changing_to.is_some())
             .map(|g| MoveStatus {
                 group: g.name.clone(),
-                catching_up: g
-                    .learners
+                catching_up: if !moving(g) { &[][..] } else { &g.learners[..] }
                     .iter()
                     .map(|l| {
                         let at = g.matched.iter().find(|(n, _)| n == l).map_or(0, |m| m.1);
@@ -289,6 +291,8 @@ mod tests {
         for (i, g) in groups.iter_mut().enumerate() {
             g.group = i as u64;
         }
+        // A meta learner is a node beyond the meta group's voters, not a move.
+        groups[0].learners = vec![4];
         let status = ClusterStatus::new(1, 3, 3, groups, vec![node(1), node(2), node(3)]);
         assert_eq!(status.replication_factor, 3);
         let per_node: Vec<(usize, usize)> =

@@ -54,6 +54,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::counter!("raft_log_flush_requests_total").absolute(requests);
     metrics::counter!("raft_log_flushes_total").absolute(flushes);
     metrics::gauge!("links_total").set(state.service.link_count() as f64);
+    for (node_state, count) in state.service.node_states() {
+        metrics::gauge!("cluster_nodes", "state" => node_state).set(count as f64);
+    }
+    metrics::gauge!("replica_moves_led").set(state.service.moves_led() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
