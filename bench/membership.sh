@@ -7,8 +7,10 @@
 # through the bulk API. Then, under steady redirect load on node 1 (wrk -t1 -c64, random
 # existing codes, in SLICE_SECONDS slices), a fourth node joins and takes its replicas (about
 # three quarters of the shards), and afterwards node 2 leaves (its replicas move to the
-# others). Each phase reports its duration from the command to the exact target placement,
-# the redirects answered and failed during it, and the worst slice's p99.
+# others). Each phase reports its duration from the command to the exact target placement
+# (to the end of the first slice that finds it: SLICE_SECONDS resolution), the redirects
+# answered and failed during it, and the worst slice's p99; one steady slice before, between
+# and after gives the baseline of the same run.
 # Servers pinned to CPU 1, wrk to CPU 0. Installs wrk (Debian) and the xxhash module (PyPI)
 # when missing. Stops everything it started.
 set -euo pipefail
@@ -88,16 +90,24 @@ leave_node2() {
   curl -sf -X POST -H "Authorization: Bearer $key" http://127.0.0.1:18080/admin/nodes/2/leave >/dev/null
 }
 
-read -r join_ms join_req join_failed join_p99 < <(during join_node4)
+row() { # LABEL MS REQUESTS FAILED P99 (MS empty: a steady slice, no placement change)
+  local took="-"; [[ -n $2 ]] && took=$(awk "BEGIN {printf \"%.1f s\", $2 / 1000}")
+  echo "| $1 | $took | $3 | $4 | $5 |"
+}
+rows=()
+read -r _ r f p < <(during true); rows+=("$(row "steady, 3 nodes (baseline)" "" "$r" "$f" "$p")")
+read -r ms r f p < <(during join_node4)
 replicas4=$(status | python3 -c 'import json,sys; s=json.load(sys.stdin); print(next(n["replicas"] for n in s["nodes"] if n["id"] == 4))')
-read -r leave_ms leave_req leave_failed leave_p99 < <(during leave_node2)
+rows+=("$(row "node 4 joins and takes $replicas4 replicas" "$ms" "$r" "$f" "$p")")
+read -r _ r f p < <(during true); rows+=("$(row "steady, 4 nodes" "" "$r" "$f" "$p")")
+read -r ms r f p < <(during leave_node2); rows+=("$(row "node 2 leaves (its replicas move)" "$ms" "$r" "$f" "$p")")
 # Node 2 stops by itself once it has left.
 for _ in $(seq 300); do kill -0 "$(cat "$work/n2.pid")" 2>/dev/null || break; sleep 0.1; done
+read -r _ r f p < <(during true); rows+=("$(row "steady, 3 nodes again" "" "$r" "$f" "$p")")
 
 echo
 echo "$links links, 16 shards, replication factor 3; redirects on node 1: wrk -t1 -c64, ${slice} s slices"
 echo
 echo "| phase | time to target placement | redirects during it | failed | worst slice p99 ms |"
 echo "|---|---|---|---|---|"
-echo "| node 4 joins and takes $replicas4 replicas | $(awk "BEGIN {printf \"%.1f s\", $join_ms / 1000}") | $join_req | $join_failed | $join_p99 |"
-echo "| node 2 leaves (its replicas move) | $(awk "BEGIN {printf \"%.1f s\", $leave_ms / 1000}") | $leave_req | $leave_failed | $leave_p99 |"
+printf '%s\n' "${rows[@]}"
