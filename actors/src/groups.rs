@@ -60,11 +60,17 @@ impl StateMachine for GroupState {
     type Command = Command;
     type Response = Outcome;
 
-    fn apply(&mut self, command: Command) -> Outcome {
+    fn apply(&mut self, index: u64, command: Command) -> Outcome {
         match (self, command) {
             (Self::Meta(m), Command::Meta(c)) => Outcome::Meta(m.apply(c)),
-            (Self::Shard(s), Command::Shard(c)) => Outcome::Shard(s.apply(c)),
+            (Self::Shard(s), Command::Shard(c)) => Outcome::Shard(s.apply_at(index, c)),
             _ => Outcome::WrongGroup,
+        }
+    }
+
+    fn advance(&mut self, index: u64) {
+        if let Self::Shard(s) = self {
+            s.advance(index);
         }
     }
 

@@ -37,8 +37,14 @@ pub trait StateMachine: Send + Sync + 'static {
     /// What applying a command answers.
     type Response: Serialize + DeserializeOwned + Send + 'static;
 
-    /// Applies one committed command.
-    fn apply(&mut self, command: Self::Command) -> Self::Response;
+    /// Applies one committed command, from the log entry at `index` (an entry may carry
+    /// several commands).
+    fn apply(&mut self, index: u64, command: Self::Command) -> Self::Response;
+
+    /// The state now reflects every entry up to `index`: called after each entry (also
+    /// those without commands: blank and membership entries) and after a snapshot is
+    /// restored, with its last index. For state machines that keep a change feed.
+    fn advance(&mut self, _index: u64) {}
 
     /// Writes the whole state.
     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
@@ -140,6 +146,7 @@ impl<S: StateMachine> GroupStateMachine<S> {
             let mut input = BufReader::new(fs::File::open(&current)?);
             let meta = read_header(&mut input)?;
             state.restore(&mut input)?;
+            state.advance(meta.last_log_id.map_or(0, |l| l.index));
             applied_meta = Some(meta);
         }
         let applied = Applied {
@@ -319,7 +326,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
                     let responses = commands
                         .into_iter()
                         .map(|Payload(command)| match codec::decode::<S::Command>(&command) {
-                            Ok(command) => Payload(codec::encode(&applied.state.apply(command))),
+                            Ok(command) => Payload(codec::encode(
+                                &applied.state.apply(entry.log_id.index, command),
+                            )),
                             Err(e) => {
                                 tracing::error!(log_id = %entry.log_id, error = %e, "skipping undecodable command");
                                 Payload::default()
@@ -333,6 +342,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
                     Payload::default()
                 }
             };
+            applied.state.advance(entry.log_id.index);
             responses.push(response);
         }
         Ok(responses)
@@ -399,6 +409,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             {
                 let mut applied = shared.write_lock();
                 applied.state.restore(&mut input)?;
+                applied
+                    .state
+                    .advance(expected.last_log_id.map_or(0, |l| l.index));
                 applied.last_applied = expected.last_log_id;
                 applied.membership = expected.last_membership.clone();
             }

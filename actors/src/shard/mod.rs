@@ -1,6 +1,7 @@
 //! A shard: its links, the commands that change them, and the read handle redirects use.
 
 mod actor;
+pub mod feed;
 mod state;
 
 pub use actor::{ShardActor, ShardMsg};

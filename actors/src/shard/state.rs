@@ -8,10 +8,11 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use super::feed::{Change, Feed, Since};
 use crate::domain::{Link, LinkPatch, NewLink, ShortCode, Tag};
 
 /// Identifies one API request across retries.
@@ -101,6 +102,7 @@ struct Table {
 #[derive(Clone)]
 pub struct ShardReader {
     table: Arc<Table>,
+    feed: Arc<Mutex<Feed>>,
 }
 
 impl ShardReader {
@@ -146,6 +148,26 @@ impl ShardReader {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The changes after log index `mirrored` (see [`Feed::since`]).
+    pub fn changes_since(&self, mirrored: u64, limit: usize) -> Since {
+        self.feed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(mirrored, limit)
+    }
+
+    /// Every link, and the log index the state reflects. Consistent only while the caller
+    /// keeps the state from changing (under the group's read lock).
+    pub fn everything(&self) -> (Vec<Arc<Link>>, u64) {
+        let through = self
+            .feed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .through();
+        let links = self.table.links.pin();
+        (links.values().cloned().collect(), through)
+    }
 }
 
 /// The link a change applies to, if it exists and is still at the version the caller
@@ -167,6 +189,9 @@ fn versioned(
 #[derive(Default)]
 pub struct ShardState {
     table: Arc<Table>,
+    feed: Arc<Mutex<Feed>>,
+    /// A snapshot was restored; the next [`ShardState::advance`] says through which index.
+    restored: bool,
     outcomes: HashMap<RequestId, ShardOutcome>,
     /// Request ids in the order they were first seen, with their time, for expiry.
     seen: VecDeque<(i64, RequestId)>,
@@ -183,17 +208,35 @@ impl ShardState {
     pub fn reader(&self) -> ShardReader {
         ShardReader {
             table: self.table.clone(),
+            feed: self.feed.clone(),
         }
     }
 
-    /// Applies one command.
+    /// Applies one command (outside Raft: no change is recorded in the feed).
     pub fn apply(&mut self, command: ShardCommand) -> ShardOutcome {
+        self.apply_at(0, command)
+    }
+
+    /// Applies the command carried by the log entry at `index`, recording what it changed
+    /// in the feed.
+    pub fn apply_at(&mut self, index: u64, command: ShardCommand) -> ShardOutcome {
         let (request, at) = command.request();
         self.forget_before(at - DEDUPE_WINDOW_MS);
         if let Some(outcome) = self.outcomes.get(&request) {
             return outcome.clone();
         }
         let outcome = self.execute(command);
+        let change = match &outcome {
+            ShardOutcome::Created(l) | ShardOutcome::Updated(l) => Some(Change::Upsert(l.clone())),
+            ShardOutcome::Deleted(l) => Some(Change::Delete(l.clone())),
+            _ => None,
+        };
+        if let (Some(change), true) = (change, index > 0) {
+            self.feed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(index, change);
+        }
         self.outcomes.insert(request, outcome.clone());
         self.seen.push_back((at, request));
         while self.seen.len() > DEDUPE_MAX {
@@ -319,6 +362,18 @@ impl ShardState {
             self.outcomes.insert(id, outcome);
             self.seen.push_back((at, id));
         }
+        self.restored = true;
         Ok(())
+    }
+
+    /// The state reflects every entry up to `index` (see
+    /// [`linkrift_raft::StateMachine::advance`]).
+    pub fn advance(&mut self, index: u64) {
+        let mut feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+        if std::mem::take(&mut self.restored) {
+            feed.restored(index);
+        } else {
+            feed.advance(index);
+        }
     }
 }

@@ -30,7 +30,7 @@ impl StateMachine for Kv {
     type Command = KvCommand;
     type Response = Option<String>;
 
-    fn apply(&mut self, command: KvCommand) -> Option<String> {
+    fn apply(&mut self, _index: u64, command: KvCommand) -> Option<String> {
         match command {
             KvCommand::Set { key, value } => self.map.insert(key, value),
         }
