@@ -7,11 +7,13 @@
 //! - [`placement`]: where shard replicas belong (rendezvous hashing), for the cluster.
 //! - [`groups`]: the one state machine type the node's Raft groups run (meta or shard).
 //! - [`service`]: [`service::LinkService`], the handle the HTTP layer talks to.
+//! - [`mirror`]: the Postgres mirror of every committed change.
 
 pub mod cluster;
 pub mod domain;
 pub mod groups;
 pub mod meta;
+pub mod mirror;
 pub mod placement;
 pub mod service;
 pub mod shard;

@@ -72,6 +72,8 @@ pub struct ServiceConfig {
     /// How long a node may be out of touch with the meta leader before it is marked lost
     /// and its replicas are re-created elsewhere.
     pub dead_after: Duration,
+    /// The Postgres mirror's database (none: no mirror).
+    pub postgres_url: Option<String>,
     /// Replication settings.
     pub raft: RaftConfig,
 }
@@ -93,6 +95,7 @@ impl Default for ServiceConfig {
             write_timeout: Duration::from_secs(10),
             cache: CacheConfig::default(),
             dead_after: Duration::from_secs(30),
+            postgres_url: None,
             raft: RaftConfig::default(),
         }
     }
@@ -217,6 +220,11 @@ pub(crate) struct LocalShard {
 }
 
 impl LocalShard {
+    /// Reads this replica's links and change feed.
+    pub(crate) fn reader(&self) -> ShardReader {
+        self.reader.clone()
+    }
+
     fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
     }
@@ -275,6 +283,8 @@ pub(crate) struct Core {
     pub(crate) dead_after: Duration,
     /// Set once this node learns it is no longer a member.
     pub(crate) departure: tokio::sync::watch::Sender<Option<Departure>>,
+    /// The watermarks of the shards this node mirrors to Postgres.
+    pub(crate) mirror: crate::mirror::MirrorState,
     data_dir: PathBuf,
     code_length: usize,
     url_policy: UrlPolicy,
@@ -448,6 +458,7 @@ impl LinkService {
             leader_lease: config.raft.election_max,
             dead_after: config.dead_after,
             departure: tokio::sync::watch::channel(None).0,
+            mirror: Default::default(),
             data_dir: config.data_dir.clone(),
             code_length: config.code_length,
             url_policy: config.url_policy,
@@ -497,6 +508,14 @@ impl LinkService {
         ];
         if identity.drained_for_shutdown {
             tasks.push(tokio::spawn(undrain(Arc::downgrade(&core))));
+        }
+        if let Some(url) = &config.postgres_url {
+            let pool = crate::mirror::pool(url)
+                .map_err(|e| OpenError::Config(format!("postgres_url: {e}")))?;
+            tasks.push(tokio::spawn(crate::mirror::run(
+                Arc::downgrade(&core),
+                pool,
+            )));
         }
         Ok(Self { core, tasks })
     }

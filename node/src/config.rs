@@ -38,6 +38,8 @@ pub struct Config {
     /// On SIGTERM, drain (hand over leaderships, answer not-ready) before stopping; the
     /// node is active again when it next starts. For Kubernetes `preStop`.
     pub drain_on_shutdown: bool,
+    /// PostgreSQL URL of the durable mirror (none: no mirror).
+    pub postgres_url: Option<String>,
     /// Base URL of the short links handed out; its host is refused as a destination.
     pub public_url: Option<String>,
     /// Shards of a new cluster (fixed once the data directory exists).
@@ -73,6 +75,7 @@ const KEYS: &[&str] = &[
     "near_cache_negative_ttl_ms",
     "dead_after_ms",
     "drain_on_shutdown",
+    "postgres_url",
     "public_url",
     "shard_count",
     "code_length",
@@ -99,6 +102,7 @@ impl Default for Config {
             near_cache_negative_ttl_ms: 1_000,
             dead_after_ms: 30_000,
             drain_on_shutdown: false,
+            postgres_url: None,
             public_url: None,
             shard_count: 64,
             code_length: 7,
@@ -157,6 +161,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub drain_on_shutdown: bool,
+    /// PostgreSQL URL of the durable mirror, e.g. postgres://user@host/db [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
     /// Public base URL of short links [default: http://<http address>].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,6 +224,11 @@ impl Config {
         }
         if config.join.is_some() && config.cluster_secret.is_none() {
             bail!("joining a cluster needs cluster_secret (LINKRIFT_CLUSTER_SECRET), the same on every node");
+        }
+        if let Some(url) = &config.postgres_url {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                bail!("postgres_url must be a postgres:// URL");
+            }
         }
         if config.dead_after_ms < 1_000 {
             bail!(

@@ -52,6 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             negative_ttl: Duration::from_millis(config.near_cache_negative_ttl_ms),
         },
         dead_after: Duration::from_millis(config.dead_after_ms),
+        postgres_url: config.postgres_url.clone(),
         cluster_secret: config
             .cluster_secret
             .clone()

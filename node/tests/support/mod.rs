@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod cluster;
+pub mod postgres;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 

@@ -1,0 +1,354 @@
+//! The Postgres mirror: every committed change to a link lands in Postgres exactly once, in
+//! log order, without ever slowing or refusing a redirect or a write.
+//!
+//! Each node runs one mirror task. For every shard it leads, it takes the changes after the
+//! shard's watermark from the shard's change feed ([`crate::shard::feed`]) and writes them in
+//! one transaction with the new watermark, which it only moves from the value it read
+//! (`UPDATE ... WHERE applied_index = old`): a stale leader racing a new one writes nothing.
+//! A new leader resumes from the watermark. When the feed no longer reaches back to the
+//! watermark (a snapshot was restored, or the feed was trimmed), the shard resyncs: every
+//! link is upserted and rows the shard no longer has are marked deleted. Postgres being
+//! slow or down only makes the mirror lag; it catches up when Postgres is back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use crate::domain::Link;
+use crate::service::Core;
+use crate::shard::feed::{Change, Since};
+
+/// How often the task looks for new changes.
+const TICK: Duration = Duration::from_millis(100);
+/// Changes written in one transaction, about (whole log entries).
+const BATCH: usize = 5_000;
+/// Links upserted per statement during a resync.
+const RESYNC_CHUNK: usize = 5_000;
+/// Failures are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The mirror's state shared with the rest of the node: each led shard's watermark.
+#[derive(Default)]
+pub(crate) struct MirrorState {
+    watermarks: Mutex<HashMap<u32, u64>>,
+}
+
+impl MirrorState {
+    /// The last log index of `shard` known to be in Postgres, if this node mirrors it.
+    pub(crate) fn watermark(&self, shard: u32) -> Option<u64> {
+        self.watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .copied()
+    }
+
+    fn set(&self, shard: u32, index: Option<u64>) {
+        let mut w = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+        match index {
+            Some(i) => w.insert(shard, i),
+            None => w.remove(&shard),
+        };
+    }
+}
+
+/// A pool that connects when first used: a node starts whether Postgres is up or not.
+pub fn pool(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(url)
+}
+
+/// Creates or updates the mirror's tables.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations/postgres").run(pool).await
+}
+
+/// Why a shard's round did not complete.
+#[derive(Debug, thiserror::Error)]
+enum MirrorError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("another node moved the watermark of shard {0}; rereading it")]
+    Raced(u32),
+}
+
+/// Runs the mirror until the node stops.
+pub(crate) async fn run(core: Weak<Core>, pool: PgPool) {
+    let mut migrated = false;
+    let mut last_log: Option<Instant> = None;
+    let mut pause = TICK;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(core) = core.upgrade() else { return };
+        if core.cancel.is_cancelled() {
+            return;
+        }
+        let result = async {
+            if !migrated {
+                migrate(&pool)
+                    .await
+                    .map_err(|e| MirrorError::Postgres(e.into()))?;
+                migrated = true;
+                tracing::info!("postgres mirror tables are up to date");
+            }
+            round(&core, &pool).await
+        }
+        .await;
+        match result {
+            Ok(()) => pause = TICK,
+            Err(e) => {
+                if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                    tracing::warn!(error = %e, "the postgres mirror is behind; retrying");
+                    last_log = Some(Instant::now());
+                }
+                metrics::counter!("mirror_errors_total").increment(1);
+                pause = (pause * 2).clamp(TICK, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One pass over the shards this node leads.
+async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
+    let shards: Vec<(u32, Arc<crate::service::LocalShard>)> = core
+        .local
+        .pin()
+        .iter()
+        .map(|(s, l)| (*s, l.clone()))
+        .collect();
+    let mut first_error = None;
+    for (shard, local) in shards {
+        if !local.group.is_leader() {
+            core.mirror.set(shard, None);
+            continue;
+        }
+        if let Err(e) = mirror_shard(core, pool, shard, &local).await {
+            if let MirrorError::Raced(_) = e {
+                core.mirror.set(shard, None);
+            }
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        None => {
+            metrics::gauge!("mirror_last_success_timestamp_seconds")
+                .set(crate::service::now_ms() as f64 / 1000.0);
+            Ok(())
+        }
+        Some(e) => Err(e),
+    }
+}
+
+/// Brings shard `shard` up to date in Postgres (one batch, or one resync).
+async fn mirror_shard(
+    core: &Core,
+    pool: &PgPool,
+    shard: u32,
+    local: &crate::service::LocalShard,
+) -> Result<(), MirrorError> {
+    let mirrored = match core.mirror.watermark(shard) {
+        Some(w) => w,
+        None => {
+            let w = read_watermark(pool, shard).await?;
+            core.mirror.set(shard, Some(w));
+            w
+        }
+    };
+    let reader = local.reader();
+    let lag = |w: u64| {
+        let through = local.group.last_applied().map_or(0, |l| l.index);
+        metrics::gauge!("mirror_lag_entries", "shard" => shard.to_string())
+            .set(through.saturating_sub(w) as f64);
+    };
+    match reader.changes_since(mirrored, BATCH) {
+        Since::Changes(changes, upto) => {
+            if upto <= mirrored {
+                lag(mirrored);
+                return Ok(());
+            }
+            let mut tx = pool.begin().await?;
+            let rows = upsert(&mut tx, shard, &changes).await?;
+            move_watermark(&mut tx, shard, mirrored, upto).await?;
+            tx.commit().await?;
+            metrics::counter!("mirror_rows_written_total").increment(rows);
+            core.mirror.set(shard, Some(upto));
+            lag(upto);
+        }
+        Since::Gap => {
+            // The state and the index it reflects, read together under the group's lock.
+            let (links, through) = local.group.read(|_| reader.everything());
+            tracing::info!(shard, mirrored, through, links = links.len(), "the change feed does not reach back to the mirror's watermark; resyncing the shard");
+            let mut tx = pool.begin().await?;
+            let mut rows = 0;
+            for chunk in links.chunks(RESYNC_CHUNK) {
+                let changes: Vec<(u64, Change)> = chunk
+                    .iter()
+                    .map(|l| (through, Change::Upsert(l.clone())))
+                    .collect();
+                rows += upsert(&mut tx, shard, &changes).await?;
+            }
+            let live: Vec<String> = links.iter().map(|l| l.code.as_str().to_string()).collect();
+            let gone = sqlx::query(
+                "UPDATE links SET deleted = true, log_index = $3 \
+                 WHERE shard = $1 AND NOT deleted AND code <> ALL($2)",
+            )
+            .bind(shard as i32)
+            .bind(&live)
+            .bind(through as i64)
+            .execute(&mut *tx)
+            .await?;
+            move_watermark(&mut tx, shard, mirrored, through).await?;
+            tx.commit().await?;
+            metrics::counter!("mirror_rows_written_total").increment(rows + gone.rows_affected());
+            metrics::counter!("mirror_resyncs_total").increment(1);
+            core.mirror.set(shard, Some(through));
+            lag(through);
+        }
+    }
+    Ok(())
+}
+
+async fn read_watermark(pool: &PgPool, shard: u32) -> Result<u64, sqlx::Error> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT applied_index FROM mirror_watermarks WHERE shard = $1")
+            .bind(shard as i32)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map_or(0, |(i,)| i as u64))
+}
+
+/// Moves the watermark from `from` to `to`, or fails if another node moved it meanwhile.
+async fn move_watermark(
+    tx: &mut Transaction<'_, Postgres>,
+    shard: u32,
+    from: u64,
+    to: u64,
+) -> Result<(), MirrorError> {
+    let moved = if from == 0 {
+        sqlx::query(
+            "INSERT INTO mirror_watermarks (shard, applied_index) VALUES ($1, $2) \
+             ON CONFLICT (shard) DO UPDATE SET applied_index = $2, updated_at = now() \
+             WHERE mirror_watermarks.applied_index = 0",
+        )
+        .bind(shard as i32)
+        .bind(to as i64)
+        .execute(&mut **tx)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE mirror_watermarks SET applied_index = $3, updated_at = now() \
+             WHERE shard = $1 AND applied_index = $2",
+        )
+        .bind(shard as i32)
+        .bind(from as i64)
+        .bind(to as i64)
+        .execute(&mut **tx)
+        .await?
+    };
+    if moved.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(MirrorError::Raced(shard))
+    }
+}
+
+/// Writes the final state of every link `changes` touch (the last change of each wins: the
+/// changes are in log order); returns the rows written.
+async fn upsert(
+    tx: &mut Transaction<'_, Postgres>,
+    shard: u32,
+    changes: &[(u64, Change)],
+) -> Result<u64, sqlx::Error> {
+    let mut last: HashMap<&str, (u64, &Link, bool)> = HashMap::new();
+    for (index, change) in changes {
+        let (link, deleted) = match change {
+            Change::Upsert(l) => (l, false),
+            Change::Delete(l) => (l, true),
+        };
+        last.insert(link.code.as_str(), (*index, link, deleted));
+    }
+    if last.is_empty() {
+        return Ok(0);
+    }
+    let mut cols = Columns::default();
+    for (index, link, deleted) in last.values() {
+        cols.push(*index, link, *deleted);
+    }
+    let done = sqlx::query(
+        "INSERT INTO links (code, shard, url, title, tags, created_at, updated_at, expires_at, \
+                            redirect, archived, version, deleted, log_index) \
+         SELECT code, $2, url, title, ARRAY(SELECT jsonb_array_elements_text(tags::jsonb)), \
+                timestamptz 'epoch' + created * interval '1 millisecond', \
+                timestamptz 'epoch' + updated * interval '1 millisecond', \
+                timestamptz 'epoch' + expires * interval '1 millisecond', \
+                redirect, archived, version, deleted, log_index \
+         FROM UNNEST($1::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], \
+                     $8::int8[], $9::int2[], $10::bool[], $11::int8[], $12::bool[], $13::int8[]) \
+              AS t(code, url, title, tags, created, updated, expires, redirect, archived, \
+                   version, deleted, log_index) \
+         ON CONFLICT (code) DO UPDATE SET shard = EXCLUDED.shard, url = EXCLUDED.url, \
+             title = EXCLUDED.title, tags = EXCLUDED.tags, created_at = EXCLUDED.created_at, \
+             updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at, \
+             redirect = EXCLUDED.redirect, archived = EXCLUDED.archived, \
+             version = EXCLUDED.version, deleted = EXCLUDED.deleted, \
+             log_index = EXCLUDED.log_index",
+    )
+    .bind(&cols.code)
+    .bind(shard as i32)
+    .bind(&cols.url)
+    .bind(&cols.title)
+    .bind(&cols.tags)
+    .bind(&cols.created)
+    .bind(&cols.updated)
+    .bind(&cols.expires)
+    .bind(&cols.redirect)
+    .bind(&cols.archived)
+    .bind(&cols.version)
+    .bind(&cols.deleted)
+    .bind(&cols.log_index)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Links as columns, for one `UNNEST` upsert.
+#[derive(Default)]
+struct Columns {
+    code: Vec<String>,
+    url: Vec<String>,
+    title: Vec<Option<String>>,
+    tags: Vec<String>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+    expires: Vec<Option<i64>>,
+    redirect: Vec<i16>,
+    archived: Vec<bool>,
+    version: Vec<i64>,
+    deleted: Vec<bool>,
+    log_index: Vec<i64>,
+}
+
+impl Columns {
+    fn push(&mut self, index: u64, link: &Link, deleted: bool) {
+        let tags: Vec<&str> = link.tags.iter().map(|t| t.as_str()).collect();
+        self.code.push(link.code.as_str().to_string());
+        self.url.push(link.url.as_str().to_string());
+        self.title
+            .push(link.title.as_ref().map(|t| t.as_str().to_string()));
+        self.tags
+            .push(serde_json::to_string(&tags).expect("tags encode"));
+        self.created.push(link.created_at);
+        self.updated.push(link.updated_at);
+        self.expires.push(link.expires_at);
+        self.redirect.push(link.redirect.code() as i16);
+        self.archived.push(link.archived);
+        self.version.push(link.version as i64);
+        self.deleted.push(deleted);
+        self.log_index.push(index as i64);
+    }
+}

@@ -1,0 +1,290 @@
+//! The Postgres mirror against a real PostgreSQL server started for each test: mixed
+//! traffic on three nodes lands row by row, and Postgres stopped under load costs no
+//! request and is caught up with.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use support::cluster::{assert_no_failed_redirect, member, seed_links, wait_placed, Load, Root};
+use support::postgres::Postgres;
+use support::{Node, ADMIN_KEY};
+
+/// What the cluster and the mirror must agree on, per live link.
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct Row3 {
+    url: String,
+    title: Option<String>,
+    tags: Vec<String>,
+    redirect: i64,
+    archived: bool,
+    version: i64,
+}
+
+/// Every live link, read through `via` (page by page).
+async fn cluster_links(via: &Node) -> BTreeMap<String, Row3> {
+    let mut out = BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/links?limit=1000&cursor={c}"),
+            None => "/v1/links?limit=1000".to_string(),
+        };
+        let page = via.get_json(&path, ADMIN_KEY).await;
+        for l in page["links"].as_array().unwrap() {
+            out.insert(
+                l["code"].as_str().unwrap().to_string(),
+                Row3 {
+                    url: l["url"].as_str().unwrap().to_string(),
+                    title: l["title"].as_str().map(str::to_string),
+                    tags: serde_json::from_value(l["tags"].clone()).unwrap(),
+                    redirect: l["redirect_status"].as_i64().unwrap(),
+                    archived: l["archived"].as_bool().unwrap(),
+                    version: l["version"].as_i64().unwrap(),
+                },
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// Every row of the mirror: live ones, and the codes marked deleted.
+async fn mirror_links(pg: &PgPool) -> (BTreeMap<String, Row3>, Vec<String>) {
+    let rows = sqlx::query(
+        "SELECT code, url, title, tags, redirect, archived, version, deleted FROM links",
+    )
+    .fetch_all(pg)
+    .await
+    .unwrap();
+    let (mut live, mut deleted) = (BTreeMap::new(), Vec::new());
+    for r in rows {
+        let code: String = r.get("code");
+        if r.get::<bool, _>("deleted") {
+            deleted.push(code);
+            continue;
+        }
+        live.insert(
+            code,
+            Row3 {
+                url: r.get("url"),
+                title: r.get("title"),
+                tags: r.get("tags"),
+                redirect: r.get::<i16, _>("redirect") as i64,
+                archived: r.get("archived"),
+                version: r.get("version"),
+            },
+        );
+    }
+    (live, deleted)
+}
+
+/// Waits until the mirror's live rows equal the cluster's links (read through `via`), and
+/// every code in `deleted` is marked deleted.
+async fn wait_mirrored(via: &Node, pg: &PgPool, deleted: &[String], within: Duration) {
+    let want = cluster_links(via).await;
+    let deadline = Instant::now() + within;
+    loop {
+        let (live, gone) = mirror_links(pg).await;
+        if live == want && deleted.iter().all(|c| gone.contains(c)) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<_> = want
+                .keys()
+                .filter(|c| !live.contains_key(*c))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = live
+                .keys()
+                .filter(|c| !want.contains_key(*c))
+                .take(5)
+                .collect();
+            let differ: Vec<_> = want
+                .iter()
+                .filter(|(c, r)| live.get(*c).is_some_and(|l| l != *r))
+                .take(3)
+                .collect();
+            panic!(
+                "the mirror does not equal the cluster after {within:?}: {} links, {} rows; \
+                 missing {missing:?}, extra {extra:?}, different {differ:?}",
+                want.len(),
+                live.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn connect(pg: &Postgres) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg.url)
+        .await
+        .unwrap()
+}
+
+/// Creates, updates and deletes through all of `nodes`, `concurrency` at a time; returns
+/// the codes deleted.
+async fn mixed_traffic(nodes: &[&Node], creates: usize, concurrency: usize) -> Vec<String> {
+    // Creates in bulk, through every node in turn.
+    let mut codes = Vec::new();
+    for (i, start) in (0..creates).step_by(1000).enumerate() {
+        let node = nodes[i % nodes.len()];
+        let links: Vec<Value> = (start..(start + 1000).min(creates))
+            .map(|n| json!({ "url": format!("https://mirror.example/{n}"), "tags": [format!("t{}", n % 7)] }))
+            .collect();
+        let r = node
+            .http
+            .post(node.url("/v1/links/bulk"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "links": links }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        for item in body["results"].as_array().unwrap() {
+            assert_eq!(item["status"], 201, "{item}");
+            codes.push(item["link"]["code"].as_str().unwrap().to_string());
+        }
+    }
+    // A quarter are updated (some twice), a sixth deleted.
+    let ops: Vec<(usize, String, bool)> = codes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match i % 12 {
+            0..=2 => Some((i, c.clone(), false)),
+            3 => Some((i, c.clone(), true)),
+            4 => Some((i, c.clone(), false)),
+            _ => None,
+        })
+        .chain(
+            codes
+                .iter()
+                .enumerate()
+                .step_by(12)
+                .map(|(i, c)| (i, c.clone(), false)),
+        )
+        .collect();
+    let deleted = Arc::new(Mutex::new(Vec::new()));
+    futures::stream::iter(ops)
+        .for_each_concurrent(concurrency, |(i, code, delete)| {
+            let node = nodes[i % nodes.len()];
+            let deleted = deleted.clone();
+            async move {
+                let url = node.url(&format!("/v1/links/{code}"));
+                let r = if delete {
+                    node.http.delete(url).bearer_auth(ADMIN_KEY).send().await
+                } else {
+                    node.http
+                        .patch(url)
+                        .bearer_auth(ADMIN_KEY)
+                        .json(&json!({ "title": format!("changed {i}"), "tags": ["edited"] }))
+                        .send()
+                        .await
+                }
+                .unwrap();
+                assert!(
+                    r.status().is_success(),
+                    "{} {code}: {}",
+                    r.status(),
+                    r.text().await.unwrap()
+                );
+                if delete {
+                    deleted.lock().unwrap().push(code);
+                }
+            }
+        })
+        .await;
+    let deleted = deleted.lock().unwrap().clone();
+    deleted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_changes_on_three_nodes_land_in_postgres_row_by_row() {
+    let pg = Postgres::start();
+    let root = Root::new();
+    let flags = ["--postgres-url", pg.url.as_str()];
+    let n1 = member(root.path(), 1, None, &flags);
+    n1.wait_ready().await;
+    let n2 = member(root.path(), 2, Some(&n1), &flags);
+    let n3 = member(root.path(), 3, Some(&n1), &flags);
+    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let deleted = mixed_traffic(&[&n1, &n2, &n3], 6_000, 32).await;
+    assert!(!deleted.is_empty());
+    let db = connect(&pg).await;
+    wait_mirrored(&n2, &db, &deleted, Duration::from_secs(60)).await;
+    // Each shard's watermark is where its log is.
+    let marks: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT shard, applied_index FROM mirror_watermarks ORDER BY shard")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(marks.len(), 8, "{marks:?}");
+    let s = n1.get_json("/admin/status", ADMIN_KEY).await;
+    for (shard, index) in marks {
+        let applied = s["groups"][(shard + 1) as usize]["applied"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            index <= applied && index > 0,
+            "shard {shard}: watermark {index}, applied {applied}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_fails_no_request_and_the_mirror_catches_up() {
+    let pg = Postgres::start();
+    let root = Root::new();
+    let flags = ["--postgres-url", pg.url.as_str()];
+    let n1 = member(root.path(), 1, None, &flags);
+    n1.wait_ready().await;
+    let n2 = member(root.path(), 2, Some(&n1), &flags);
+    let n3 = member(root.path(), 3, Some(&n1), &flags);
+    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let known = seed_links(&n1, 30).await;
+    let db = connect(&pg).await;
+    wait_mirrored(&n1, &db, &[], Duration::from_secs(30)).await;
+    db.close().await;
+
+    let targets = Arc::new(Mutex::new(vec![
+        n1.base.clone(),
+        n2.base.clone(),
+        n3.base.clone(),
+    ]));
+    let load = Load::start(targets, known);
+    pg.stop();
+    let down = Instant::now();
+    // Writes and redirects go on while Postgres is down; the mirror falls behind.
+    let deleted = mixed_traffic(&[&n1, &n2, &n3], 2_000, 16).await;
+    while down.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg.resume();
+    let ((ok, failures), (acked, unknown)) = load.finish().await;
+    assert_no_failed_redirect(ok, &failures);
+    assert!(
+        unknown.is_empty(),
+        "creates failed while Postgres was down: {unknown:?}"
+    );
+    assert!(!acked.is_empty());
+    let db = connect(&pg).await;
+    wait_mirrored(&n3, &db, &deleted, Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(root.path().join("n1.log")).unwrap();
+    let warnings = log.matches("the postgres mirror is behind").count();
+    assert!(warnings >= 1, "the outage is logged");
+    assert!(
+        warnings <= 4,
+        "without flooding: {warnings} warnings in 15 s"
+    );
+}
