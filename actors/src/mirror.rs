@@ -30,15 +30,20 @@ const RESYNC_CHUNK: usize = 5_000;
 /// Failures are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The mirror's state shared with the rest of the node: each led shard's watermark.
+/// The watermark row of the meta group (API keys).
+const KEYS: i32 = -1;
+
+/// The mirror's state shared with the rest of the node: the watermark of each group it
+/// mirrors (by watermark row: the shard, or [`KEYS`]).
 #[derive(Default)]
 pub(crate) struct MirrorState {
-    watermarks: Mutex<HashMap<u32, u64>>,
+    watermarks: Mutex<HashMap<i32, u64>>,
 }
 
 impl MirrorState {
-    /// The last log index of `shard` known to be in Postgres, if this node mirrors it.
-    pub(crate) fn watermark(&self, shard: u32) -> Option<u64> {
+    /// The last log index of `shard` (or [`KEYS`]) known to be in Postgres, if this node
+    /// mirrors it.
+    pub(crate) fn watermark(&self, shard: i32) -> Option<u64> {
         self.watermarks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -46,7 +51,7 @@ impl MirrorState {
             .copied()
     }
 
-    fn set(&self, shard: u32, index: Option<u64>) {
+    fn set(&self, shard: i32, index: Option<u64>) {
         let mut w = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
         match index {
             Some(i) => w.insert(shard, i),
@@ -73,8 +78,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 enum MirrorError {
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
-    #[error("another node moved the watermark of shard {0}; rereading it")]
-    Raced(u32),
+    #[error("another node moved the watermark of {0}; rereading it")]
+    Raced(i32),
 }
 
 /// Runs the mirror until the node stops.
@@ -124,15 +129,23 @@ async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
     let mut first_error = None;
     for (shard, local) in shards {
         if !local.group.is_leader() {
-            core.mirror.set(shard, None);
+            core.mirror.set(shard as i32, None);
             continue;
         }
         if let Err(e) = mirror_shard(core, pool, shard, &local).await {
             if let MirrorError::Raced(_) = e {
-                core.mirror.set(shard, None);
+                core.mirror.set(shard as i32, None);
             }
             first_error.get_or_insert(e);
         }
+    }
+    if !core.meta.is_leader() {
+        core.mirror.set(KEYS, None);
+    } else if let Err(e) = mirror_keys(core, pool).await {
+        if let MirrorError::Raced(_) = e {
+            core.mirror.set(KEYS, None);
+        }
+        first_error.get_or_insert(e);
     }
     match first_error {
         None => {
@@ -151,11 +164,12 @@ async fn mirror_shard(
     shard: u32,
     local: &crate::service::LocalShard,
 ) -> Result<(), MirrorError> {
-    let mirrored = match core.mirror.watermark(shard) {
+    let id = shard as i32;
+    let mirrored = match core.mirror.watermark(id) {
         Some(w) => w,
         None => {
-            let w = read_watermark(pool, shard).await?;
-            core.mirror.set(shard, Some(w));
+            let w = read_watermark(pool, id).await?;
+            core.mirror.set(id, Some(w));
             w
         }
     };
@@ -173,10 +187,10 @@ async fn mirror_shard(
             }
             let mut tx = pool.begin().await?;
             let rows = upsert(&mut tx, shard, &changes).await?;
-            move_watermark(&mut tx, shard, mirrored, upto).await?;
+            move_watermark(&mut tx, id, mirrored, upto).await?;
             tx.commit().await?;
             metrics::counter!("mirror_rows_written_total").increment(rows);
-            core.mirror.set(shard, Some(upto));
+            core.mirror.set(id, Some(upto));
             lag(upto);
         }
         Since::Gap => {
@@ -202,21 +216,61 @@ async fn mirror_shard(
             .bind(through as i64)
             .execute(&mut *tx)
             .await?;
-            move_watermark(&mut tx, shard, mirrored, through).await?;
+            move_watermark(&mut tx, id, mirrored, through).await?;
             tx.commit().await?;
             metrics::counter!("mirror_rows_written_total").increment(rows + gone.rows_affected());
             metrics::counter!("mirror_resyncs_total").increment(1);
-            core.mirror.set(shard, Some(through));
+            core.mirror.set(id, Some(through));
             lag(through);
         }
     }
     Ok(())
 }
 
-async fn read_watermark(pool: &PgPool, shard: u32) -> Result<u64, sqlx::Error> {
+/// Brings the API keys up to date: keys are few, so every change to the meta group writes
+/// them all (hashes only), with the meta group's index as their watermark.
+async fn mirror_keys(core: &Core, pool: &PgPool) -> Result<(), MirrorError> {
+    let mirrored = match core.mirror.watermark(KEYS) {
+        Some(w) => w,
+        None => {
+            let w = read_watermark(pool, KEYS).await?;
+            core.mirror.set(KEYS, Some(w));
+            w
+        }
+    };
+    // The keys and the index they reflect, read together under the group's lock.
+    let (keys, through) = core.meta.read(|a| {
+        let through = a.last_applied.map_or(0, |l| l.index);
+        (core.directory.all(), through)
+    });
+    if through <= mirrored {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    let scopes =
+        |k: &crate::domain::ApiKeyRecord| serde_json::to_string(&k.scopes).expect("scopes encode");
+    let done = sqlx::query(
+        "INSERT INTO api_keys (id, name, hash, scopes, created_at, revoked_at)          SELECT id, name, hash, ARRAY(SELECT jsonb_array_elements_text(scopes::jsonb)),                 timestamptz 'epoch' + created * interval '1 millisecond',                 timestamptz 'epoch' + revoked * interval '1 millisecond'          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])               AS t(id, name, hash, scopes, created, revoked)          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, hash = EXCLUDED.hash,              scopes = EXCLUDED.scopes, created_at = EXCLUDED.created_at,              revoked_at = EXCLUDED.revoked_at",
+    )
+    .bind(keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.hash.as_str().to_string()).collect::<Vec<_>>())
+    .bind(keys.iter().map(scopes).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.created_at).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.revoked_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    move_watermark(&mut tx, KEYS, mirrored, through).await?;
+    tx.commit().await?;
+    metrics::counter!("mirror_rows_written_total").increment(done.rows_affected());
+    core.mirror.set(KEYS, Some(through));
+    Ok(())
+}
+
+async fn read_watermark(pool: &PgPool, id: i32) -> Result<u64, sqlx::Error> {
     let row: Option<(i64,)> =
         sqlx::query_as("SELECT applied_index FROM mirror_watermarks WHERE shard = $1")
-            .bind(shard as i32)
+            .bind(id)
             .fetch_optional(pool)
             .await?;
     Ok(row.map_or(0, |(i,)| i as u64))
@@ -225,7 +279,7 @@ async fn read_watermark(pool: &PgPool, shard: u32) -> Result<u64, sqlx::Error> {
 /// Moves the watermark from `from` to `to`, or fails if another node moved it meanwhile.
 async fn move_watermark(
     tx: &mut Transaction<'_, Postgres>,
-    shard: u32,
+    shard: i32,
     from: u64,
     to: u64,
 ) -> Result<(), MirrorError> {
@@ -235,7 +289,7 @@ async fn move_watermark(
              ON CONFLICT (shard) DO UPDATE SET applied_index = $2, updated_at = now() \
              WHERE mirror_watermarks.applied_index = 0",
         )
-        .bind(shard as i32)
+        .bind(shard)
         .bind(to as i64)
         .execute(&mut **tx)
         .await?
@@ -244,7 +298,7 @@ async fn move_watermark(
             "UPDATE mirror_watermarks SET applied_index = $3, updated_at = now() \
              WHERE shard = $1 AND applied_index = $2",
         )
-        .bind(shard as i32)
+        .bind(shard)
         .bind(from as i64)
         .bind(to as i64)
         .execute(&mut **tx)

@@ -221,15 +221,67 @@ async fn mixed_changes_on_three_nodes_land_in_postgres_row_by_row() {
     wait_placed(&[&n1, &n2, &n3], 3).await;
     let deleted = mixed_traffic(&[&n1, &n2, &n3], 6_000, 32).await;
     assert!(!deleted.is_empty());
+    // Keys: one kept, one revoked.
+    let mut made = Vec::new();
+    for (node, scope) in [(&n3, "links:read"), (&n2, "links:write")] {
+        let r = node
+            .http
+            .post(node.url("/v1/keys"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "name": "mirrored", "scopes": [scope] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.unwrap();
+        made.push((
+            body["id"].as_str().unwrap().to_string(),
+            body["key"].as_str().unwrap().to_string(),
+        ));
+    }
+    let (kept, revoked_id) = (made[0].1.clone(), made[1].0.clone());
+    let r = n1
+        .http
+        .delete(n1.url(&format!("/v1/keys/{revoked_id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "revoking {revoked_id}: {}",
+        r.status()
+    );
+    let keys = n1.get_json("/v1/keys", ADMIN_KEY).await;
     let db = connect(&pg).await;
     wait_mirrored(&n2, &db, &deleted, Duration::from_secs(60)).await;
+    // Every key is there, by hash only, the revoked one marked.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<(String, String, bool)> =
+            sqlx::query_as("SELECT id, hash, revoked_at IS NOT NULL FROM api_keys")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        let listed = keys["keys"].as_array().unwrap().len();
+        let revoked_rows: Vec<&String> = rows.iter().filter(|r| r.2).map(|r| &r.0).collect();
+        if rows.len() == listed && revoked_rows == vec![&revoked_id] {
+            for (_, hash, _) in &rows {
+                assert_eq!(hash.len(), 64, "a SHA-256 in hex");
+                assert!(!hash.contains(&kept) && !kept.contains(hash.as_str()));
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "keys not mirrored: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Each shard's watermark is where its log is.
     let marks: Vec<(i32, i64)> =
         sqlx::query_as("SELECT shard, applied_index FROM mirror_watermarks ORDER BY shard")
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(marks.len(), 8, "{marks:?}");
+    assert_eq!(marks.len(), 9, "the meta group (-1) and 8 shards: {marks:?}");
     let s = n1.get_json("/admin/status", ADMIN_KEY).await;
     for (shard, index) in marks {
         let applied = s["groups"][(shard + 1) as usize]["applied"]
