@@ -1264,7 +1264,13 @@ impl Core {
     }
 
     fn group_statuses(&self) -> Vec<GroupStatus> {
-        let mut out = vec![group_status("meta".into(), &self.meta)];
+        let mut meta = group_status("meta".into(), &self.meta);
+        meta.mirrored = self
+            .meta
+            .is_leader()
+            .then(|| self.mirror.watermark(-1))
+            .flatten();
+        let mut out = vec![meta];
         let mut shards: Vec<(u32, Arc<LocalShard>)> = self
             .local
             .pin()
@@ -1272,11 +1278,13 @@ impl Core {
             .map(|(s, l)| (*s, l.clone()))
             .collect();
         shards.sort_by_key(|(s, _)| *s);
-        out.extend(
-            shards
-                .into_iter()
-                .map(|(s, l)| group_status(format!("shard {s}"), &l.group)),
-        );
+        out.extend(shards.into_iter().map(|(s, l)| {
+            let mut status = group_status(format!("shard {s}"), &l.group);
+            if l.group.is_leader() {
+                status.mirrored = self.mirror.watermark(s as i32);
+            }
+            status
+        }));
         out
     }
 }
@@ -1307,6 +1315,7 @@ fn group_status(name: String, g: &Group<GroupState>) -> GroupStatus {
             let configs = membership.get_joint_config();
             (configs.len() > 1).then(|| configs[configs.len() - 1].iter().copied().collect())
         },
+        mirrored: None,
     }
 }
 
@@ -1921,9 +1930,10 @@ impl LinkService {
         let mut best: BTreeMap<u64, GroupStatus> = BTreeMap::new();
         for report in reports {
             for g in report {
+                // The leader's own report carries the mirror's watermark: prefer it.
                 let better = best.get(&g.group).is_none_or(|b| {
-                    (g.leader.is_some(), g.term, g.applied)
-                        > (b.leader.is_some(), b.term, b.applied)
+                    (g.leader.is_some(), g.term, g.mirrored.is_some(), g.applied)
+                        > (b.leader.is_some(), b.term, b.mirrored.is_some(), b.applied)
                 });
                 if better {
                     best.insert(g.group, g);
@@ -1947,6 +1957,7 @@ impl LinkService {
                     last_log: 0,
                     matched: vec![],
                     changing_to: None,
+                    mirrored: None,
                 })
             })
             .collect();

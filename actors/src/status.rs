@@ -25,6 +25,9 @@ pub struct ClusterStatus {
     pub under_replicated: Vec<String>,
     /// Replica moves under way: a learner catching up, or a voter change in progress.
     pub moves: Vec<MoveStatus>,
+    /// The Postgres mirror's lag: log entries not yet in Postgres, summed over the groups
+    /// whose leader mirrors them (`None`: no leader reports a mirror).
+    pub mirror_lag: Option<u64>,
 }
 
 /// A replica move under way in one group.
@@ -101,6 +104,9 @@ pub struct GroupStatus {
     pub matched: Vec<(NodeId, u64)>,
     /// During a joint-consensus change, the voters it changes to.
     pub changing_to: Option<Vec<NodeId>>,
+    /// As the leader reports it, when it mirrors to Postgres: the last log index in the
+    /// mirror.
+    pub mirrored: Option<u64>,
 }
 
 impl ClusterStatus {
@@ -166,7 +172,12 @@ impl ClusterStatus {
                 changing_to: g.changing_to.clone(),
             })
             .collect();
+        let mirror_lag = groups
+            .iter()
+            .filter_map(|g| g.mirrored.map(|m| g.applied.saturating_sub(m)))
+            .reduce(|a, b| a + b);
         Self {
+            mirror_lag,
             node,
             shard_count,
             replication_factor: rf,
@@ -231,6 +242,10 @@ impl ClusterStatus {
                 out += "\n";
             }
         }
+        match self.mirror_lag {
+            Some(lag) => out += &format!("postgres mirror: {lag} log entries behind\n"),
+            None => out += "postgres mirror: none reported\n",
+        }
         if self.under_replicated.is_empty() {
             out += "under-replicated groups: none\n";
         } else {
@@ -261,6 +276,7 @@ mod tests {
             last_log: 0,
             matched: vec![],
             changing_to: None,
+            mirrored: None,
         }
     }
 
@@ -312,6 +328,7 @@ mod tests {
         assert!(!status.nodes[2].reachable);
         assert!(status.moves.is_empty());
         assert!(text.contains("moves in flight: none"), "{text}");
+        assert!(text.contains("postgres mirror: none reported"), "{text}");
     }
 
     #[test]

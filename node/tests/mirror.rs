@@ -281,8 +281,16 @@ async fn mixed_changes_on_three_nodes_land_in_postgres_row_by_row() {
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(marks.len(), 9, "the meta group (-1) and 8 shards: {marks:?}");
+    assert_eq!(
+        marks.len(),
+        9,
+        "the meta group (-1) and 8 shards: {marks:?}"
+    );
     let s = n1.get_json("/admin/status", ADMIN_KEY).await;
+    assert!(
+        s["mirror_lag"].is_u64(),
+        "cluster status reports the mirror's lag: {s}"
+    );
     for (shard, index) in marks {
         let applied = s["groups"][(shard + 1) as usize]["applied"]
             .as_i64()
@@ -339,4 +347,76 @@ async fn postgres_stopped_under_load_fails_no_request_and_the_mirror_catches_up(
         warnings <= 4,
         "without flooding: {warnings} warnings in 15 s"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_mirroring_leader_loses_and_repeats_no_row() {
+    let pg = Postgres::start();
+    let root = Root::new();
+    let flags = ["--postgres-url", pg.url.as_str()];
+    let n1 = member(root.path(), 1, None, &flags);
+    n1.wait_ready().await;
+    let n2 = member(root.path(), 2, Some(&n1), &flags);
+    let n3 = member(root.path(), 3, Some(&n1), &flags);
+    let s = wait_placed(&[&n1, &n2, &n3], 3).await;
+    let known = seed_links(&n2, 30).await;
+    // The node leading (and so mirroring) the most shards dies while creates stream in.
+    let victim = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|n| n["leads"].as_u64().unwrap())
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let mut nodes = vec![n1, n2, n3];
+    let victim = nodes.remove(nodes.iter().position(|n| n.node_id == victim).unwrap());
+    let targets = Arc::new(Mutex::new(nodes.iter().map(|n| n.base.clone()).collect()));
+    let load = Load::start(targets, known);
+    let db = connect(&pg).await;
+    // Kill it once its mirror has written some of the load.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM links")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if rows > 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror wrote {rows} rows in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.kill9();
+    // Keep writing until every shard has a new leader (which mirrors from the watermark).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = nodes[0].get_json("/admin/status", ADMIN_KEY).await;
+        let led = s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| !g["leader"].is_null());
+        if led && s["mirror_lag"].is_u64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "groups without a leader: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ((ok, failures), (acked, _unknown)) = load.finish().await;
+    assert_no_failed_redirect(ok, &failures);
+    assert!(acked.len() > 100, "the load ran: {} creates", acked.len());
+    wait_mirrored(&nodes[0], &db, &[], Duration::from_secs(60)).await;
+    // Every acknowledged create is one row, live.
+    let (live, _) = mirror_links(&db).await;
+    for (url, code) in &acked {
+        assert_eq!(
+            live.get(code).map(|r| &r.url),
+            Some(url),
+            "acknowledged {code}"
+        );
+    }
 }
