@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use linkrift_raft::node::NodeOptions;
-use linkrift_raft::{Group, GroupError, GroupId, NodeId, RaftConfig, RaftNode};
+pub use linkrift_raft::RaftConfig;
+use linkrift_raft::{Group, GroupError, GroupId, NodeId, RaftNode};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use rand::SeedableRng;

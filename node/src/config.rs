@@ -40,6 +40,8 @@ pub struct Config {
     pub drain_on_shutdown: bool,
     /// PostgreSQL URL of the durable mirror (none: no mirror).
     pub postgres_url: Option<String>,
+    /// Log entries a group applies between snapshots (then its log is compacted).
+    pub snapshot_after_entries: u64,
     /// Base URL of the short links handed out; its host is refused as a destination.
     pub public_url: Option<String>,
     /// Shards of a new cluster (fixed once the data directory exists).
@@ -76,6 +78,7 @@ const KEYS: &[&str] = &[
     "dead_after_ms",
     "drain_on_shutdown",
     "postgres_url",
+    "snapshot_after_entries",
     "public_url",
     "shard_count",
     "code_length",
@@ -103,6 +106,7 @@ impl Default for Config {
             dead_after_ms: 30_000,
             drain_on_shutdown: false,
             postgres_url: None,
+            snapshot_after_entries: 20_000,
             public_url: None,
             shard_count: 64,
             code_length: 7,
@@ -165,6 +169,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<String>,
+    /// Log entries a group applies between snapshots [default: 20000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_after_entries: Option<u64>,
     /// Public base URL of short links [default: http://<http address>].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,6 +237,12 @@ impl Config {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                 bail!("postgres_url must be a postgres:// URL");
             }
+        }
+        if config.snapshot_after_entries < 100 {
+            bail!(
+                "snapshot_after_entries must be at least 100, not {}",
+                config.snapshot_after_entries
+            );
         }
         if config.dead_after_ms < 1_000 {
             bail!(

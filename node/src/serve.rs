@@ -53,6 +53,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         dead_after: Duration::from_millis(config.dead_after_ms),
         postgres_url: config.postgres_url.clone(),
+        raft: linkrift_actors::service::RaftConfig {
+            snapshot_after_entries: config.snapshot_after_entries,
+            ..Default::default()
+        },
         cluster_secret: config
             .cluster_secret
             .clone()
