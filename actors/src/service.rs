@@ -1840,6 +1840,38 @@ impl LinkService {
             .count()
     }
 
+    /// Puts back a link exactly as the mirror has it (`linkrift restore`); a retry is
+    /// harmless. Refused if the code is taken by another link.
+    pub async fn restore_link(&self, link: Link) -> Result<(), ServiceError> {
+        let code = link.code.clone();
+        let request = xxh3_128(format!("restore\0{}", code.as_str()).as_bytes());
+        let shard = shard_of(code.as_str(), self.core.shard_count);
+        let command = ShardCommand::Restore {
+            request,
+            at: now_ms(),
+            link,
+        };
+        match self.core.shard_command(shard, command).await? {
+            ShardOutcome::Created(_) => Ok(()),
+            ShardOutcome::CodeTaken => Err(ServiceError::CodeTaken(code.to_string())),
+            other => Err(refusal(&code, other)),
+        }
+    }
+
+    /// Puts back an API key record (hash, scopes, times) exactly (`linkrift restore`).
+    pub async fn restore_key(&self, record: ApiKeyRecord) -> Result<(), ServiceError> {
+        match self
+            .core
+            .propose_meta(MetaCommand::CreateKey(record))
+            .await?
+        {
+            MetaOutcome::KeyCreated(_) => Ok(()),
+            other => Err(ServiceError::Internal(format!(
+                "restoring a key: {other:?}"
+            ))),
+        }
+    }
+
     /// Watches for this node learning that it is no longer a member of its cluster.
     pub fn departure(&self) -> tokio::sync::watch::Receiver<Option<Departure>> {
         self.core.departure.subscribe()

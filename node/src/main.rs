@@ -3,6 +3,7 @@
 
 mod cluster;
 mod config;
+mod restore;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Command {
     /// Inspect and operate the cluster through any node's admin API.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Build a new one-node cluster from the Postgres mirror, and check it against it.
+    Restore(restore::RestoreArgs),
 }
 
 fn init_logging(config: &config::Config) {
@@ -45,6 +48,16 @@ fn main() -> anyhow::Result<()> {
             let config = config::Config::load(&flags)?;
             init_logging(&config);
             tokio::runtime::Runtime::new()?.block_on(serve::run(config))
+        }
+        Command::Restore(args) => {
+            let filter = tracing_subscriber::EnvFilter::new("warn");
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let out = tokio::runtime::Runtime::new()?.block_on(restore::run(args))?;
+            print!("{out}");
+            Ok(())
         }
         Command::Cluster(command) => {
             let out = tokio::runtime::Runtime::new()?.block_on(cluster::run(command))?;

@@ -496,3 +496,86 @@ async fn a_log_compacted_past_the_watermark_resyncs_the_shard() {
         "the shard was resynced"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restored_from_the_mirror_serves_every_link_the_same() {
+    let pg = Postgres::start();
+    let root = Root::new();
+    let flags = ["--postgres-url", pg.url.as_str()];
+    let n1 = member(root.path(), 1, None, &flags);
+    n1.wait_ready().await;
+    let n2 = member(root.path(), 2, Some(&n1), &flags);
+    let n3 = member(root.path(), 3, Some(&n1), &flags);
+    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let deleted = mixed_traffic(&[&n1, &n2, &n3], 600, 16).await;
+    let reader = n2.new_key(&["links:read"]).await;
+    let db = connect(&pg).await;
+    wait_mirrored(&n1, &db, &deleted, Duration::from_secs(60)).await;
+    // The keys too (the meta group is mirrored once it changes).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM api_keys")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .0
+        < 2
+    {
+        assert!(Instant::now() < deadline, "keys not mirrored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cluster = cluster_links(&n1).await;
+
+    let restored_dir = root.path().join("restored");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .args([
+            "restore",
+            "--from-postgres",
+            &pg.url,
+            "--shard-count",
+            "4",
+            "--data-dir",
+        ])
+        .arg(&restored_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("restored {} links and 2 API keys", cluster.len()))
+            && stdout.contains("matches the mirror"),
+        "{stdout}"
+    );
+    // A second restore into the same directory is refused.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .args(["restore", "--from-postgres", &pg.url, "--data-dir"])
+        .arg(&restored_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    // The restored node: every link as the cluster has it, deleted ones gone, keys work.
+    let node = Node::start_with(&restored_dir, &[], &["--http", "127.0.0.9:0"]);
+    node.wait_ready().await;
+    assert_eq!(cluster_links(&node).await, cluster);
+    for (code, row) in cluster.iter().take(100) {
+        assert_eq!(
+            node.redirect(code).await,
+            (row.redirect as u16, Some(row.url.clone()))
+        );
+    }
+    for code in deleted.iter().take(20) {
+        assert_eq!(node.redirect(code).await.0, 404, "{code} was deleted");
+    }
+    let r = node
+        .http
+        .get(node.url("/v1/links?limit=1"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a key made before the restore still works");
+}

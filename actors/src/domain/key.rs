@@ -97,6 +97,22 @@ impl ApiKeyHash {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A digest stored elsewhere (the Postgres mirror): 64 lowercase hex digits.
+    pub fn from_hex(hex: &str) -> Result<Self, Invalid> {
+        let ok = hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Self(hex.to_string()))
+        } else {
+            Err(Invalid::new(
+                "hash",
+                "must be a SHA-256 digest in lowercase hex",
+            ))
+        }
+    }
 }
 
 /// A stored key: everything but the key itself.

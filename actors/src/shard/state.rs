@@ -59,6 +59,16 @@ pub enum ShardCommand {
         /// Version the caller saw.
         expected_version: Option<u64>,
     },
+    /// Put back a link exactly as it was (every field, its version included), at a free
+    /// code: `linkrift restore` rebuilding a cluster from the Postgres mirror.
+    Restore {
+        /// Request id.
+        request: RequestId,
+        /// Proposer's clock.
+        at: i64,
+        /// The link.
+        link: Link,
+    },
 }
 
 impl ShardCommand {
@@ -66,7 +76,8 @@ impl ShardCommand {
         match self {
             Self::Create { request, at, .. }
             | Self::Update { request, at, .. }
-            | Self::Delete { request, at, .. } => (*request, *at),
+            | Self::Delete { request, at, .. }
+            | Self::Restore { request, at, .. } => (*request, *at),
         }
     }
 }
@@ -280,6 +291,19 @@ impl ShardState {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(link.code.shared());
                 // The remembered outcome shares the table's copy of the link.
+                let link = Arc::new(link);
+                links.insert(link.code.shared(), link.clone());
+                ShardOutcome::Created(link)
+            }
+            ShardCommand::Restore { link, .. } => {
+                if links.contains_key(link.code.as_str()) {
+                    return ShardOutcome::CodeTaken;
+                }
+                self.table
+                    .order
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(link.code.shared());
                 let link = Arc::new(link);
                 links.insert(link.code.shared(), link.clone());
                 ShardOutcome::Created(link)
