@@ -79,7 +79,7 @@ catchup_ms=$(wait_caught_up)
 rows=$(psql_q "SELECT count(*) FROM links")
 
 # 2. Steady writes at RATE per second, sampling the lag.
-( while true; do echo "$(lag)"; sleep 0.1; done ) >"$work/lag" & echo $! >"$work/sampler.pid"
+( while true; do echo "$(lag 2>/dev/null)"; sleep 0.1; done ) >"$work/lag" 2>/dev/null & echo $! >"$work/sampler.pid"
 workers=20
 taskset -c 0 hey -z "${seconds}s" -c $workers -q $((rate / workers)) -m POST -T application/json \
   -H "Authorization: Bearer $key" -d '{"url": "https://example.com/steady"}' \

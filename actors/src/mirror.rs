@@ -1,10 +1,11 @@
 //! The Postgres mirror: every committed change to a link lands in Postgres exactly once, in
 //! log order, without ever slowing or refusing a redirect or a write.
 //!
-//! Each node runs one mirror task. For every shard it leads, it takes the changes after the
-//! shard's watermark from the shard's change feed ([`crate::shard::feed`]) and writes them in
-//! one transaction with the new watermark, which it only moves from the value it read
-//! (`UPDATE ... WHERE applied_index = old`): a stale leader racing a new one writes nothing.
+//! Each node runs one mirror task. Every 100 ms, for every shard it leads, it takes the
+//! changes after the shard's watermark from the shard's change feed
+//! ([`crate::shard::feed`]) and writes them with the new watermark, all shards in one
+//! transaction; a watermark only moves from the value read (`UPDATE ... WHERE
+//! applied_index = old`), so a stale leader racing a new one writes nothing.
 //! A new leader resumes from the watermark. When the feed no longer reaches back to the
 //! watermark (a snapshot was restored, or the feed was trimmed), the shard resyncs: every
 //! link is upserted and rows the shard no longer has are marked deleted. Postgres being
@@ -23,7 +24,7 @@ use crate::shard::feed::{Change, Since};
 
 /// How often the task looks for new changes.
 const TICK: Duration = Duration::from_millis(100);
-/// Changes written in one transaction, about (whole log entries).
+/// Changes taken from one shard per pass, about (whole log entries).
 const BATCH: usize = 5_000;
 /// Links upserted per statement during a resync.
 const RESYNC_CHUNK: usize = 5_000;
@@ -118,7 +119,8 @@ pub(crate) async fn run(core: Weak<Core>, pool: PgPool) {
     }
 }
 
-/// One pass over the shards this node leads.
+/// One pass over the groups this node leads, in one transaction (one commit per pass, however
+/// many shards moved).
 async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
     let shards: Vec<(u32, Arc<crate::service::LocalShard>)> = core
         .local
@@ -126,131 +128,142 @@ async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
         .iter()
         .map(|(s, l)| (*s, l.clone()))
         .collect();
-    let mut first_error = None;
+    let mut tx = pool.begin().await?;
+    let mut moved: Vec<(i32, u64)> = Vec::new();
+    let forget_raced = |e: MirrorError| {
+        if let MirrorError::Raced(id) = e {
+            core.mirror.set(id, None);
+        }
+        e
+    };
     for (shard, local) in shards {
         if !local.group.is_leader() {
             core.mirror.set(shard as i32, None);
             continue;
         }
-        if let Err(e) = mirror_shard(core, pool, shard, &local).await {
-            if let MirrorError::Raced(_) = e {
-                core.mirror.set(shard as i32, None);
-            }
-            first_error.get_or_insert(e);
+        if let Some(w) = mirror_shard(core, pool, &mut tx, shard, &local)
+            .await
+            .map_err(forget_raced)?
+        {
+            moved.push((shard as i32, w));
         }
     }
     if !core.meta.is_leader() {
         core.mirror.set(KEYS, None);
-    } else if let Err(e) = mirror_keys(core, pool).await {
-        if let MirrorError::Raced(_) = e {
-            core.mirror.set(KEYS, None);
-        }
-        first_error.get_or_insert(e);
+    } else if let Some(w) = mirror_keys(core, pool, &mut tx).await.map_err(forget_raced)? {
+        moved.push((KEYS, w));
     }
-    match first_error {
-        None => {
-            metrics::gauge!("mirror_last_success_timestamp_seconds")
-                .set(crate::service::now_ms() as f64 / 1000.0);
-            Ok(())
-        }
-        Some(e) => Err(e),
+    if !moved.is_empty() {
+        tx.commit().await?;
     }
+    for (id, w) in moved {
+        core.mirror.set(id, Some(w));
+    }
+    for (shard, local) in core.local.pin().iter() {
+        if let Some(w) = core.mirror.watermark(*shard as i32) {
+            let through = local.group.last_applied().map_or(0, |l| l.index);
+            metrics::gauge!("mirror_lag_entries", "shard" => shard.to_string())
+                .set(through.saturating_sub(w) as f64);
+        }
+    }
+    metrics::gauge!("mirror_last_success_timestamp_seconds")
+        .set(crate::service::now_ms() as f64 / 1000.0);
+    Ok(())
 }
 
-/// Brings shard `shard` up to date in Postgres (one batch, or one resync).
-async fn mirror_shard(
-    core: &Core,
-    pool: &PgPool,
-    shard: u32,
-    local: &crate::service::LocalShard,
-) -> Result<(), MirrorError> {
-    let id = shard as i32;
-    let mirrored = match core.mirror.watermark(id) {
-        Some(w) => w,
+/// The watermark of `id`, cached while this node leads it.
+async fn watermark(core: &Core, pool: &PgPool, id: i32) -> Result<u64, sqlx::Error> {
+    match core.mirror.watermark(id) {
+        Some(w) => Ok(w),
         None => {
             let w = read_watermark(pool, id).await?;
             core.mirror.set(id, Some(w));
-            w
+            Ok(w)
         }
-    };
+    }
+}
+
+/// Writes shard `shard`'s changes since its watermark (one batch, or one resync) into
+/// `tx`; the watermark it moves to, if any.
+async fn mirror_shard(
+    core: &Core,
+    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
+    shard: u32,
+    local: &crate::service::LocalShard,
+) -> Result<Option<u64>, MirrorError> {
+    let id = shard as i32;
+    let mirrored = watermark(core, pool, id).await?;
     let reader = local.reader();
-    let lag = |w: u64| {
-        let through = local.group.last_applied().map_or(0, |l| l.index);
-        metrics::gauge!("mirror_lag_entries", "shard" => shard.to_string())
-            .set(through.saturating_sub(w) as f64);
-    };
     match reader.changes_since(mirrored, BATCH) {
         Since::Changes(changes, upto) => {
             if upto <= mirrored {
-                lag(mirrored);
-                return Ok(());
+                return Ok(None);
             }
-            let mut tx = pool.begin().await?;
-            let rows = upsert(&mut tx, shard, &changes).await?;
-            move_watermark(&mut tx, id, mirrored, upto).await?;
-            tx.commit().await?;
+            let rows = upsert(tx, shard, &changes).await?;
+            move_watermark(tx, id, mirrored, upto).await?;
             metrics::counter!("mirror_rows_written_total").increment(rows);
-            core.mirror.set(id, Some(upto));
-            lag(upto);
+            Ok(Some(upto))
         }
         Since::Gap => {
             // The state and the index it reflects, read together under the group's lock.
             let (links, through) = local.group.read(|_| reader.everything());
             tracing::info!(shard, mirrored, through, links = links.len(), "the change feed does not reach back to the mirror's watermark; resyncing the shard");
-            let mut tx = pool.begin().await?;
             let mut rows = 0;
             for chunk in links.chunks(RESYNC_CHUNK) {
                 let changes: Vec<(u64, Change)> = chunk
                     .iter()
                     .map(|l| (through, Change::Upsert(l.clone())))
                     .collect();
-                rows += upsert(&mut tx, shard, &changes).await?;
+                rows += upsert(tx, shard, &changes).await?;
             }
             let live: Vec<String> = links.iter().map(|l| l.code.as_str().to_string()).collect();
             let gone = sqlx::query(
                 "UPDATE links SET deleted = true, log_index = $3 \
                  WHERE shard = $1 AND NOT deleted AND code <> ALL($2)",
             )
-            .bind(shard as i32)
+            .bind(id)
             .bind(&live)
             .bind(through as i64)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-            move_watermark(&mut tx, id, mirrored, through).await?;
-            tx.commit().await?;
+            move_watermark(tx, id, mirrored, through).await?;
             metrics::counter!("mirror_rows_written_total").increment(rows + gone.rows_affected());
             metrics::counter!("mirror_resyncs_total").increment(1);
-            core.mirror.set(id, Some(through));
-            lag(through);
+            Ok(Some(through))
         }
     }
-    Ok(())
 }
 
-/// Brings the API keys up to date: keys are few, so every change to the meta group writes
-/// them all (hashes only), with the meta group's index as their watermark.
-async fn mirror_keys(core: &Core, pool: &PgPool) -> Result<(), MirrorError> {
-    let mirrored = match core.mirror.watermark(KEYS) {
-        Some(w) => w,
-        None => {
-            let w = read_watermark(pool, KEYS).await?;
-            core.mirror.set(KEYS, Some(w));
-            w
-        }
-    };
+/// Writes the API keys into `tx` when the meta group moved past their watermark: keys are
+/// few, so every change writes them all (hashes only). The watermark it moves to, if any.
+async fn mirror_keys(
+    core: &Core,
+    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<Option<u64>, MirrorError> {
+    let mirrored = watermark(core, pool, KEYS).await?;
     // The keys and the index they reflect, read together under the group's lock.
     let (keys, through) = core.meta.read(|a| {
         let through = a.last_applied.map_or(0, |l| l.index);
         (core.directory.all(), through)
     });
     if through <= mirrored {
-        return Ok(());
+        return Ok(None);
     }
-    let mut tx = pool.begin().await?;
-    let scopes =
-        |k: &crate::domain::ApiKeyRecord| serde_json::to_string(&k.scopes).expect("scopes encode");
+    let scopes = |k: &crate::domain::ApiKeyRecord| {
+        serde_json::to_string(&k.scopes).expect("scopes encode")
+    };
     let done = sqlx::query(
-        "INSERT INTO api_keys (id, name, hash, scopes, created_at, revoked_at)          SELECT id, name, hash, ARRAY(SELECT jsonb_array_elements_text(scopes::jsonb)),                 timestamptz 'epoch' + created * interval '1 millisecond',                 timestamptz 'epoch' + revoked * interval '1 millisecond'          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])               AS t(id, name, hash, scopes, created, revoked)          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, hash = EXCLUDED.hash,              scopes = EXCLUDED.scopes, created_at = EXCLUDED.created_at,              revoked_at = EXCLUDED.revoked_at",
+        "INSERT INTO api_keys (id, name, hash, scopes, created_at, revoked_at) \
+         SELECT id, name, hash, ARRAY(SELECT jsonb_array_elements_text(scopes::jsonb)), \
+                timestamptz 'epoch' + created * interval '1 millisecond', \
+                timestamptz 'epoch' + revoked * interval '1 millisecond' \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[]) \
+              AS t(id, name, hash, scopes, created, revoked) \
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, hash = EXCLUDED.hash, \
+             scopes = EXCLUDED.scopes, created_at = EXCLUDED.created_at, \
+             revoked_at = EXCLUDED.revoked_at",
     )
     .bind(keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>())
@@ -258,13 +271,11 @@ async fn mirror_keys(core: &Core, pool: &PgPool) -> Result<(), MirrorError> {
     .bind(keys.iter().map(scopes).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.created_at).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.revoked_at).collect::<Vec<_>>())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
-    move_watermark(&mut tx, KEYS, mirrored, through).await?;
-    tx.commit().await?;
+    move_watermark(tx, KEYS, mirrored, through).await?;
     metrics::counter!("mirror_rows_written_total").increment(done.rows_affected());
-    core.mirror.set(KEYS, Some(through));
-    Ok(())
+    Ok(Some(through))
 }
 
 async fn read_watermark(pool: &PgPool, id: i32) -> Result<u64, sqlx::Error> {
