@@ -150,7 +150,10 @@ async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
     }
     if !core.meta.is_leader() {
         core.mirror.set(KEYS, None);
-    } else if let Some(w) = mirror_keys(core, pool, &mut tx).await.map_err(forget_raced)? {
+    } else if let Some(w) = mirror_keys(core, pool, &mut tx)
+        .await
+        .map_err(forget_raced)?
+    {
         moved.push((KEYS, w));
     }
     if !moved.is_empty() {
@@ -251,9 +254,8 @@ async fn mirror_keys(
     if through <= mirrored {
         return Ok(None);
     }
-    let scopes = |k: &crate::domain::ApiKeyRecord| {
-        serde_json::to_string(&k.scopes).expect("scopes encode")
-    };
+    let scopes =
+        |k: &crate::domain::ApiKeyRecord| serde_json::to_string(&k.scopes).expect("scopes encode");
     let done = sqlx::query(
         "INSERT INTO api_keys (id, name, hash, scopes, created_at, revoked_at) \
          SELECT id, name, hash, ARRAY(SELECT jsonb_array_elements_text(scopes::jsonb)), \
@@ -267,7 +269,11 @@ async fn mirror_keys(
     )
     .bind(keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.hash.as_str().to_string()).collect::<Vec<_>>())
+    .bind(
+        keys.iter()
+            .map(|k| k.hash.as_str().to_string())
+            .collect::<Vec<_>>(),
+    )
     .bind(keys.iter().map(scopes).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.created_at).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.revoked_at).collect::<Vec<_>>())

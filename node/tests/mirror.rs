@@ -224,7 +224,8 @@ async fn mixed_changes_on_three_nodes_land_in_postgres_row_by_row() {
     let n2 = member(root.path(), 2, Some(&n1), &flags);
     let n3 = member(root.path(), 3, Some(&n1), &flags);
     wait_placed(&[&n1, &n2, &n3], 3).await;
-    let deleted = mixed_traffic(&[&n1, &n2, &n3], 6_000, 32).await;
+    // 6,700 creates, then 3,350 updates and deletes: 10,050 changes.
+    let deleted = mixed_traffic(&[&n1, &n2, &n3], 6_700, 32).await;
     assert!(!deleted.is_empty());
     // Keys: one kept, one revoked.
     let mut made = Vec::new();
@@ -332,7 +333,7 @@ async fn postgres_stopped_under_load_fails_no_request_and_the_mirror_catches_up(
     let down = Instant::now();
     // Writes and redirects go on while Postgres is down; the mirror falls behind.
     let deleted = mixed_traffic(&[&n1, &n2, &n3], 2_000, 16).await;
-    while down.elapsed() < Duration::from_secs(15) {
+    while down.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pg.resume();
@@ -349,8 +350,8 @@ async fn postgres_stopped_under_load_fails_no_request_and_the_mirror_catches_up(
     let warnings = log.matches("the postgres mirror is behind").count();
     assert!(warnings >= 1, "the outage is logged");
     assert!(
-        warnings <= 4,
-        "without flooding: {warnings} warnings in 15 s"
+        warnings <= 6,
+        "without flooding: {warnings} warnings in 30 s"
     );
 }
 

@@ -48,16 +48,16 @@ pub enum Since {
 }
 
 impl Feed {
-    /// Records a change made by the entry at `index`.
+    /// Records a change made by the entry at `index`. It is handed out once the whole
+    /// entry is applied ([`Feed::advance`]): an entry carries several commands.
     pub fn push(&mut self, index: u64, change: Change) {
         self.changes.push_back((index, change));
-        self.through = self.through.max(index);
         if self.changes.len() > FEED_MAX {
             self.trim();
         }
     }
 
-    /// Every entry up to `index` is reflected (it may have changed nothing).
+    /// Every entry up to `index` is applied (it may have changed nothing).
     pub fn advance(&mut self, index: u64) {
         self.through = self.through.max(index);
     }
@@ -83,13 +83,16 @@ impl Feed {
         let start = self.changes.partition_point(|(i, _)| *i <= mirrored);
         let mut out: Vec<(u64, Change)> = Vec::new();
         for (index, change) in self.changes.range(start..) {
+            if *index > self.through {
+                break; // an entry still being applied
+            }
             let new_entry = out.last().is_none_or(|(last, _)| last != index);
             if out.len() >= limit && new_entry {
                 return Since::Changes(out, index - 1);
             }
             out.push((*index, change.clone()));
         }
-        Since::Changes(out, self.through)
+        Since::Changes(out, self.through.max(mirrored))
     }
 
     fn trim(&mut self) {
@@ -148,6 +151,25 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_being_applied_is_not_handed_out_in_part() {
+        let mut feed = Feed::default();
+        feed.push(1, Change::Upsert(link("a")));
+        feed.advance(1);
+        // Entry 2 carries two commands; only the first is applied so far.
+        feed.push(2, Change::Upsert(link("b")));
+        assert_eq!(
+            feed.since(0, 100),
+            Since::Changes(vec![(1, Change::Upsert(link("a")))], 1)
+        );
+        feed.push(2, Change::Upsert(link("c")));
+        feed.advance(2);
+        let Since::Changes(changes, upto) = feed.since(1, 100) else {
+            panic!()
+        };
+        assert_eq!((changes.len(), upto), (2, 2));
+    }
+
+    #[test]
     fn a_restore_or_a_trim_leaves_a_gap_behind_it() {
         let mut feed = Feed::default();
         feed.push(1, Change::Upsert(link("a")));
@@ -156,6 +178,7 @@ mod tests {
         assert_eq!(feed.since(10, 10), Since::Changes(vec![], 10));
         for i in 11..(11 + FEED_MAX as u64 + 5) {
             feed.push(i, Change::Upsert(link("b")));
+            feed.advance(i);
         }
         assert_eq!(feed.since(10, 10), Since::Gap);
         assert!(matches!(feed.since(20, 10), Since::Changes(c, _) if c[0].0 == 21));
