@@ -31,7 +31,7 @@ psql_q() { "$pg_bin/psql" -h 127.0.0.1 -p $pg_port -U linkrift -d postgres -tAc 
 cleanup() {
   for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
   pg_ctl -m immediate stop 2>/dev/null || true
-  rm -rf "$work"
+  [[ -n ${BENCH_KEEP:-} ]] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 cargo build --release -q -p linkrift
