@@ -8,7 +8,10 @@
 //! - [`groups`]: the one state machine type the node's Raft groups run (meta or shard).
 //! - [`service`]: [`service::LinkService`], the handle the HTTP layer talks to.
 //! - [`mirror`]: the Postgres mirror of every committed change.
+//! - [`clicks`]: click events (so far: describing a click; the click actor and sinks
+//!   follow).
 
+pub mod clicks;
 pub mod cluster;
 pub mod domain;
 pub mod groups;
