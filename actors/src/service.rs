@@ -75,6 +75,8 @@ pub struct ServiceConfig {
     pub dead_after: Duration,
     /// The Postgres mirror's database (none: no mirror).
     pub postgres_url: Option<String>,
+    /// How much of a clicking client's address is kept.
+    pub click_ip: crate::clicks::event::IpPolicy,
     /// Replication settings.
     pub raft: RaftConfig,
 }
@@ -97,6 +99,7 @@ impl Default for ServiceConfig {
             cache: CacheConfig::default(),
             dead_after: Duration::from_secs(30),
             postgres_url: None,
+            click_ip: Default::default(),
             raft: RaftConfig::default(),
         }
     }
@@ -286,6 +289,9 @@ pub(crate) struct Core {
     pub(crate) departure: tokio::sync::watch::Sender<Option<Departure>>,
     /// The watermarks of the shards this node mirrors to Postgres.
     pub(crate) mirror: crate::mirror::MirrorState,
+    /// The click actor's handle, and the store it writes.
+    clicks: crate::clicks::Clicks,
+    rollups: crate::clicks::rollup::Rollups,
     data_dir: PathBuf,
     code_length: usize,
     url_policy: UrlPolicy,
@@ -444,7 +450,11 @@ impl LinkService {
             GroupState::Shard(_) => Err(OpenError::Config("group 0 is not the meta group".into())),
         })?;
         peers.announce(me);
+        let rollups = crate::clicks::rollup::Rollups::open(node.db())
+            .map_err(|e| OpenError::Config(format!("opening the click store: {e}")))?;
         let core = Arc::new(Core {
+            clicks: crate::clicks::Clicks::start(rollups.clone(), config.click_ip),
+            rollups,
             node,
             me,
             meta,
@@ -1390,6 +1400,15 @@ impl Handler for Core {
                 Some(d) => Reply::Digest(d),
                 None => Reply::Refused(Refusal::NotHosted),
             },
+            Request::ClickTally {
+                code,
+                from_ms,
+                to_ms,
+                bots,
+            } => match self.rollups.tally(&code, from_ms, to_ms, bots) {
+                Ok(t) => Reply::Tally(t),
+                Err(e) => Reply::Refused(Refusal::Failed(format!("click store: {e}"))),
+            },
             Request::Stand { group } => self.stand(GroupId(group)).await,
             Request::Replaced {
                 id,
@@ -1870,6 +1889,55 @@ impl LinkService {
                 "restoring a key: {other:?}"
             ))),
         }
+    }
+
+    /// Hands a redirect's click to the click actor, without waiting.
+    pub fn record_click(&self, mut click: crate::clicks::event::RawClick) {
+        click.shard = shard_of(&click.code, self.core.shard_count);
+        self.core.clicks.record(click);
+    }
+
+    /// The clicks of `code` from `from_ms` to `to_ms`, every node's added up. A node that
+    /// does not answer is named in the error: stats are exact or refused.
+    pub async fn click_tally(
+        &self,
+        code: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bots: crate::clicks::rollup::Bots,
+    ) -> Result<crate::clicks::rollup::Tally, ServiceError> {
+        let core = &self.core;
+        let mut tally = core
+            .rollups
+            .tally(code, from_ms, to_ms, bots)
+            .map_err(|e| ServiceError::Internal(format!("click store: {e}")))?;
+        let others: Vec<NodeId> = core
+            .directory
+            .in_states(&[NodeState::Active, NodeState::Draining, NodeState::Leaving])
+            .into_iter()
+            .filter(|&n| n != core.me)
+            .collect();
+        let request = Request::ClickTally {
+            code: code.to_string(),
+            from_ms,
+            to_ms,
+            bots,
+        };
+        let asks = others.iter().map(|&n| {
+            let request = &request;
+            async move { (n, core.peers.call(n, request, CALL_TIMEOUT).await) }
+        });
+        for (node, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(Reply::Tally(t)) => tally.merge(t),
+                other => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "node {node} did not give its clicks: {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(tally)
     }
 
     /// Watches for this node learning that it is no longer a member of its cluster.

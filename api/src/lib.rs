@@ -13,6 +13,7 @@ pub mod links;
 pub mod openapi;
 pub mod ops;
 pub mod redirect;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +38,8 @@ pub struct ApiConfig {
     /// `max-age` of redirect responses; 0 makes every click reach the service, so edits
     /// and takedowns apply at once.
     pub redirect_cache_seconds: u32,
+    /// A header a trusted proxy sets to the client's country (e.g. `CF-IPCountry`).
+    pub country_header: Option<axum::http::HeaderName>,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +48,7 @@ impl Default for ApiConfig {
             public_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 4 * 1024 * 1024,
             redirect_cache_seconds: 0,
+            country_header: None,
         }
     }
 }
@@ -76,6 +80,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/links/{code}",
             get(links::get).patch(links::update).delete(links::remove),
         )
+        .route("/v1/links/{code}/stats", get(stats::stats))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/admin/status", get(admin::status))

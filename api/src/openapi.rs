@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, keys, links, ops, redirect};
+use crate::{admin, keys, links, ops, redirect, stats};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -14,6 +14,7 @@ use crate::{admin, keys, links, ops, redirect};
     paths(
         redirect::redirect,
         links::create, links::list, links::bulk, links::get, links::update, links::remove,
+        stats::stats,
         keys::create, keys::list, keys::revoke,
         admin::status, admin::drain, admin::leave, admin::cancel, admin::replicas,
         ops::healthz, ops::readyz, ops::metrics,

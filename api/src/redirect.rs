@@ -4,9 +4,12 @@
 
 use std::time::Instant;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use linkrift_actors::clicks::event::RawClick;
 use linkrift_actors::service::{now_ms, Lookup};
 
 use crate::error::ApiError;
@@ -16,8 +19,14 @@ use crate::AppState;
 #[utoipa::path(get, path = "/{code}", params(("code" = String, Path)),
     responses((status = 302, description = "redirect (or 301, 307, 308 as the link says)"),
               (status = 404, body = crate::error::ErrorBody), (status = 410, body = crate::error::ErrorBody)))]
-pub async fn redirect(State(state): State<AppState>, Path(code): Path<String>) -> Response {
+pub async fn redirect(
+    State(state): State<AppState>,
+    Path(code): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     let start = Instant::now();
+    let request_headers = headers;
     // A hit is a redirect answered from this node's memory (its replica or the near
     // cache); a miss asks another node.
     metrics::counter!("cache_requests_total").increment(1);
@@ -47,6 +56,22 @@ pub async fn redirect(State(state): State<AppState>, Path(code): Path<String>) -
                         header::CACHE_CONTROL,
                         HeaderValue::from_str(&cache).expect("ascii"),
                     );
+                    let text = |name: &header::HeaderName| {
+                        request_headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    state.service.record_click(RawClick {
+                        at_ms: now_ms(),
+                        ip: Some(peer.ip()),
+                        user_agent: text(&header::USER_AGENT),
+                        referer: text(&header::REFERER),
+                        accept_language: text(&header::ACCEPT_LANGUAGE),
+                        country: state.config.country_header.as_ref().and_then(text),
+                        code: code.clone(),
+                        shard: 0,
+                    });
                     response
                 }
                 Err(_) => ApiError::new(

@@ -42,6 +42,12 @@ pub struct Config {
     pub postgres_url: Option<String>,
     /// Log entries a group applies between snapshots (then its log is compacted).
     pub snapshot_after_entries: u64,
+    /// A header a trusted proxy sets to the client's country, e.g. `CF-IPCountry`.
+    pub country_header: Option<String>,
+    /// Leading bits of a clicking client's IPv4 address kept (0-32).
+    pub click_ip_v4_bits: u8,
+    /// Leading bits of a clicking client's IPv6 address kept (0-128).
+    pub click_ip_v6_bits: u8,
     /// Base URL of the short links handed out; its host is refused as a destination.
     pub public_url: Option<String>,
     /// Shards of a new cluster (fixed once the data directory exists).
@@ -79,6 +85,9 @@ const KEYS: &[&str] = &[
     "drain_on_shutdown",
     "postgres_url",
     "snapshot_after_entries",
+    "country_header",
+    "click_ip_v4_bits",
+    "click_ip_v6_bits",
     "public_url",
     "shard_count",
     "code_length",
@@ -107,6 +116,9 @@ impl Default for Config {
             drain_on_shutdown: false,
             postgres_url: None,
             snapshot_after_entries: 20_000,
+            country_header: None,
+            click_ip_v4_bits: 24,
+            click_ip_v6_bits: 48,
             public_url: None,
             shard_count: 64,
             code_length: 7,
@@ -173,6 +185,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_after_entries: Option<u64>,
+    /// A header a trusted proxy sets to the client's country [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country_header: Option<String>,
     /// Public base URL of short links [default: http://<http address>].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,6 +252,14 @@ impl Config {
         if let Some(url) = &config.postgres_url {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                 bail!("postgres_url must be a postgres:// URL");
+            }
+        }
+        if config.click_ip_v4_bits > 32 || config.click_ip_v6_bits > 128 {
+            bail!("click_ip_v4_bits must be 0-32 and click_ip_v6_bits 0-128");
+        }
+        if let Some(h) = &config.country_header {
+            if axum::http::HeaderName::try_from(h.as_str()).is_err() {
+                bail!("country_header {h:?} is not a header name");
             }
         }
         if config.snapshot_after_entries < 100 {

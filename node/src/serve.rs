@@ -53,6 +53,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         dead_after: Duration::from_millis(config.dead_after_ms),
         postgres_url: config.postgres_url.clone(),
+        click_ip: linkrift_actors::clicks::event::IpPolicy {
+            v4_bits: config.click_ip_v4_bits,
+            v6_bits: config.click_ip_v6_bits,
+        },
         raft: linkrift_actors::service::RaftConfig {
             snapshot_after_entries: config.snapshot_after_entries,
             ..Default::default()
@@ -89,6 +93,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             public_url,
             max_body_bytes: config.max_body_bytes,
             redirect_cache_seconds: config.redirect_cache_seconds,
+            country_header: config
+                .country_header
+                .as_deref()
+                .and_then(|h| axum::http::HeaderName::try_from(h).ok()),
         }),
         metrics,
     };
@@ -122,7 +130,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    axum::serve(listener, linkrift_api::router(state))
+    let app =
+        linkrift_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
         .context("serving HTTP")?;

@@ -88,6 +88,17 @@ pub enum Request {
         /// The shard.
         shard: u32,
     },
+    /// This node's clicks of `code` over a time range (the embedded click store).
+    ClickTally {
+        /// The code.
+        code: String,
+        /// From, Unix milliseconds.
+        from_ms: i64,
+        /// To, Unix milliseconds.
+        to_ms: i64,
+        /// Which clicks count.
+        bots: crate::clicks::rollup::Bots,
+    },
     /// Stand for election in group `group` now (its leader is handing over).
     Stand {
         /// The Raft group id.
@@ -203,6 +214,8 @@ pub enum Reply {
     Groups(Vec<GroupStatus>),
     /// A replica's digest.
     Digest(ReplicaDigest),
+    /// A node's clicks of a link.
+    Tally(crate::clicks::rollup::Tally),
     /// Not done, and why.
     Refused(Refusal),
 }

@@ -1,0 +1,188 @@
+//! `GET /v1/links/{code}/stats`: a link's clicks over a time range, every node's added up.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use linkrift_actors::clicks::rollup::{Bots, Tally, DIMENSIONS};
+use linkrift_actors::domain::{Invalid, Scope};
+use linkrift_actors::service::now_ms;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::auth::authorize;
+use crate::error::ApiError;
+use crate::AppState;
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+/// Values listed per dimension, most clicked first.
+const TOP: usize = 10;
+
+/// Query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct StatsQuery {
+    /// Start (RFC 3339); default 7 days before `to`.
+    from: Option<String>,
+    /// End (RFC 3339); default now.
+    to: Option<String>,
+    /// `hour` or `day` (default).
+    interval: Option<String>,
+    /// `exclude` (default), `include` or `only`.
+    bots: Option<String>,
+}
+
+/// One point of the time series.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Point {
+    /// Start of the hour or day (RFC 3339, UTC).
+    t: String,
+    /// Clicks in it.
+    clicks: u64,
+}
+
+/// One value of a dimension.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Top {
+    /// The value (`""`: unknown, e.g. no referer).
+    value: String,
+    /// Clicks with it.
+    clicks: u64,
+}
+
+/// A link's stats.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Stats {
+    code: String,
+    from: String,
+    to: String,
+    interval: String,
+    bots: String,
+    total: u64,
+    unique_visitors: u64,
+    series: Vec<Point>,
+    countries: Vec<Top>,
+    referrers: Vec<Top>,
+    devices: Vec<Top>,
+    browsers: Vec<Top>,
+    os: Vec<Top>,
+}
+
+fn bad(field: &'static str, message: &str) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn parse_time(field: &'static str, s: &str) -> Result<i64, Invalid> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| bad(field, "must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z"))
+}
+
+fn top(values: Option<&BTreeMap<String, u64>>) -> Vec<Top> {
+    let mut all: Vec<Top> = values
+        .into_iter()
+        .flatten()
+        .map(|(v, n)| Top {
+            value: v.clone(),
+            clicks: *n,
+        })
+        .collect();
+    all.sort_by(|a, b| b.clicks.cmp(&a.clicks).then_with(|| a.value.cmp(&b.value)));
+    all.truncate(TOP);
+    all
+}
+
+/// Builds the answer from the nodes' tally; `step` is an hour or a day.
+fn build(code: String, from: i64, to: i64, step: i64, bots: &str, tally: Tally) -> Stats {
+    let mut buckets: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut t = from.div_euclid(step) * step;
+    while t <= to {
+        buckets.insert(t, 0);
+        t += step;
+    }
+    for (hour, n) in &tally.hours {
+        if (from.div_euclid(HOUR_MS) * HOUR_MS..=to).contains(hour) {
+            *buckets.entry(hour.div_euclid(step) * step).or_default() += n;
+        }
+    }
+    let dim = |name: &str| top(tally.dims.get(name));
+    Stats {
+        total: buckets.values().sum(),
+        unique_visitors: tally.visitors.len() as u64,
+        series: buckets
+            .into_iter()
+            .map(|(t, clicks)| Point {
+                t: rfc3339(t),
+                clicks,
+            })
+            .collect(),
+        countries: dim(DIMENSIONS[0]),
+        referrers: dim(DIMENSIONS[1]),
+        devices: dim(DIMENSIONS[2]),
+        browsers: dim(DIMENSIONS[3]),
+        os: dim(DIMENSIONS[4]),
+        code,
+        from: rfc3339(from),
+        to: rfc3339(to),
+        interval: if step == HOUR_MS { "hour" } else { "day" }.into(),
+        bots: bots.into(),
+    }
+}
+
+/// `GET /v1/links/{code}/stats?from=&to=&interval=hour|day&bots=exclude|include|only`.
+#[utoipa::path(get, path = "/v1/links/{code}/stats", security(("api_key" = [])),
+    params(("code" = String, Path), StatsQuery),
+    responses((status = 200, body = Stats), (status = 422, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Path(code): Path<String>,
+    Query(q): Query<StatsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::LinksRead)?;
+    let to = match &q.to {
+        Some(s) => parse_time("to", s)?,
+        None => now_ms(),
+    };
+    let from = match &q.from {
+        Some(s) => parse_time("from", s)?,
+        None => to - 7 * DAY_MS,
+    };
+    if from > to || to - from > 366 * DAY_MS {
+        return Err(bad(
+            "from",
+            "must be before `to`, and at most 366 days before it",
+        )
+        .into());
+    }
+    let step = match q.interval.as_deref().unwrap_or("day") {
+        "hour" if to - from <= 31 * DAY_MS => HOUR_MS,
+        "hour" => return Err(bad("interval", "hour takes a range of at most 31 days").into()),
+        "day" => DAY_MS,
+        _ => return Err(bad("interval", "must be hour or day").into()),
+    };
+    let (bots, name) = match q.bots.as_deref().unwrap_or("exclude") {
+        "exclude" => (Bots::Exclude, "exclude"),
+        "include" => (Bots::Include, "include"),
+        "only" => (Bots::Only, "only"),
+        _ => return Err(bad("bots", "must be exclude, include or only").into()),
+    };
+    if state.service.get(&code).await?.is_none() {
+        return Err(ApiError::not_found(format!("no link {code:?}")));
+    }
+    let tally = state.service.click_tally(&code, from, to, bots).await?;
+    Ok(axum::Json(build(code, from, to, step, name, tally)).into_response())
+}
