@@ -40,6 +40,8 @@ pub struct ApiConfig {
     pub redirect_cache_seconds: u32,
     /// A header a trusted proxy sets to the client's country (e.g. `CF-IPCountry`).
     pub country_header: Option<axum::http::HeaderName>,
+    /// Whether redirects are counted as clicks.
+    pub click_capture: bool,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +51,7 @@ impl Default for ApiConfig {
             max_body_bytes: 4 * 1024 * 1024,
             redirect_cache_seconds: 0,
             country_header: None,
+            click_capture: true,
         }
     }
 }

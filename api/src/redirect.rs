@@ -62,16 +62,18 @@ pub async fn redirect(
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string)
                     };
-                    state.service.record_click(RawClick {
-                        at_ms: now_ms(),
-                        ip: Some(peer.ip()),
-                        user_agent: text(&header::USER_AGENT),
-                        referer: text(&header::REFERER),
-                        accept_language: text(&header::ACCEPT_LANGUAGE),
-                        country: state.config.country_header.as_ref().and_then(text),
-                        code: code.clone(),
-                        shard: 0,
-                    });
+                    if state.config.click_capture {
+                        state.service.record_click(RawClick {
+                            at_ms: now_ms(),
+                            ip: Some(peer.ip()),
+                            user_agent: text(&header::USER_AGENT),
+                            referer: text(&header::REFERER),
+                            accept_language: text(&header::ACCEPT_LANGUAGE),
+                            country: state.config.country_header.as_ref().and_then(text),
+                            code: code.clone(),
+                            shard: 0,
+                        });
+                    }
                     response
                 }
                 Err(_) => ApiError::new(

@@ -48,6 +48,8 @@ pub struct Config {
     pub click_ip_v4_bits: u8,
     /// Leading bits of a clicking client's IPv6 address kept (0-128).
     pub click_ip_v6_bits: u8,
+    /// Count redirects as clicks (turned off only to measure what counting costs).
+    pub click_capture: bool,
     /// Base URL of the short links handed out; its host is refused as a destination.
     pub public_url: Option<String>,
     /// Shards of a new cluster (fixed once the data directory exists).
@@ -88,6 +90,7 @@ const KEYS: &[&str] = &[
     "country_header",
     "click_ip_v4_bits",
     "click_ip_v6_bits",
+    "click_capture",
     "public_url",
     "shard_count",
     "code_length",
@@ -119,6 +122,7 @@ impl Default for Config {
             country_header: None,
             click_ip_v4_bits: 24,
             click_ip_v6_bits: 48,
+            click_capture: true,
             public_url: None,
             shard_count: 64,
             code_length: 7,

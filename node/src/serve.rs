@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .country_header
                 .as_deref()
                 .and_then(|h| axum::http::HeaderName::try_from(h).ok()),
+            click_capture: config.click_capture,
         }),
         metrics,
     };
