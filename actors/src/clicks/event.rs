@@ -174,11 +174,40 @@ fn first_language(header: &str) -> String {
     }
 }
 
-impl ClickEvent {
-    /// Describes a click: parses its user agent, truncates its address, and so on.
-    pub fn describe(raw: RawClick, parser: &woothee::parser::Parser, ip: IpPolicy) -> Self {
-        let ua = raw.user_agent.as_deref().unwrap_or_default().trim();
-        let parsed = parser.parse(ua);
+/// What a user agent says about the client.
+#[derive(Clone, Debug)]
+struct Agent {
+    device: Device,
+    browser: String,
+    os: String,
+    bot: bool,
+}
+
+/// User-agent parsing, with the answers for the agents seen recently: the same few
+/// thousand agents make most clicks, and parsing one costs far more than looking it up.
+pub struct Agents {
+    parser: woothee::parser::Parser,
+    seen: std::collections::HashMap<String, Agent>,
+}
+
+/// Agents remembered at most (the memory is cleared when full).
+const AGENTS_KEPT: usize = 10_000;
+
+impl Default for Agents {
+    fn default() -> Self {
+        Self {
+            parser: woothee::parser::Parser::new(),
+            seen: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl Agents {
+    fn describe(&mut self, ua: &str) -> Agent {
+        if let Some(known) = self.seen.get(ua) {
+            return known.clone();
+        }
+        let parsed = self.parser.parse(ua);
         let category = parsed.as_ref().map_or("UNKNOWN", |p| p.category);
         let lower = ua.to_ascii_lowercase();
         let bot =
@@ -190,6 +219,30 @@ impl ClickEvent {
             "appliance" => Device::Appliance,
             _ => Device::Unknown,
         };
+        let agent = Agent {
+            device,
+            browser: parsed.as_ref().map_or("UNKNOWN", |p| p.name).to_string(),
+            os: parsed.as_ref().map_or("UNKNOWN", |p| p.os).to_string(),
+            bot,
+        };
+        if self.seen.len() >= AGENTS_KEPT {
+            self.seen.clear();
+        }
+        self.seen.insert(ua.to_string(), agent.clone());
+        agent
+    }
+}
+
+impl ClickEvent {
+    /// Describes a click: parses its user agent, truncates its address, and so on.
+    pub fn describe(raw: RawClick, agents: &mut Agents, ip: IpPolicy) -> Self {
+        let ua = clip(raw.user_agent.as_deref().unwrap_or_default().trim(), 512);
+        let Agent {
+            device,
+            browser,
+            os,
+            bot,
+        } = agents.describe(&ua);
         let referer = raw.referer.as_deref().unwrap_or_default();
         let referer_host = url::Url::parse(referer)
             .ok()
@@ -215,13 +268,13 @@ impl ClickEvent {
                 .ip
                 .map(|a| truncate_ip(a, ip).to_string())
                 .unwrap_or_default(),
-            user_agent: clip(ua, 512),
+            user_agent: ua,
             referer: clip(referer, 1024),
             referer_host,
             country,
             device,
-            browser: parsed.as_ref().map_or("UNKNOWN", |p| p.name).to_string(),
-            os: parsed.as_ref().map_or("UNKNOWN", |p| p.os).to_string(),
+            browser,
+            os,
             bot,
             language: raw
                 .accept_language
@@ -252,7 +305,7 @@ mod tests {
             accept_language: Some("pt-BR,pt;q=0.9,en;q=0.8".into()),
             country: Some("br".into()),
         };
-        ClickEvent::describe(raw, &woothee::parser::Parser::new(), IpPolicy::default())
+        ClickEvent::describe(raw, &mut Agents::default(), IpPolicy::default())
     }
 
     #[test]
@@ -320,7 +373,7 @@ mod tests {
             user_agent: Some("x".repeat(5000)),
             ..RawClick::default()
         };
-        let e = ClickEvent::describe(raw, &woothee::parser::Parser::new(), IpPolicy::default());
+        let e = ClickEvent::describe(raw, &mut Agents::default(), IpPolicy::default());
         assert_eq!(e.referer_host, "");
         assert_eq!(e.language, "");
         assert_eq!(e.country, "");

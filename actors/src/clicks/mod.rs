@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use event::{ClickEvent, IpPolicy, RawClick};
+use event::{Agents, ClickEvent, IpPolicy, RawClick};
 use rollup::Rollups;
 
 /// Clicks waiting to be described, at most.
@@ -59,7 +59,7 @@ impl Clicks {
 }
 
 async fn run(mut rx: mpsc::Receiver<RawClick>, rollups: Rollups, ip: IpPolicy) {
-    let parser = woothee::parser::Parser::new();
+    let mut agents = Agents::default();
     let mut batch: Vec<ClickEvent> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,7 +67,7 @@ async fn run(mut rx: mpsc::Receiver<RawClick>, rollups: Rollups, ip: IpPolicy) {
         let (open, ticked) = tokio::select! {
             click = rx.recv() => match click {
                 Some(raw) => {
-                    batch.push(ClickEvent::describe(raw, &parser, ip));
+                    batch.push(ClickEvent::describe(raw, &mut agents, ip));
                     (true, false)
                 }
                 None => (false, false),
