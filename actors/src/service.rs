@@ -229,6 +229,19 @@ impl LocalShard {
         self.reader.clone()
     }
 
+    /// Stops the shard's actor and waits until it has.
+    async fn stop_actor(&self) {
+        self.actor.stop(None);
+        let task = self
+            .actor_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
     fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
     }
@@ -845,15 +858,7 @@ impl Core {
             return Ok(());
         };
         local.serving.store(false, Ordering::Release);
-        local.actor.stop(None);
-        let task = local
-            .actor_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        local.stop_actor().await;
         self.node
             .remove_group(shard_group(shard))
             .await
@@ -2112,15 +2117,7 @@ impl LinkService {
         for shard in shards {
             if let Some(local) = self.core.local.pin().remove(&shard).cloned() {
                 // Stopping lets the proposals already in Raft finish and answer.
-                local.actor.stop(None);
-                let task = local
-                    .actor_task
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                if let Some(task) = task {
-                    let _ = task.await;
-                }
+                local.stop_actor().await;
             }
         }
         let core = wait_for_sole_owner(self.core).await;

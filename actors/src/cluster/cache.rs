@@ -115,21 +115,9 @@ impl NearCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{DestinationUrl, RedirectStatus, ShortCode, UrlPolicy};
 
     fn link(code: &str) -> Arc<Link> {
-        Arc::new(Link {
-            code: ShortCode::parse(code).unwrap(),
-            url: DestinationUrl::parse("https://example.com/", &UrlPolicy::default()).unwrap(),
-            title: None,
-            tags: vec![],
-            created_at: 1,
-            updated_at: 1,
-            expires_at: None,
-            redirect: RedirectStatus::default(),
-            archived: false,
-            version: 1,
-        })
+        Link::sample(code)
     }
 
     #[test]

@@ -149,6 +149,24 @@ pub struct Link {
 }
 
 impl Link {
+    /// A plain link at `code` to `https://example.com/`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(code: &str) -> std::sync::Arc<Link> {
+        std::sync::Arc::new(Link {
+            code: ShortCode::parse(code).unwrap(),
+            url: DestinationUrl::parse("https://example.com/", &super::UrlPolicy::default())
+                .unwrap(),
+            title: None,
+            tags: vec![],
+            created_at: 1,
+            updated_at: 1,
+            expires_at: None,
+            redirect: RedirectStatus::default(),
+            archived: false,
+            version: 1,
+        })
+    }
+
     /// Whether the link redirects at `now_ms`, rather than answering 410.
     pub fn is_live(&self, now_ms: i64) -> bool {
         !self.archived && self.expires_at.is_none_or(|t| now_ms < t)

@@ -108,21 +108,9 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{DestinationUrl, RedirectStatus, ShortCode, UrlPolicy};
 
     fn link(code: &str) -> Arc<Link> {
-        Arc::new(Link {
-            code: ShortCode::parse(code).unwrap(),
-            url: DestinationUrl::parse("https://example.com/", &UrlPolicy::default()).unwrap(),
-            title: None,
-            tags: vec![],
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            redirect: RedirectStatus::Found,
-            archived: false,
-            version: 1,
-        })
+        Link::sample(code)
     }
 
     #[test]

@@ -109,6 +109,20 @@ struct Table {
     order: RwLock<BTreeSet<Arc<str>>>,
 }
 
+impl Table {
+    /// Adds a link at a free code, to the map and the ordered index; the shared copy (the
+    /// remembered outcome shares the table's).
+    fn add(&self, link: Link) -> Arc<Link> {
+        self.order
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(link.code.shared());
+        let link = Arc::new(link);
+        self.links.pin().insert(link.code.shared(), link.clone());
+        link
+    }
+}
+
 /// Reads a shard's links without locks (for redirects) or with a read lock (for listing).
 #[derive(Clone)]
 pub struct ShardReader {
@@ -285,28 +299,13 @@ impl ShardState {
                     archived: false,
                     version: 1,
                 };
-                self.table
-                    .order
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(link.code.shared());
-                // The remembered outcome shares the table's copy of the link.
-                let link = Arc::new(link);
-                links.insert(link.code.shared(), link.clone());
-                ShardOutcome::Created(link)
+                ShardOutcome::Created(self.table.add(link))
             }
             ShardCommand::Restore { link, .. } => {
                 if links.contains_key(link.code.as_str()) {
                     return ShardOutcome::CodeTaken;
                 }
-                self.table
-                    .order
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(link.code.shared());
-                let link = Arc::new(link);
-                links.insert(link.code.shared(), link.clone());
-                ShardOutcome::Created(link)
+                ShardOutcome::Created(self.table.add(link))
             }
             ShardCommand::Update {
                 at,
