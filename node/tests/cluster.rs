@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::cluster::{
-    admin_status, all_links, assert_no_failed_redirect, member, seed_links, wait_placed, Load,
+    admin_status, assert_acknowledged_once, assert_no_failed_redirect, member, seed_links, trio,
+    wait_placed, Load,
 };
 use support::ADMIN_KEY;
 
@@ -49,23 +49,9 @@ async fn growing_from_one_to_five_nodes_under_load_fails_no_redirect_and_loses_n
 
     // Every acknowledged link is there, once; nothing else but the seeds and the creates
     // whose outcome the client never learned.
-    let links = all_links(&n4).await;
-    let mut by_url: HashMap<String, Vec<String>> = HashMap::new();
-    for (url, code) in &links {
-        by_url.entry(url.clone()).or_default().push(code.clone());
-    }
-    for (url, code) in &acked {
-        assert_eq!(
-            by_url.get(url),
-            Some(&vec![code.clone()]),
-            "acknowledged {url} at {code}"
-        );
-    }
-    for (url, codes) in &by_url {
-        assert_eq!(codes.len(), 1, "{url} created more than once: {codes:?}");
-    }
+    let by_url = assert_acknowledged_once(&n4, &acked).await;
     assert_eq!(
-        links.len(),
+        by_url.len(),
         known.len() + acked.len() + by_url.keys().filter(|u| unknown.contains(u)).count()
     );
     // Every node redirects every link, replica or not.
@@ -88,11 +74,7 @@ async fn growing_from_one_to_five_nodes_under_load_fails_no_redirect_and_loses_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_leader_loses_no_acknowledged_write_and_writes_resume() {
     let root = tempfile::tempdir().unwrap();
-    let n1 = member(root.path(), 1, None, &[]);
-    n1.wait_ready().await;
-    let n2 = member(root.path(), 2, Some(&n1), &[]);
-    let n3 = member(root.path(), 3, Some(&n1), &[]);
-    let s = wait_placed(&[&n1, &n2, &n3], 3).await;
+    let ([n1, n2, n3], s) = trio(root.path(), &[]).await;
     let known = seed_links(&n2, 60).await;
 
     // The node leading the most shards goes.

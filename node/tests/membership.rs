@@ -5,14 +5,14 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::cluster::{
-    admin_status, all_links, assert_no_failed_redirect, member, seed_links, wait_placed, Load, Root,
+    admin_status, assert_acknowledged_once, assert_no_failed_redirect, member, seed_links, trio,
+    wait_placed, Load, Root,
 };
 use support::{Node, ADMIN_KEY};
 
@@ -104,28 +104,6 @@ async fn assert_replicas_agree(via: &Node, shards: u32, rf: usize) {
     }
 }
 
-/// Every acknowledged create is there exactly once, read through `via`.
-async fn assert_acknowledged_present(
-    via: &Node,
-    acked: &std::collections::BTreeMap<String, String>,
-) {
-    let links = all_links(via).await;
-    let mut by_url: HashMap<String, Vec<String>> = HashMap::new();
-    for (url, code) in &links {
-        by_url.entry(url.clone()).or_default().push(code.clone());
-    }
-    for (url, code) in acked {
-        assert_eq!(
-            by_url.get(url),
-            Some(&vec![code.clone()]),
-            "acknowledged {url} at {code}"
-        );
-    }
-    for (url, codes) in &by_url {
-        assert_eq!(codes.len(), 1, "{url} created more than once: {codes:?}");
-    }
-}
-
 /// Stops sending traffic to `node` once it answers not-ready, as a load balancer would.
 fn unbalance(node: &Node, targets: &Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()> {
     let (base, http, targets) = (node.base.clone(), node.http.clone(), targets.clone());
@@ -212,7 +190,7 @@ async fn five_nodes_become_three_with_leave_under_load() {
     let ((ok, failures), (acked, _unknown)) = load.finish().await;
     assert_no_failed_redirect(ok, &failures);
     assert!(ok > 0 && !acked.is_empty(), "the load ran");
-    assert_acknowledged_present(&stayers[2], &acked).await;
+    assert_acknowledged_once(&stayers[2], &acked).await;
     for (code, url) in &known {
         assert_eq!(stayers[2].redirect(code).await, (302, Some(url.clone())));
     }
@@ -282,7 +260,7 @@ async fn a_lost_node_is_replaced_and_rejoins_with_fresh_data() {
 
     let ((ok, failures), (acked, _unknown)) = load.finish().await;
     assert_no_failed_redirect(ok, &failures);
-    assert_acknowledged_present(&back, &acked).await;
+    assert_acknowledged_once(&back, &acked).await;
     for (code, url) in &known {
         assert_eq!(back.redirect(code).await, (302, Some(url.clone())));
     }
@@ -292,11 +270,7 @@ async fn a_lost_node_is_replaced_and_rejoins_with_fresh_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_and_a_leave_at_once_and_leaves_that_are_refused() {
     let root = Root::new();
-    let n1 = member(root.path(), 1, None, &[]);
-    n1.wait_ready().await;
-    let n2 = member(root.path(), 2, Some(&n1), &[]);
-    let n3 = member(root.path(), 3, Some(&n1), &[]);
-    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let ([n1, n2, n3], _) = trio(root.path(), &[]).await;
     let known = seed_links(&n1, 30).await;
 
     // Three nodes, three replicas per shard: nobody could take node 3's.
@@ -348,11 +322,7 @@ async fn a_join_and_a_leave_at_once_and_leaves_that_are_refused() {
 async fn a_node_killed_in_the_middle_of_a_move_leaves_no_shard_stuck() {
     let root = Root::new();
     let fast = ["--dead-after-ms", "3000"];
-    let n1 = member(root.path(), 1, None, &fast);
-    n1.wait_ready().await;
-    let n2 = member(root.path(), 2, Some(&n1), &fast);
-    let n3 = member(root.path(), 3, Some(&n1), &fast);
-    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let ([n1, n2, n3], _) = trio(root.path(), &fast).await;
     let known = seed_links(&n1, 200).await;
 
     // Node 4 joins; it dies as soon as a replica is moving onto it.
@@ -476,7 +446,7 @@ async fn draining_hands_over_leaderships_and_cancel_and_sigterm_drain_work() {
     let ((ok, failures), (acked, _unknown)) = load.finish().await;
     assert_no_failed_redirect(ok, &failures);
     assert!(ok > 0 && !acked.is_empty(), "the load ran");
-    assert_acknowledged_present(&nodes[0], &acked).await;
+    assert_acknowledged_once(&nodes[0], &acked).await;
 
     // SIGTERM with --drain-on-shutdown: it drains, then stops; it is active again at its
     // next start.

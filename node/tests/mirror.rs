@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
-use support::cluster::{assert_no_failed_redirect, member, seed_links, wait_placed, Load, Root};
+use support::cluster::{assert_no_failed_redirect, member, seed_links, trio, Load, Root};
 use support::postgres::Postgres;
 use support::{Node, ADMIN_KEY};
 
@@ -218,12 +218,7 @@ async fn mixed_traffic(nodes: &[&Node], creates: usize, concurrency: usize) -> V
 async fn mixed_changes_on_three_nodes_land_in_postgres_row_by_row() {
     let pg = Postgres::start();
     let root = Root::new();
-    let flags = ["--postgres-url", pg.url.as_str()];
-    let n1 = member(root.path(), 1, None, &flags);
-    n1.wait_ready().await;
-    let n2 = member(root.path(), 2, Some(&n1), &flags);
-    let n3 = member(root.path(), 3, Some(&n1), &flags);
-    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let ([n1, n2, n3], _) = trio(root.path(), &["--postgres-url", pg.url.as_str()]).await;
     // 6,700 creates, then 3,350 updates and deletes: 10,050 changes.
     let deleted = mixed_traffic(&[&n1, &n2, &n3], 6_700, 32).await;
     assert!(!deleted.is_empty());
@@ -312,12 +307,7 @@ async fn mixed_changes_on_three_nodes_land_in_postgres_row_by_row() {
 async fn postgres_stopped_under_load_fails_no_request_and_the_mirror_catches_up() {
     let pg = Postgres::start();
     let root = Root::new();
-    let flags = ["--postgres-url", pg.url.as_str()];
-    let n1 = member(root.path(), 1, None, &flags);
-    n1.wait_ready().await;
-    let n2 = member(root.path(), 2, Some(&n1), &flags);
-    let n3 = member(root.path(), 3, Some(&n1), &flags);
-    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let ([n1, n2, n3], _) = trio(root.path(), &["--postgres-url", pg.url.as_str()]).await;
     let known = seed_links(&n1, 30).await;
     let db = connect(&pg).await;
     wait_mirrored(&n1, &db, &[], Duration::from_secs(30)).await;
@@ -359,12 +349,7 @@ async fn postgres_stopped_under_load_fails_no_request_and_the_mirror_catches_up(
 async fn killing_the_mirroring_leader_loses_and_repeats_no_row() {
     let pg = Postgres::start();
     let root = Root::new();
-    let flags = ["--postgres-url", pg.url.as_str()];
-    let n1 = member(root.path(), 1, None, &flags);
-    n1.wait_ready().await;
-    let n2 = member(root.path(), 2, Some(&n1), &flags);
-    let n3 = member(root.path(), 3, Some(&n1), &flags);
-    let s = wait_placed(&[&n1, &n2, &n3], 3).await;
+    let ([n1, n2, n3], s) = trio(root.path(), &["--postgres-url", pg.url.as_str()]).await;
     let known = seed_links(&n2, 30).await;
     // The node leading (and so mirroring) the most shards dies while creates stream in.
     let victim = s["nodes"]
@@ -502,12 +487,7 @@ async fn a_log_compacted_past_the_watermark_resyncs_the_shard() {
 async fn a_node_restored_from_the_mirror_serves_every_link_the_same() {
     let pg = Postgres::start();
     let root = Root::new();
-    let flags = ["--postgres-url", pg.url.as_str()];
-    let n1 = member(root.path(), 1, None, &flags);
-    n1.wait_ready().await;
-    let n2 = member(root.path(), 2, Some(&n1), &flags);
-    let n3 = member(root.path(), 3, Some(&n1), &flags);
-    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let ([n1, n2, n3], _) = trio(root.path(), &["--postgres-url", pg.url.as_str()]).await;
     let deleted = mixed_traffic(&[&n1, &n2, &n3], 600, 16).await;
     let reader = n2.new_key(&["links:read"]).await;
     let db = connect(&pg).await;

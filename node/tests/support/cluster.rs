@@ -260,3 +260,37 @@ impl Root {
         &self.path
     }
 }
+
+/// Three members on 127.0.0.1-3 with `flags`, joined through node 1, every shard on all
+/// three; and the status then.
+pub async fn trio(root: &Path, flags: &[&str]) -> ([Node; 3], Value) {
+    let n1 = member(root, 1, None, flags);
+    n1.wait_ready().await;
+    let n2 = member(root, 2, Some(&n1), flags);
+    let n3 = member(root, 3, Some(&n1), flags);
+    let s = wait_placed(&[&n1, &n2, &n3], 3).await;
+    ([n1, n2, n3], s)
+}
+
+/// Asserts every acknowledged create (URL → code) is listed through `via` at its code, and
+/// no URL twice; the codes by URL.
+pub async fn assert_acknowledged_once(
+    via: &Node,
+    acked: &BTreeMap<String, String>,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let mut by_url: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (url, code) in all_links(via).await {
+        by_url.entry(url).or_default().push(code);
+    }
+    for (url, code) in acked {
+        assert_eq!(
+            by_url.get(url),
+            Some(&vec![code.clone()]),
+            "acknowledged {url} at {code}"
+        );
+    }
+    for (url, codes) in &by_url {
+        assert_eq!(codes.len(), 1, "{url} created more than once: {codes:?}");
+    }
+    by_url
+}
