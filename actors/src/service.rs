@@ -77,6 +77,10 @@ pub struct ServiceConfig {
     pub postgres_url: Option<String>,
     /// How much of a clicking client's address is kept.
     pub click_ip: crate::clicks::event::IpPolicy,
+    /// The ClickHouse click store (none: clicks are rolled up in the node's own database).
+    pub clickhouse: Option<crate::clicks::clickhouse::ClickHouseConfig>,
+    /// How many bytes of click batches may wait on disk for ClickHouse.
+    pub click_spool_max_bytes: u64,
     /// Replication settings.
     pub raft: RaftConfig,
 }
@@ -100,6 +104,8 @@ impl Default for ServiceConfig {
             dead_after: Duration::from_secs(30),
             postgres_url: None,
             click_ip: Default::default(),
+            clickhouse: None,
+            click_spool_max_bytes: 1 << 30,
             raft: RaftConfig::default(),
         }
     }
@@ -302,9 +308,11 @@ pub(crate) struct Core {
     pub(crate) departure: tokio::sync::watch::Sender<Option<Departure>>,
     /// The watermarks of the shards this node mirrors to Postgres.
     pub(crate) mirror: crate::mirror::MirrorState,
-    /// The click actor's handle, and the store it writes.
+    /// The click actor's handle, and the store it writes: ClickHouse when configured,
+    /// else the embedded roll-ups.
     clicks: crate::clicks::Clicks,
     rollups: crate::clicks::rollup::Rollups,
+    clickhouse: Option<crate::clicks::clickhouse::ClickHouse>,
     data_dir: PathBuf,
     code_length: usize,
     url_policy: UrlPolicy,
@@ -465,9 +473,24 @@ impl LinkService {
         peers.announce(me);
         let rollups = crate::clicks::rollup::Rollups::open(node.db())
             .map_err(|e| OpenError::Config(format!("opening the click store: {e}")))?;
+        let clickhouse = config
+            .clickhouse
+            .clone()
+            .map(crate::clicks::clickhouse::ClickHouse::new);
+        let sink = match &clickhouse {
+            Some(store) => crate::clicks::ClickSink::ClickHouse {
+                store: Box::new(store.clone()),
+                spool_dir: config.data_dir.join("click-spool"),
+                spool_max_bytes: config.click_spool_max_bytes,
+            },
+            None => crate::clicks::ClickSink::Embedded(rollups.clone()),
+        };
+        let clicks = crate::clicks::Clicks::start(sink, config.click_ip)
+            .map_err(|e| OpenError::Config(format!("opening the click spool: {e}")))?;
         let core = Arc::new(Core {
-            clicks: crate::clicks::Clicks::start(rollups.clone(), config.click_ip),
+            clicks,
             rollups,
+            clickhouse,
             node,
             me,
             meta,
@@ -1902,16 +1925,23 @@ impl LinkService {
         self.core.clicks.record(click);
     }
 
-    /// The clicks of `code` from `from_ms` to `to_ms`, every node's added up. A node that
-    /// does not answer is named in the error: stats are exact or refused.
-    pub async fn click_tally(
+    /// The clicks of `code` from `from_ms` to `to_ms`: from ClickHouse, or every node's
+    /// roll-ups added up. A node that does not answer, or ClickHouse down, is named in the
+    /// error: stats are exact or refused.
+    pub async fn click_summary(
         &self,
         code: &str,
         from_ms: i64,
         to_ms: i64,
         bots: crate::clicks::rollup::Bots,
-    ) -> Result<crate::clicks::rollup::Tally, ServiceError> {
+    ) -> Result<crate::clicks::Summary, ServiceError> {
         let core = &self.core;
+        if let Some(store) = &core.clickhouse {
+            return store
+                .summary(code, from_ms, to_ms, bots)
+                .await
+                .map_err(|e| ServiceError::Unavailable(e.to_string()));
+        }
         let mut tally = core
             .rollups
             .tally(code, from_ms, to_ms, bots)
@@ -1942,7 +1972,17 @@ impl LinkService {
                 }
             }
         }
-        Ok(tally)
+        Ok(tally.into())
+    }
+
+    /// The ClickHouse click store, when one is configured.
+    pub fn clickhouse(&self) -> Option<&crate::clicks::clickhouse::ClickHouse> {
+        self.core.clickhouse.as_ref()
+    }
+
+    /// Writes every click recorded so far to its store (for ClickHouse: to the spool).
+    pub async fn flush_clicks(&self) {
+        self.core.clicks.flush().await;
     }
 
     /// Watches for this node learning that it is no longer a member of its cluster.
@@ -2107,6 +2147,8 @@ impl LinkService {
     /// Stops the background tasks, leaves the cluster's sessions, stops every group and
     /// flushes the data to disk.
     pub async fn shutdown(self) {
+        // Clicks still batched go to their store (or the ClickHouse spool) first.
+        self.core.clicks.stop().await;
         self.core.cancel.cancel();
         for task in self.tasks {
             task.abort();

@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
             get(links::get).patch(links::update).delete(links::remove),
         )
         .route("/v1/links/{code}/stats", get(stats::stats))
+        .route("/v1/links/{code}/clicks", get(stats::export))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/admin/status", get(admin::status))

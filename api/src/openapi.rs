@@ -15,6 +15,7 @@ use crate::{admin, keys, links, ops, redirect, stats};
         redirect::redirect,
         links::create, links::list, links::bulk, links::get, links::update, links::remove,
         stats::stats,
+        stats::export,
         keys::create, keys::list, keys::revoke,
         admin::status, admin::drain, admin::leave, admin::cancel, admin::replicas,
         ops::healthz, ops::readyz, ops::metrics,

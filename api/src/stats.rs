@@ -1,16 +1,22 @@
-//! `GET /v1/links/{code}/stats`: a link's clicks over a time range, every node's added up.
+//! A link's clicks: `GET /v1/links/{code}/stats` (counts over a time range, from either
+//! click store) and `GET /v1/links/{code}/clicks` (the raw events, from ClickHouse).
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use linkrift_actors::clicks::rollup::{Bots, Tally, DIMENSIONS};
+use linkrift_actors::clicks::clickhouse::ExportFormat;
+use linkrift_actors::clicks::rollup::{Bots, DIMENSIONS};
+use linkrift_actors::clicks::Summary;
 use linkrift_actors::domain::{Invalid, Scope};
 use linkrift_actors::service::now_ms;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use futures::StreamExt;
+use linkrift_actors::service::ServiceError;
 
 use crate::auth::authorize;
 use crate::error::ApiError;
@@ -104,8 +110,8 @@ fn top(values: Option<&BTreeMap<String, u64>>) -> Vec<Top> {
     all
 }
 
-/// Builds the answer from the nodes' tally; `step` is an hour or a day.
-fn build(code: String, from: i64, to: i64, step: i64, bots: &str, tally: Tally) -> Stats {
+/// Builds the answer from the store's summary; `step` is an hour or a day.
+fn build(code: String, from: i64, to: i64, step: i64, bots: &str, tally: Summary) -> Stats {
     let mut buckets: BTreeMap<i64, u64> = BTreeMap::new();
     let mut t = from.div_euclid(step) * step;
     while t <= to {
@@ -120,7 +126,7 @@ fn build(code: String, from: i64, to: i64, step: i64, bots: &str, tally: Tally) 
     let dim = |name: &str| top(tally.dims.get(name));
     Stats {
         total: buckets.values().sum(),
-        unique_visitors: tally.visitors.len() as u64,
+        unique_visitors: tally.unique_visitors,
         series: buckets
             .into_iter()
             .map(|(t, clicks)| Point {
@@ -141,6 +147,35 @@ fn build(code: String, from: i64, to: i64, step: i64, bots: &str, tally: Tally) 
     }
 }
 
+/// `from` and `to` (default: the last 7 days), at most 366 days apart.
+fn range(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), Invalid> {
+    let to = match to {
+        Some(s) => parse_time("to", s)?,
+        None => now_ms(),
+    };
+    let from = match from {
+        Some(s) => parse_time("from", s)?,
+        None => to - 7 * DAY_MS,
+    };
+    if from > to || to - from > 366 * DAY_MS {
+        return Err(bad(
+            "from",
+            "must be before `to`, and at most 366 days before it",
+        ));
+    }
+    Ok((from, to))
+}
+
+/// `bots` (default `exclude`), and its name.
+fn bots(value: Option<&str>) -> Result<(Bots, &'static str), Invalid> {
+    match value.unwrap_or("exclude") {
+        "exclude" => Ok((Bots::Exclude, "exclude")),
+        "include" => Ok((Bots::Include, "include")),
+        "only" => Ok((Bots::Only, "only")),
+        _ => Err(bad("bots", "must be exclude, include or only")),
+    }
+}
+
 /// `GET /v1/links/{code}/stats?from=&to=&interval=hour|day&bots=exclude|include|only`.
 #[utoipa::path(get, path = "/v1/links/{code}/stats", security(("api_key" = [])),
     params(("code" = String, Path), StatsQuery),
@@ -153,36 +188,93 @@ pub async fn stats(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::LinksRead)?;
-    let to = match &q.to {
-        Some(s) => parse_time("to", s)?,
-        None => now_ms(),
-    };
-    let from = match &q.from {
-        Some(s) => parse_time("from", s)?,
-        None => to - 7 * DAY_MS,
-    };
-    if from > to || to - from > 366 * DAY_MS {
-        return Err(bad(
-            "from",
-            "must be before `to`, and at most 366 days before it",
-        )
-        .into());
-    }
+    let (from, to) = range(q.from.as_deref(), q.to.as_deref())?;
     let step = match q.interval.as_deref().unwrap_or("day") {
         "hour" if to - from <= 31 * DAY_MS => HOUR_MS,
         "hour" => return Err(bad("interval", "hour takes a range of at most 31 days").into()),
         "day" => DAY_MS,
         _ => return Err(bad("interval", "must be hour or day").into()),
     };
-    let (bots, name) = match q.bots.as_deref().unwrap_or("exclude") {
-        "exclude" => (Bots::Exclude, "exclude"),
-        "include" => (Bots::Include, "include"),
-        "only" => (Bots::Only, "only"),
-        _ => return Err(bad("bots", "must be exclude, include or only").into()),
+    let (bots, name) = bots(q.bots.as_deref())?;
+    if state.service.get(&code).await?.is_none() {
+        return Err(ApiError::not_found(format!("no link {code:?}")));
+    }
+    let summary = state.service.click_summary(&code, from, to, bots).await?;
+    Ok(axum::Json(build(code, from, to, step, name, summary)).into_response())
+}
+
+/// Query parameters of an export.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ExportQuery {
+    /// `ndjson` (default) or `csv`.
+    format: Option<String>,
+    /// Start (RFC 3339); default 7 days before `to`.
+    from: Option<String>,
+    /// End (RFC 3339); default now.
+    to: Option<String>,
+    /// `exclude` (default), `include` or `only`.
+    bots: Option<String>,
+}
+
+/// `GET /v1/links/{code}/clicks?format=ndjson|csv&from=&to=&bots=`: the link's raw click
+/// events, oldest first, streamed from ClickHouse. Without ClickHouse there are only hourly
+/// roll-ups, and the answer is 501.
+#[utoipa::path(get, path = "/v1/links/{code}/clicks", security(("api_key" = [])),
+    params(("code" = String, Path), ExportQuery),
+    responses((status = 200, description = "NDJSON or CSV, one click event per line"),
+              (status = 422, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody),
+              (status = 501, body = crate::error::ErrorBody),
+              (status = 503, body = crate::error::ErrorBody)))]
+pub async fn export(
+    State(state): State<AppState>,
+    Path(code): Path<String>,
+    Query(q): Query<ExportQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&headers, &state.service, Scope::LinksRead)?;
+    let (format, content_type) = match q.format.as_deref().unwrap_or("ndjson") {
+        "ndjson" => (ExportFormat::Ndjson, "application/x-ndjson"),
+        "csv" => (ExportFormat::Csv, "text/csv; charset=utf-8"),
+        _ => return Err(bad("format", "must be ndjson or csv").into()),
+    };
+    let (from, to) = range(q.from.as_deref(), q.to.as_deref())?;
+    let (bots, _) = bots(q.bots.as_deref())?;
+    let Some(store) = state.service.clickhouse() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            "clickhouse_required",
+            "raw click events are kept only in ClickHouse (set clickhouse_url); \
+             this cluster keeps hourly roll-ups, see /v1/links/{code}/stats",
+        ));
     };
     if state.service.get(&code).await?.is_none() {
         return Err(ApiError::not_found(format!("no link {code:?}")));
     }
-    let tally = state.service.click_tally(&code, from, to, bots).await?;
-    Ok(axum::Json(build(code, from, to, step, name, tally)).into_response())
+    let mut cursor = store
+        .export(&code, from, to, bots, format)
+        .map_err(|e| ApiError::from(ServiceError::Unavailable(e.to_string())))?;
+    // The first chunk decides the status: ClickHouse refusing the query is a 503, not a
+    // 200 with an error in its body.
+    let first = cursor
+        .next()
+        .await
+        .map_err(|e| ApiError::from(ServiceError::Unavailable(format!("ClickHouse: {e}"))))?;
+    let rest = futures::stream::unfold(Some(cursor), |cursor| async move {
+        let mut cursor = cursor?;
+        match cursor.next().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(cursor))),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "a click export broke off");
+                Some((Err(std::io::Error::other(e.to_string())), None))
+            }
+        }
+    });
+    let body = futures::stream::iter(first.map(Ok)).chain(rest);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }

@@ -50,6 +50,18 @@ pub struct Config {
     pub click_ip_v6_bits: u8,
     /// Count redirects as clicks (turned off only to measure what counting costs).
     pub click_capture: bool,
+    /// ClickHouse HTTP interface for click events, e.g. `http://127.0.0.1:8123` (none:
+    /// hourly roll-ups in the node's own database).
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database (created when missing).
+    pub clickhouse_database: String,
+    /// ClickHouse user.
+    pub clickhouse_user: String,
+    /// ClickHouse password.
+    pub clickhouse_password: String,
+    /// Bytes of click batches that may wait on local disk while ClickHouse is away; past
+    /// that, batches are dropped and counted.
+    pub click_spool_max_bytes: u64,
     /// Base URL of the short links handed out; its host is refused as a destination.
     pub public_url: Option<String>,
     /// Shards of a new cluster (fixed once the data directory exists).
@@ -91,6 +103,11 @@ const KEYS: &[&str] = &[
     "click_ip_v4_bits",
     "click_ip_v6_bits",
     "click_capture",
+    "clickhouse_url",
+    "clickhouse_database",
+    "clickhouse_user",
+    "clickhouse_password",
+    "click_spool_max_bytes",
     "public_url",
     "shard_count",
     "code_length",
@@ -123,6 +140,11 @@ impl Default for Config {
             click_ip_v4_bits: 24,
             click_ip_v6_bits: 48,
             click_capture: true,
+            clickhouse_url: None,
+            clickhouse_database: "linkrift".into(),
+            clickhouse_user: "default".into(),
+            clickhouse_password: String::new(),
+            click_spool_max_bytes: 1 << 30,
             public_url: None,
             shard_count: 64,
             code_length: 7,
@@ -193,6 +215,19 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub country_header: Option<String>,
+    /// ClickHouse HTTP URL for click events, e.g. http://127.0.0.1:8123 [default: none,
+    /// roll-ups in the node's own database].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database [default: linkrift].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clickhouse_database: Option<String>,
+    /// Bytes of click batches kept on disk while ClickHouse is away [default: 1073741824].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub click_spool_max_bytes: Option<u64>,
     /// Public base URL of short links [default: http://<http address>].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,6 +292,27 @@ impl Config {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                 bail!("postgres_url must be a postgres:// URL");
             }
+        }
+        if let Some(url) = &config.clickhouse_url {
+            let parsed = url::Url::parse(url)
+                .with_context(|| format!("clickhouse_url {url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                bail!("clickhouse_url must be the http(s) URL of ClickHouse's HTTP interface, e.g. http://127.0.0.1:8123, not {url:?}");
+            }
+            let name_ok =
+                |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !name_ok(&config.clickhouse_database) {
+                bail!(
+                    "clickhouse_database must be letters, digits and underscores, not {:?}",
+                    config.clickhouse_database
+                );
+            }
+        }
+        if config.click_spool_max_bytes < 1 << 20 {
+            bail!(
+                "click_spool_max_bytes must be at least 1048576 (1 MiB), not {}",
+                config.click_spool_max_bytes
+            );
         }
         if config.click_ip_v4_bits > 32 || config.click_ip_v6_bits > 128 {
             bail!("click_ip_v4_bits must be 0-32 and click_ip_v6_bits 0-128");

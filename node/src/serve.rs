@@ -57,6 +57,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             v4_bits: config.click_ip_v4_bits,
             v6_bits: config.click_ip_v6_bits,
         },
+        clickhouse: config.clickhouse_url.clone().map(|url| {
+            linkrift_actors::clicks::clickhouse::ClickHouseConfig {
+                url,
+                database: config.clickhouse_database.clone(),
+                user: config.clickhouse_user.clone(),
+                password: config.clickhouse_password.clone(),
+            }
+        }),
+        click_spool_max_bytes: config.click_spool_max_bytes,
         raft: linkrift_actors::service::RaftConfig {
             snapshot_after_entries: config.snapshot_after_entries,
             ..Default::default()

@@ -143,6 +143,18 @@ async fn clicks_are_counted_exactly_and_bots_are_flagged() {
         );
     }
     assert_eq!(stats(&node, "nosuchcode", "").await.0, 404);
+
+    // Raw events are kept only in ClickHouse.
+    let r = node
+        .http
+        .get(node.url("/v1/links/counted/clicks"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "clickhouse_required", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,6 +234,16 @@ impl Agents {
 }
 
 impl ClickEvent {
+    /// Who clicked, as far as can be told without keeping it: a hash of the truncated
+    /// address and the user agent. Both stores count distinct visitors by it.
+    pub fn visitor(&self) -> u64 {
+        let mut key = Vec::with_capacity(self.ip.len() + 1 + self.user_agent.len());
+        key.extend_from_slice(self.ip.as_bytes());
+        key.push(0);
+        key.extend_from_slice(self.user_agent.as_bytes());
+        xxhash_rust::xxh3::xxh3_64(&key)
+    }
+
     /// Describes a click: parses its user agent, truncates its address, and so on.
     pub fn describe(raw: RawClick, agents: &mut Agents, ip: IpPolicy) -> Self {
         let ua = clip(raw.user_agent.as_deref().unwrap_or_default().trim(), 512);

@@ -3,6 +3,8 @@
 //! - [`event`]: from what a redirect saw ([`event::RawClick`], copied without parsing) to
 //!   the event that is stored ([`event::ClickEvent`]): id, truncated IP, device, browser,
 //!   OS, bot flag, referer host, language, country.
+//! - [`clickhouse`]: the ClickHouse store (`--clickhouse-url`), and [`spool`], where its
+//!   batches wait on local disk until ClickHouse has them.
 //! - [`rollup`]: the embedded store (hourly roll-ups in sled), used when no ClickHouse is
 //!   configured.
 //!
@@ -10,18 +12,28 @@
 //! `try_send` and never waits; a full queue drops the click and counts it
 //! (`clicks_dropped_total{reason="queue_full"}`). (ractor's mailboxes are unbounded, which is
 //! why this one is a plain channel.) The task describes clicks and writes them in batches of
-//! up to 5,000, or every second. Clicks still queued or batched when a node crashes are
-//! lost: at most a second's worth plus the queue.
+//! up to 5,000, or every second: into the embedded store, or into the spool, from which a
+//! second task (the shipper) sends them to ClickHouse oldest first. Clicks still queued or
+//! batched when a node crashes are lost: at most a second's worth plus the queue. A node
+//! that stops cleanly writes them first.
 
+pub mod clickhouse;
 pub mod event;
 pub mod rollup;
+pub mod spool;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Notify};
 
+use self::clickhouse::ClickHouse;
 use event::{Agents, ClickEvent, IpPolicy, RawClick};
 use rollup::Rollups;
+use spool::Spool;
 
 /// Clicks waiting to be described, at most.
 pub const QUEUE: usize = 100_000;
@@ -29,24 +41,86 @@ pub const QUEUE: usize = 100_000;
 pub const BATCH: usize = 5_000;
 /// How long a click may wait for its batch.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// The shipper's longest wait between attempts while ClickHouse fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// ClickHouse failures are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A link's clicks over a time range, from either store: what stats are built from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Clicks per hour (the hour's start, Unix milliseconds).
+    pub hours: BTreeMap<i64, u64>,
+    /// Clicks per dimension (see [`rollup::DIMENSIONS`]) and value.
+    pub dims: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Distinct visitors (truncated address and user agent).
+    pub unique_visitors: u64,
+}
+
+/// Where a node's clicks go.
+#[derive(Clone)]
+pub enum ClickSink {
+    /// Hourly roll-ups in the node's own database.
+    Embedded(Rollups),
+    /// ClickHouse, through a spool on local disk.
+    ClickHouse {
+        /// The store.
+        store: Box<ClickHouse>,
+        /// The spool's directory.
+        spool_dir: PathBuf,
+        /// The spool's bound, in bytes.
+        spool_max_bytes: u64,
+    },
+}
+
+enum Message {
+    Click(RawClick),
+    /// Write what is batched, then answer.
+    Flush(oneshot::Sender<()>),
+}
 
 /// The hot path's handle on the click actor.
 #[derive(Clone)]
 pub struct Clicks {
-    queue: mpsc::Sender<RawClick>,
+    queue: mpsc::Sender<Message>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// Where the describing task puts its batches.
+enum Writer {
+    Embedded(Rollups),
+    Spool {
+        spool: Arc<Mutex<Spool>>,
+        spooled: Arc<Notify>,
+    },
 }
 
 impl Clicks {
-    /// Starts the click actor writing to `rollups`.
-    pub fn start(rollups: Rollups, ip: IpPolicy) -> Self {
+    /// Starts the click actor (and, for ClickHouse, its shipper) writing to `sink`.
+    pub fn start(sink: ClickSink, ip: IpPolicy) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, rollups, ip));
-        Self { queue }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = match sink {
+            ClickSink::Embedded(rollups) => Writer::Embedded(rollups),
+            ClickSink::ClickHouse {
+                store,
+                spool_dir,
+                spool_max_bytes,
+            } => {
+                let spool = Arc::new(Mutex::new(Spool::open(&spool_dir, spool_max_bytes)?));
+                let spooled = Arc::new(Notify::new());
+                report_spool(&spool.lock().expect("spool lock"));
+                tokio::spawn(ship(*store, spool.clone(), spooled.clone(), stop.clone()));
+                Writer::Spool { spool, spooled }
+            }
+        };
+        tokio::spawn(run(rx, writer, ip));
+        Ok(Self { queue, stop })
     }
 
     /// Hands a click over without waiting.
     pub fn record(&self, click: RawClick) {
-        match self.queue.try_send(click) {
+        match self.queue.try_send(Message::Click(click)) {
             Ok(()) => metrics::counter!("clicks_enqueued_total").increment(1),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("clicks_dropped_total", "reason" => "queue_full").increment(1)
@@ -56,26 +130,44 @@ impl Clicks {
             }
         }
     }
+
+    /// Writes every click handed over so far to the store, or to the spool for ClickHouse.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(Message::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Flushes, then stops sending to ClickHouse; what is spooled is sent at the next start.
+    pub async fn stop(&self) {
+        self.flush().await;
+        self.stop.cancel();
+    }
 }
 
-async fn run(mut rx: mpsc::Receiver<RawClick>, rollups: Rollups, ip: IpPolicy) {
+async fn run(mut rx: mpsc::Receiver<Message>, writer: Writer, ip: IpPolicy) {
     let mut agents = Agents::default();
     let mut batch: Vec<ClickEvent> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (open, ticked) = tokio::select! {
-            click = rx.recv() => match click {
-                Some(raw) => {
+        let (open, due, answer) = tokio::select! {
+            message = rx.recv() => match message {
+                Some(Message::Click(raw)) => {
                     batch.push(ClickEvent::describe(raw, &mut agents, ip));
-                    (true, false)
+                    (true, false, None)
                 }
-                None => (false, false),
+                Some(Message::Flush(answer)) => (true, true, Some(answer)),
+                None => (false, true, None),
             },
-            _ = tick.tick() => (true, true),
+            _ = tick.tick() => (true, true, None),
         };
-        if batch.len() >= BATCH || (!batch.is_empty() && (ticked || !open)) {
-            flush(&rollups, &mut batch).await;
+        if batch.len() >= BATCH || (due && !batch.is_empty()) {
+            write(&writer, std::mem::take(&mut batch)).await;
+        }
+        if let Some(answer) = answer {
+            let _ = answer.send(());
         }
         if !open {
             return;
@@ -83,20 +175,125 @@ async fn run(mut rx: mpsc::Receiver<RawClick>, rollups: Rollups, ip: IpPolicy) {
     }
 }
 
-async fn flush(rollups: &Rollups, batch: &mut Vec<ClickEvent>) {
-    let events = std::mem::take(batch);
+async fn write(writer: &Writer, events: Vec<ClickEvent>) {
     let n = events.len() as u64;
-    let rollups = rollups.clone();
-    let written = tokio::task::spawn_blocking(move || rollups.record(&events)).await;
+    let written = match writer {
+        Writer::Embedded(rollups) => {
+            let rollups = rollups.clone();
+            tokio::task::spawn_blocking(move || rollups.record(&events).map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map(|()| true))
+        }
+        Writer::Spool { spool, spooled } => {
+            let spool = spool.clone();
+            let pushed = tokio::task::spawn_blocking(move || {
+                let mut spool = spool.lock().expect("spool lock");
+                let pushed = spool.push(&events);
+                report_spool(&spool);
+                pushed.map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            spooled.notify_one();
+            pushed
+        }
+    };
     match written {
-        Ok(Ok(())) => metrics::counter!("clicks_ingested_total").increment(n),
-        Ok(Err(e)) => {
+        Ok(true) => {
+            if matches!(writer, Writer::Embedded(_)) {
+                metrics::counter!("clicks_ingested_total").increment(n);
+            }
+        }
+        Ok(false) => {
+            tracing::warn!(
+                clicks = n,
+                "the click spool is full (click_spool_max_bytes): clicks dropped"
+            );
+            metrics::counter!("clicks_dropped_total", "reason" => "spool_full").increment(n);
+        }
+        Err(e) => {
             tracing::error!(error = %e, clicks = n, "could not store clicks");
             metrics::counter!("clicks_dropped_total", "reason" => "store_error").increment(n);
         }
-        Err(e) => {
-            tracing::error!(error = %e, clicks = n, "the click store task failed");
-            metrics::counter!("clicks_dropped_total", "reason" => "store_error").increment(n);
+    }
+}
+
+fn report_spool(spool: &Spool) {
+    metrics::gauge!("clicks_spooled").set(spool.events() as f64);
+    metrics::gauge!("clicks_spool_bytes").set(spool.bytes() as f64);
+    let lag = spool.oldest_ms().map_or(0.0, |t| {
+        (crate::service::now_ms() - t).max(0) as f64 / 1000.0
+    });
+    metrics::gauge!("clicks_ingest_lag_seconds").set(lag);
+}
+
+/// Sends spooled batches to ClickHouse, oldest first, until each is acknowledged.
+async fn ship(
+    store: ClickHouse,
+    spool: Arc<Mutex<Spool>>,
+    spooled: Arc<Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut migrated = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut last_log: Option<tokio::time::Instant> = None;
+    loop {
+        let attempt = async {
+            if !migrated {
+                store.migrate().await?;
+                migrated = true;
+            }
+            let next = {
+                let spool = spool.clone();
+                tokio::task::spawn_blocking(move || spool.lock().expect("spool lock").oldest())
+                    .await
+                    .expect("reading the spool")
+            };
+            let Some((seq, batch)) = next else {
+                return Ok(false);
+            };
+            store.insert(&batch).await?;
+            metrics::counter!("clicks_ingested_total").increment(batch.len() as u64);
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut spool = spool.lock().expect("spool lock");
+                if let Err(e) = spool.remove(seq) {
+                    tracing::error!(error = %e, "could not remove a sent click batch; it will be sent again");
+                }
+                report_spool(&spool);
+            })
+            .await
+            .expect("updating the spool");
+            Ok::<bool, clickhouse::StoreError>(true)
+        };
+        let attempt = tokio::select! {
+            result = attempt => result,
+            _ = stop.cancelled() => return,
+        };
+        match attempt {
+            Ok(true) => backoff = Duration::from_millis(100),
+            Ok(false) => {
+                report_spool(&spool.lock().expect("spool lock"));
+                tokio::select! {
+                    _ = tokio::time::timeout(FLUSH_EVERY, spooled.notified()) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                metrics::counter!("clicks_ingest_errors_total").increment(1);
+                if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                    tracing::warn!(error = %e, "clicks wait in the spool until ClickHouse takes them");
+                    last_log = Some(tokio::time::Instant::now());
+                }
+                report_spool(&spool.lock().expect("spool lock"));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 }

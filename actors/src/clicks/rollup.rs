@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::event::ClickEvent;
 
@@ -64,6 +63,16 @@ impl Tally {
     }
 }
 
+impl From<Tally> for super::Summary {
+    fn from(t: Tally) -> Self {
+        Self {
+            hours: t.hours,
+            dims: t.dims,
+            unique_visitors: t.visitors.len() as u64,
+        }
+    }
+}
+
 /// The roll-up trees.
 #[derive(Clone)]
 pub struct Rollups {
@@ -116,9 +125,7 @@ impl Rollups {
                 *adds.entry(key).or_default() += 1;
             }
             let mut visitor = prefix;
-            visitor.extend_from_slice(
-                &xxh3_64(format!("{}\0{}", e.ip, e.user_agent).as_bytes()).to_be_bytes(),
-            );
+            visitor.extend_from_slice(&e.visitor().to_be_bytes());
             self.visitors.insert(visitor, &[])?;
         }
         for (key, n) in adds {

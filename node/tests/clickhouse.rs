@@ -1,0 +1,413 @@
+//! Click analytics into a real ClickHouse (a throwaway `clickhouse-server` per test): every
+//! redirect of a real `linkrift` process lands exactly once, an outage loses nothing, a
+//! restart replays the spool, and the stats agree with the embedded store's.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::clickhouse::ClickHouse;
+use support::cluster::{member, Root};
+use support::{error_code, Node, ADMIN_KEY};
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+const SAFARI_IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+const FIREFOX_LINUX: &str =
+    "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+
+/// The traffic's shapes: user agent, country, referer. Click `i` has shape `i % 6`; shapes
+/// 4 and 5 are bots.
+const SHAPES: [(&str, &str, &str); 6] = [
+    (CHROME, "BR", "https://news.example.com/a"),
+    (CHROME, "DE", ""),
+    (SAFARI_IPHONE, "US", "https://t.example.org/x"),
+    (FIREFOX_LINUX, "BR", "https://news.example.com/b"),
+    (GOOGLEBOT, "US", ""),
+    ("curl/8.5.0", "", ""),
+];
+
+fn node_with(root: &Path, i: u8, clickhouse: Option<&ClickHouse>) -> Node {
+    let mut flags = vec!["--country-header", "CF-IPCountry"];
+    if let Some(ch) = clickhouse {
+        flags.extend(["--clickhouse-url", ch.url.as_str()]);
+    }
+    member(root, i, None, &flags)
+}
+
+async fn create(node: &Node, code: &str) {
+    let (status, body) = node
+        .create(
+            ADMIN_KEY,
+            json!({ "url": format!("https://example.com/{code}"), "code": code }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Redirects `code` with click shape `i` on `node`; whether it answered 302.
+async fn click(client: &reqwest::Client, node: &Node, code: &str, i: usize) -> bool {
+    let (ua, country, referer) = SHAPES[i % SHAPES.len()];
+    let mut request = client
+        .get(node.url(&format!("/{code}")))
+        .header("user-agent", ua)
+        .header("cf-ipcountry", country);
+    if !referer.is_empty() {
+        request = request.header("referer", referer);
+    }
+    request.send().await.is_ok_and(|r| r.status() == 302)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// `n` clicks of `code`, 8 at a time; all must answer 302.
+async fn clicks(node: &Node, code: &str, n: usize) {
+    let client = client();
+    let done = futures::future::join_all((0..8).map(|w| {
+        let client = &client;
+        async move {
+            let mut ok = 0;
+            for i in (w..n).step_by(8) {
+                assert!(click(client, node, code, i).await, "click {i} failed");
+                ok += 1;
+            }
+            ok
+        }
+    }))
+    .await;
+    assert_eq!(done.iter().sum::<usize>(), n);
+}
+
+async fn get(node: &Node, path: &str) -> (u16, String) {
+    let r = node
+        .http
+        .get(node.url(path))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn stats(node: &Node, code: &str, query: &str) -> Value {
+    let (status, body) = get(node, &format!("/v1/links/{code}/stats?{query}")).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until `sql` answers `want` (and fails at once if it goes past it).
+async fn wait_count(ch: &ClickHouse, sql: &str, want: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = ch.number(sql).await;
+        assert!(n <= want, "{sql}: {n}, more than the {want} clicks made");
+        if n == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {n}, not {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(node: &Node) -> String {
+    node.http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_redirect_is_one_event_in_clickhouse() {
+    let ch = ClickHouse::start().await;
+    let root = Root::new();
+    let node = node_with(root.path(), 1, Some(&ch));
+    node.wait_ready().await;
+    create(&node, "counted").await;
+    const N: usize = 3_000;
+    clicks(&node, "counted", N).await;
+
+    // Exactly N rows, none twice, without relying on merges.
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks WHERE short_code = 'counted'",
+        N as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        ch.number("SELECT uniqExact(click_id) FROM linkrift.clicks WHERE short_code = 'counted'")
+            .await,
+        N as u64
+    );
+    let bots = (0..N).filter(|i| i % 6 >= 4).count() as u64;
+    assert_eq!(
+        ch.number("SELECT sum(is_bot) FROM linkrift.clicks WHERE short_code = 'counted'")
+            .await,
+        bots
+    );
+
+    // The stats come from the hourly roll-up.
+    let all = stats(&node, "counted", "bots=include&interval=hour").await;
+    assert_eq!(all["total"], N as u64, "{all:#}");
+    let people = stats(&node, "counted", "").await;
+    assert_eq!(people["total"], N as u64 - bots, "{people:#}");
+    assert_eq!(people["unique_visitors"], 3, "three browsers, one address");
+    assert_eq!(
+        stats(&node, "counted", "bots=only").await["unique_visitors"],
+        2
+    );
+
+    // The raw events, as NDJSON and CSV.
+    let (status, ndjson) = get(&node, "/v1/links/counted/clicks?bots=include").await;
+    assert_eq!(status, 200, "{ndjson}");
+    let events: Vec<Value> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), N);
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), N, "every event once");
+    let first = &events[0];
+    assert_eq!(first["code"], "counted");
+    assert_eq!(first["ip"], "127.0.0.0", "truncated to 24 bits");
+    assert!(
+        first["at_ms"].as_u64().unwrap() > 1_700_000_000_000,
+        "{first}"
+    );
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["at_ms"].as_u64() <= w[1]["at_ms"].as_u64()),
+        "oldest first"
+    );
+    let (status, csv) = get(&node, "/v1/links/counted/clicks?format=csv").await;
+    assert_eq!(status, 200, "{csv}");
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("\"id\",\"code\""));
+    assert_eq!(
+        lines.count() as u64,
+        N as u64 - bots,
+        "people only, by default"
+    );
+
+    // Bad requests, and ClickHouse down.
+    let (status, body) = get(&node, "/v1/links/counted/clicks?format=xml").await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "invalid_input"),
+        "{body}"
+    );
+    assert_eq!(get(&node, "/v1/links/nosuchcode/clicks").await.0, 404);
+    let mut ch = ch;
+    ch.stop();
+    let (status, body) = get(&node, "/v1/links/counted/stats").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ClickHouse"), "{body}");
+    assert_eq!(get(&node, "/v1/links/counted/clicks").await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_outage_under_load_loses_nothing() {
+    let mut ch = ClickHouse::start().await;
+    let root = Root::new();
+    let node = Arc::new(node_with(root.path(), 1, Some(&ch)));
+    node.wait_ready().await;
+    create(&node, "steady").await;
+
+    // Redirects from 4 clients until told to stop (at most 2 minutes).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = (0..4)
+        .map(|w| {
+            let (node, stop) = (node.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = client();
+                let hard_stop = Instant::now() + Duration::from_secs(120);
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+                    if click(&client, &node, "steady", i).await {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    i += 4;
+                }
+                (ok, failed)
+            })
+        })
+        .collect::<Vec<_>>();
+
+    // Wait for clicks to reach ClickHouse, then take it away for 30 s.
+    wait_until(
+        "clicks reach ClickHouse",
+        Duration::from_secs(30),
+        || async { metric(&metrics(&node).await, "clicks_ingested_total") > 0.0 },
+    )
+    .await;
+    ch.stop();
+    let down = Instant::now();
+    wait_until(
+        "clicks wait in the spool",
+        Duration::from_secs(30),
+        || async { metric(&metrics(&node).await, "clicks_spooled") > 0.0 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
+    ch.resume().await;
+    // Traffic goes on while the spool drains.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for task in load {
+        let (o, f) = task.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(failed, 0, "no redirect fails while ClickHouse is away");
+    assert!(ok > 1_000, "only {ok} redirects");
+
+    // Every redirect is an event, once. (A batch cut off by the outage may have been
+    // inserted before it is sent again; the table keeps one row per event id.)
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks FINAL WHERE short_code = 'steady'",
+        ok,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        ch.number("SELECT uniqExact(click_id) FROM linkrift.clicks WHERE short_code = 'steady'")
+            .await,
+        ok
+    );
+    assert_eq!(
+        stats(&node, "steady", "bots=include").await["total"],
+        ok,
+        "the roll-up counts each event once"
+    );
+    let m = metrics(&node).await;
+    assert_eq!(metric(&m, "clicks_dropped_total"), 0.0, "{m}");
+    wait_until("the spool is empty", Duration::from_secs(10), || async {
+        metric(&metrics(&node).await, "clicks_spooled") == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_clicks_are_sent_after_a_restart() {
+    let mut ch = ClickHouse::start().await;
+    let root = Root::new();
+    let node = node_with(root.path(), 1, Some(&ch));
+    node.wait_ready().await;
+    create(&node, "later").await;
+    ch.stop();
+    clicks(&node, "later", 500).await;
+    // A clean stop writes what is batched to the spool.
+    assert!(node.terminate().success());
+    ch.resume().await;
+    let node = node_with(root.path(), 1, Some(&ch));
+    node.wait_ready().await;
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks WHERE short_code = 'later'",
+        500,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_stores_give_the_same_stats_for_the_same_traffic() {
+    let ch = ClickHouse::start().await;
+    let root = Root::new();
+    let embedded = node_with(root.path(), 1, None);
+    let clickhouse = node_with(root.path(), 2, Some(&ch));
+    embedded.wait_ready().await;
+    clickhouse.wait_ready().await;
+    for node in [&embedded, &clickhouse] {
+        create(node, "same").await;
+        clicks(node, "same", 600).await;
+    }
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks WHERE short_code = 'same'",
+        600,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_until(
+        "the embedded store has them",
+        Duration::from_secs(15),
+        || async { stats(&embedded, "same", "bots=include").await["total"] == 600 },
+    )
+    .await;
+    for query in ["bots=include", "bots=exclude", "bots=only"] {
+        let (a, b) = (
+            stats(&embedded, "same", query).await,
+            stats(&clickhouse, "same", query).await,
+        );
+        assert!(a["total"].as_u64().unwrap() > 0, "{query}: {a:#}");
+        for field in [
+            "total",
+            "unique_visitors",
+            "countries",
+            "referrers",
+            "devices",
+            "browsers",
+            "os",
+            "bots",
+        ] {
+            assert_eq!(a[field], b[field], "{query}: {field}");
+        }
+        let sum = |s: &Value| -> u64 {
+            s["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["clicks"].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(sum(&a), sum(&b), "{query}: series");
+    }
+    let people = stats(&clickhouse, "same", "").await;
+    assert_eq!(people["total"], 400);
+    assert_eq!(
+        people["countries"][0],
+        json!({ "value": "BR", "clicks": 200 })
+    );
+}
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
