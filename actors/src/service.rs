@@ -77,6 +77,8 @@ pub struct ServiceConfig {
     pub postgres_url: Option<String>,
     /// How much of a clicking client's address is kept.
     pub click_ip: crate::clicks::event::IpPolicy,
+    /// A MaxMind country (or city) database, for clicks no trusted header gave a country.
+    pub geoip_database: Option<PathBuf>,
     /// The ClickHouse click store (none: clicks are rolled up in the node's own database).
     pub clickhouse: Option<crate::clicks::clickhouse::ClickHouseConfig>,
     /// How many bytes of click batches may wait on disk for ClickHouse.
@@ -104,6 +106,7 @@ impl Default for ServiceConfig {
             dead_after: Duration::from_secs(30),
             postgres_url: None,
             click_ip: Default::default(),
+            geoip_database: None,
             clickhouse: None,
             click_spool_max_bytes: 1 << 30,
             raft: RaftConfig::default(),
@@ -485,7 +488,13 @@ impl LinkService {
             },
             None => crate::clicks::ClickSink::Embedded(rollups.clone()),
         };
-        let clicks = crate::clicks::Clicks::start(sink, config.click_ip)
+        let countries = match &config.geoip_database {
+            Some(path) => {
+                Some(crate::clicks::event::Countries::open(path).map_err(OpenError::Config)?)
+            }
+            None => None,
+        };
+        let clicks = crate::clicks::Clicks::start(sink, config.click_ip, countries)
             .map_err(|e| OpenError::Config(format!("opening the click spool: {e}")))?;
         let core = Arc::new(Core {
             clicks,

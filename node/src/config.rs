@@ -44,6 +44,9 @@ pub struct Config {
     pub snapshot_after_entries: u64,
     /// A header a trusted proxy sets to the client's country, e.g. `CF-IPCountry`.
     pub country_header: Option<String>,
+    /// A MaxMind country or city database (`.mmdb`), for the country of clicks that no
+    /// trusted header gave one (none: countries only from `country_header`).
+    pub geoip_database: Option<PathBuf>,
     /// Leading bits of a clicking client's IPv4 address kept (0-32).
     pub click_ip_v4_bits: u8,
     /// Leading bits of a clicking client's IPv6 address kept (0-128).
@@ -100,6 +103,7 @@ const KEYS: &[&str] = &[
     "postgres_url",
     "snapshot_after_entries",
     "country_header",
+    "geoip_database",
     "click_ip_v4_bits",
     "click_ip_v6_bits",
     "click_capture",
@@ -137,6 +141,7 @@ impl Default for Config {
             postgres_url: None,
             snapshot_after_entries: 20_000,
             country_header: None,
+            geoip_database: None,
             click_ip_v4_bits: 24,
             click_ip_v6_bits: 48,
             click_capture: true,
@@ -215,6 +220,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub country_header: Option<String>,
+    /// MaxMind country or city database (.mmdb) for click countries [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geoip_database: Option<PathBuf>,
     /// ClickHouse HTTP URL for click events, e.g. http://127.0.0.1:8123 [default: none,
     /// roll-ups in the node's own database].
     #[arg(long)]

@@ -57,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             v4_bits: config.click_ip_v4_bits,
             v6_bits: config.click_ip_v6_bits,
         },
+        geoip_database: config.geoip_database.clone(),
         clickhouse: config.clickhouse_url.clone().map(|url| {
             linkrift_actors::clicks::clickhouse::ClickHouseConfig {
                 url,

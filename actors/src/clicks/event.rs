@@ -143,6 +143,12 @@ fn clip(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// An ISO 3166 alpha-2 code, upper case, if `s` is one.
+fn iso_country(s: &str) -> Option<String> {
+    let s = s.trim();
+    (s.len() == 2 && s.chars().all(|c| c.is_ascii_alphabetic())).then(|| s.to_ascii_uppercase())
+}
+
 /// The address with only its leading bits kept.
 pub fn truncate_ip(ip: IpAddr, policy: IpPolicy) -> IpAddr {
     match ip {
@@ -185,7 +191,7 @@ struct Agent {
 
 /// User-agent parsing, with the answers for the agents seen recently: the same few
 /// thousand agents make most clicks, and parsing one costs far more than looking it up.
-pub struct Agents {
+struct Agents {
     parser: woothee::parser::Parser,
     seen: std::collections::HashMap<String, Agent>,
 }
@@ -233,6 +239,67 @@ impl Agents {
     }
 }
 
+/// Countries by address, from a MaxMind database (GeoLite2 or GeoIP2 Country or City).
+pub struct Countries {
+    reader: maxminddb::Reader<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+struct CountryRecord<'a> {
+    #[serde(borrow)]
+    country: Option<IsoCode<'a>>,
+}
+
+#[derive(Deserialize)]
+struct IsoCode<'a> {
+    iso_code: Option<&'a str>,
+}
+
+impl Countries {
+    /// Reads the database file.
+    pub fn open(path: &std::path::Path) -> Result<Self, String> {
+        let reader = maxminddb::Reader::open_readfile(path)
+            .map_err(|e| format!("reading the MaxMind database {}: {e}", path.display()))?;
+        Ok(Self { reader })
+    }
+
+    /// The country of `ip` (ISO 3166 alpha-2), if the database knows it.
+    pub fn of(&self, ip: IpAddr) -> Option<String> {
+        let found = self.reader.lookup(ip).ok()?;
+        let record: CountryRecord<'_> = found.decode().ok()??;
+        Some(record.country?.iso_code?.to_string())
+    }
+}
+
+/// Turns what redirects saw into click events: user agents parsed (and remembered),
+/// addresses truncated, countries looked up.
+pub struct Describer {
+    agents: Agents,
+    ip: IpPolicy,
+    countries: Option<Countries>,
+}
+
+impl Describer {
+    /// A describer keeping `ip`'s bits of addresses, with countries from `countries` when
+    /// no trusted header gave one.
+    pub fn new(ip: IpPolicy, countries: Option<Countries>) -> Self {
+        Self {
+            agents: Agents::default(),
+            ip,
+            countries,
+        }
+    }
+
+    /// Describes a click.
+    pub fn describe(&mut self, raw: RawClick) -> ClickEvent {
+        let country = raw.country.as_deref().and_then(iso_country).or_else(|| {
+            let (countries, ip) = (self.countries.as_ref()?, raw.ip?);
+            countries.of(ip).as_deref().and_then(iso_country)
+        });
+        ClickEvent::describe(RawClick { country, ..raw }, &mut self.agents, self.ip)
+    }
+}
+
 impl ClickEvent {
     /// Who clicked, as far as can be told without keeping it: a hash of the truncated
     /// address and the user agent. Both stores count distinct visitors by it.
@@ -245,7 +312,7 @@ impl ClickEvent {
     }
 
     /// Describes a click: parses its user agent, truncates its address, and so on.
-    pub fn describe(raw: RawClick, agents: &mut Agents, ip: IpPolicy) -> Self {
+    fn describe(raw: RawClick, agents: &mut Agents, ip: IpPolicy) -> Self {
         let ua = clip(raw.user_agent.as_deref().unwrap_or_default().trim(), 512);
         let Agent {
             device,
@@ -261,9 +328,7 @@ impl ClickEvent {
         let country = raw
             .country
             .as_deref()
-            .map(str::trim)
-            .filter(|c| c.len() == 2 && c.chars().all(|ch| ch.is_ascii_alphabetic()))
-            .map(str::to_ascii_uppercase)
+            .and_then(iso_country)
             .unwrap_or_default();
         Self {
             id: Uuid::new_v7(uuid::Timestamp::from_unix(
@@ -315,7 +380,7 @@ mod tests {
             accept_language: Some("pt-BR,pt;q=0.9,en;q=0.8".into()),
             country: Some("br".into()),
         };
-        ClickEvent::describe(raw, &mut Agents::default(), IpPolicy::default())
+        Describer::new(IpPolicy::default(), None).describe(raw)
     }
 
     #[test]
@@ -374,6 +439,88 @@ mod tests {
         assert_eq!(truncate_ip(v6, all), v6);
     }
 
+    /// A MaxMind database (format 2.0, IPv4, 24-bit records) that knows one network:
+    /// 127.0.0.0/8 is in `iso`.
+    fn one_network_mmdb(iso: &str) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.push(0x40 | s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        let nodes = 8u32;
+        let mut db = Vec::new();
+        // 127 = 0b0111_1111: node i follows bit i; any other bit leads to "no data".
+        for i in 0..nodes {
+            let bit = (127u8 >> (7 - i)) & 1;
+            let next = if i + 1 < nodes { i + 1 } else { nodes + 16 };
+            let (left, right) = if bit == 0 {
+                (next, nodes)
+            } else {
+                (nodes, next)
+            };
+            db.extend_from_slice(&left.to_be_bytes()[1..]);
+            db.extend_from_slice(&right.to_be_bytes()[1..]);
+        }
+        db.extend_from_slice(&[0; 16]);
+        db.push(0xE1);
+        string(&mut db, "country");
+        db.push(0xE1);
+        string(&mut db, "iso_code");
+        string(&mut db, iso);
+        db.extend_from_slice(b"\xAB\xCD\xEFMaxMind.com");
+        db.push(0xE9);
+        string(&mut db, "node_count");
+        db.extend_from_slice(&[0xC1, nodes as u8]);
+        string(&mut db, "record_size");
+        db.extend_from_slice(&[0xA1, 24]);
+        string(&mut db, "ip_version");
+        db.extend_from_slice(&[0xA1, 4]);
+        string(&mut db, "database_type");
+        string(&mut db, "Linkrift-Test-Country");
+        string(&mut db, "languages");
+        db.extend_from_slice(&[0x01, 0x04]);
+        string(&mut db, "en");
+        string(&mut db, "binary_format_major_version");
+        db.extend_from_slice(&[0xA1, 2]);
+        string(&mut db, "binary_format_minor_version");
+        db.push(0xA0);
+        string(&mut db, "build_epoch");
+        db.extend_from_slice(&[0x00, 0x02]);
+        string(&mut db, "description");
+        db.push(0xE1);
+        string(&mut db, "en");
+        string(&mut db, "test");
+        db
+    }
+
+    #[test]
+    fn countries_come_from_the_header_else_from_a_maxmind_database() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), one_network_mmdb("NZ")).unwrap();
+        let countries = Countries::open(file.path()).unwrap();
+        let mut describer = Describer::new(IpPolicy::default(), Some(countries));
+        let click = |ip: &str, header: Option<&str>| RawClick {
+            ip: Some(ip.parse().unwrap()),
+            country: header.map(str::to_string),
+            ..RawClick::default()
+        };
+        let country = |d: &mut Describer, raw| d.describe(raw).country;
+        assert_eq!(country(&mut describer, click("127.9.8.7", None)), "NZ");
+        assert_eq!(
+            country(&mut describer, click("127.9.8.7", Some("fr"))),
+            "FR"
+        );
+        assert_eq!(
+            country(&mut describer, click("127.9.8.7", Some("??"))),
+            "NZ"
+        );
+        assert_eq!(country(&mut describer, click("10.0.0.1", None)), "");
+        assert_eq!(country(&mut describer, click("::1", None)), "");
+        let garbage = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(garbage.path(), b"not a database").unwrap();
+        let err = Countries::open(garbage.path()).err().unwrap();
+        assert!(err.contains("MaxMind"), "{err}");
+    }
+
     #[test]
     fn bad_headers_give_empty_fields_not_errors() {
         let raw = RawClick {
@@ -383,7 +530,7 @@ mod tests {
             user_agent: Some("x".repeat(5000)),
             ..RawClick::default()
         };
-        let e = ClickEvent::describe(raw, &mut Agents::default(), IpPolicy::default());
+        let e = Describer::new(IpPolicy::default(), None).describe(raw);
         assert_eq!(e.referer_host, "");
         assert_eq!(e.language, "");
         assert_eq!(e.country, "");

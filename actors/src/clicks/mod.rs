@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use self::clickhouse::ClickHouse;
-use event::{Agents, ClickEvent, IpPolicy, RawClick};
+use event::{ClickEvent, Countries, Describer, IpPolicy, RawClick};
 use rollup::Rollups;
 use spool::Spool;
 
@@ -97,7 +97,11 @@ enum Writer {
 
 impl Clicks {
     /// Starts the click actor (and, for ClickHouse, its shipper) writing to `sink`.
-    pub fn start(sink: ClickSink, ip: IpPolicy) -> std::io::Result<Self> {
+    pub fn start(
+        sink: ClickSink,
+        ip: IpPolicy,
+        countries: Option<Countries>,
+    ) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stop = tokio_util::sync::CancellationToken::new();
         let writer = match sink {
@@ -114,7 +118,7 @@ impl Clicks {
                 Writer::Spool { spool, spooled }
             }
         };
-        tokio::spawn(run(rx, writer, ip));
+        tokio::spawn(run(rx, writer, Describer::new(ip, countries)));
         Ok(Self { queue, stop })
     }
 
@@ -146,8 +150,7 @@ impl Clicks {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Message>, writer: Writer, ip: IpPolicy) {
-    let mut agents = Agents::default();
+async fn run(mut rx: mpsc::Receiver<Message>, writer: Writer, mut describer: Describer) {
     let mut batch: Vec<ClickEvent> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,7 +158,7 @@ async fn run(mut rx: mpsc::Receiver<Message>, writer: Writer, ip: IpPolicy) {
         let (open, due, answer) = tokio::select! {
             message = rx.recv() => match message {
                 Some(Message::Click(raw)) => {
-                    batch.push(ClickEvent::describe(raw, &mut agents, ip));
+                    batch.push(describer.describe(raw));
                     (true, false, None)
                 }
                 Some(Message::Flush(answer)) => (true, true, Some(answer)),

@@ -196,10 +196,10 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clicks::event::{Agents, IpPolicy, RawClick};
+    use crate::clicks::event::{Describer, IpPolicy, RawClick};
 
     fn batch(code: &str, n: usize, at_ms: i64) -> Vec<ClickEvent> {
-        let mut agents = Agents::default();
+        let mut describer = Describer::new(IpPolicy::default(), None);
         (0..n)
             .map(|i| {
                 let raw = RawClick {
@@ -208,7 +208,7 @@ mod tests {
                     user_agent: Some("curl/8".into()),
                     ..RawClick::default()
                 };
-                ClickEvent::describe(raw, &mut agents, IpPolicy::default())
+                describer.describe(raw)
             })
             .collect()
     }
