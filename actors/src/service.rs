@@ -474,8 +474,12 @@ impl LinkService {
             GroupState::Shard(_) => Err(OpenError::Config("group 0 is not the meta group".into())),
         })?;
         peers.announce(me);
-        let rollups = crate::clicks::rollup::Rollups::open(node.db())
-            .map_err(|e| OpenError::Config(format!("opening the click store: {e}")))?;
+        let rollups = crate::clicks::rollup::Rollups::open(
+            node.db(),
+            &config.data_dir.join("click-wal"),
+            config.click_spool_max_bytes,
+        )
+        .map_err(|e| OpenError::Config(format!("opening the click store: {e}")))?;
         let clickhouse = config
             .clickhouse
             .clone()

@@ -8,14 +8,16 @@
 //! - [`rollup`]: the embedded store (hourly roll-ups in sled), used when no ClickHouse is
 //!   configured.
 //!
-//! The click actor is a task fed by a bounded channel: a redirect hands its click over with
-//! `try_send` and never waits; a full queue drops the click and counts it
-//! (`clicks_dropped_total{reason="queue_full"}`). (ractor's mailboxes are unbounded, which is
-//! why this one is a plain channel.) The task describes clicks and writes them in batches of
-//! up to 5,000, or every second: into the embedded store, or into the spool, from which a
-//! second task (the shipper) sends them to ClickHouse oldest first. Clicks still queued or
-//! batched when a node crashes are lost: at most a second's worth plus the queue. A node
-//! that stops cleanly writes them first.
+//! The click actor is a task fed through a bounded queue: a redirect pushes its click onto
+//! a vector under a short lock and never waits; a full queue (100,000 clicks) drops the
+//! click and counts it (`clicks_dropped_total{reason="queue_full"}`). No task is woken per
+//! click: the task takes the whole queue every 50 ms (sooner when a batch's worth waits),
+//! describes the clicks, and writes them in batches of up to 5,000, or every second: into
+//! the embedded store (which logs each batch, synced, and adds it up in memory), or into
+//! the spool, from which a second task (the shipper) sends them to ClickHouse oldest first.
+//! (ractor's mailboxes are unbounded and wake the actor per message, which is why this is a
+//! plain task.) Clicks still queued or batched when a node crashes are lost: at most a
+//! second's worth. A node that stops cleanly writes them first.
 
 pub mod clickhouse;
 pub mod event;
@@ -73,16 +75,23 @@ pub enum ClickSink {
     },
 }
 
-enum Message {
-    Click(RawClick),
-    /// Write what is batched, then answer.
-    Flush(oneshot::Sender<()>),
+/// Clicks handed over by redirects, waiting for the click task. A redirect only pushes
+/// onto a vector under a lock that is never held for long: no task is woken per click (the
+/// task takes the whole vector every 50 ms, or when a batch's worth waits).
+struct Queue {
+    clicks: Mutex<Vec<RawClick>>,
+    full: Notify,
 }
+
+/// How often the click task takes what redirects handed over.
+const TAKE_EVERY: Duration = Duration::from_millis(50);
 
 /// The hot path's handle on the click actor.
 #[derive(Clone)]
 pub struct Clicks {
-    queue: mpsc::Sender<Message>,
+    queue: Arc<Queue>,
+    /// Asks the task to write what it has, and answers when done.
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -102,7 +111,11 @@ impl Clicks {
         ip: IpPolicy,
         countries: Option<Countries>,
     ) -> std::io::Result<Self> {
-        let (queue, rx) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Queue {
+            clicks: Mutex::new(Vec::new()),
+            full: Notify::new(),
+        });
+        let (flushes, flush_rx) = mpsc::channel(16);
         let stop = tokio_util::sync::CancellationToken::new();
         let writer = match sink {
             ClickSink::Embedded(rollups) => Writer::Embedded(rollups),
@@ -118,27 +131,47 @@ impl Clicks {
                 Writer::Spool { spool, spooled }
             }
         };
-        tokio::spawn(run(rx, writer, Describer::new(ip, countries)));
-        Ok(Self { queue, stop })
+        tokio::spawn(run(
+            queue.clone(),
+            flush_rx,
+            writer,
+            Describer::new(ip, countries),
+        ));
+        Ok(Self {
+            queue,
+            flushes,
+            stop,
+        })
     }
 
     /// Hands a click over without waiting.
     pub fn record(&self, click: RawClick) {
-        match self.queue.try_send(Message::Click(click)) {
-            Ok(()) => metrics::counter!("clicks_enqueued_total").increment(1),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        if self.stop.is_cancelled() {
+            metrics::counter!("clicks_dropped_total", "reason" => "stopped").increment(1);
+            return;
+        }
+        let waiting = {
+            let mut clicks = self.queue.clicks.lock().expect("click queue lock");
+            if clicks.len() >= QUEUE {
+                None
+            } else {
+                clicks.push(click);
+                Some(clicks.len())
+            }
+        };
+        match waiting {
+            None => {
                 metrics::counter!("clicks_dropped_total", "reason" => "queue_full").increment(1)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                metrics::counter!("clicks_dropped_total", "reason" => "stopped").increment(1)
-            }
+            Some(BATCH) => self.queue.full.notify_one(),
+            Some(_) => {}
         }
     }
 
     /// Writes every click handed over so far to the store, or to the spool for ClickHouse.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.queue.send(Message::Flush(done)).await.is_ok() {
+        if self.flushes.send(done).await.is_ok() {
             let _ = wait.await;
         }
     }
@@ -150,30 +183,51 @@ impl Clicks {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Message>, writer: Writer, mut describer: Describer) {
+async fn run(
+    queue: Arc<Queue>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    writer: Writer,
+    mut describer: Describer,
+) {
     let mut batch: Vec<ClickEvent> = Vec::with_capacity(BATCH);
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut taken: Vec<RawClick> = Vec::new();
+    let mut written = tokio::time::Instant::now();
     loop {
-        let (open, due, answer) = tokio::select! {
-            message = rx.recv() => match message {
-                Some(Message::Click(raw)) => {
-                    batch.push(describer.describe(raw));
-                    (true, false, None)
-                }
-                Some(Message::Flush(answer)) => (true, true, Some(answer)),
-                None => (false, true, None),
+        let answer = tokio::select! {
+            _ = tokio::time::sleep(TAKE_EVERY) => None,
+            _ = queue.full.notified() => None,
+            asked = flushes.recv() => match asked {
+                Some(answer) => Some(answer),
+                // Every handle is gone: the service has stopped.
+                None => return,
             },
-            _ = tick.tick() => (true, true, None),
         };
-        if batch.len() >= BATCH || (due && !batch.is_empty()) {
-            write(&writer, std::mem::take(&mut batch)).await;
+        std::mem::swap(
+            &mut *queue.clicks.lock().expect("click queue lock"),
+            &mut taken,
+        );
+        metrics::counter!("clicks_enqueued_total").increment(taken.len() as u64);
+        for raw in taken.drain(..) {
+            batch.push(describer.describe(raw));
+            if batch.len() >= BATCH {
+                write(
+                    &writer,
+                    std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+                )
+                .await;
+                written = tokio::time::Instant::now();
+            }
+        }
+        if !batch.is_empty() && (answer.is_some() || written.elapsed() >= FLUSH_EVERY) {
+            write(
+                &writer,
+                std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+            )
+            .await;
+            written = tokio::time::Instant::now();
         }
         if let Some(answer) = answer {
             let _ = answer.send(());
-        }
-        if !open {
-            return;
         }
     }
 }
@@ -186,7 +240,7 @@ async fn write(writer: &Writer, events: Vec<ClickEvent>) {
             tokio::task::spawn_blocking(move || rollups.record(&events).map_err(|e| e.to_string()))
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map(|()| true))
+                .and_then(|r| r)
         }
         Writer::Spool { spool, spooled } => {
             let spool = spool.clone();

@@ -177,6 +177,42 @@ impl Spool {
         Ok(())
     }
 
+    /// Every batch waiting, oldest first (unreadable ones are set aside).
+    pub fn all(&mut self) -> Vec<(u64, Vec<ClickEvent>)> {
+        let seqs: Vec<u64> = self.entries.keys().copied().collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let path = self.dir.join(file_name(seq));
+            match fs::read(&path).and_then(|b| decode(&b)) {
+                Ok(batch) => out.push((seq, batch)),
+                Err(e) => {
+                    self.set_aside(&path, &e);
+                    self.entries.remove(&seq);
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets every batch up to `seq`.
+    pub fn remove_through(&mut self, seq: u64) -> io::Result<()> {
+        let done: Vec<u64> = self.entries.range(..=seq).map(|(s, _)| *s).collect();
+        for s in done {
+            self.remove(s)?;
+        }
+        Ok(())
+    }
+
+    /// The newest batch's sequence number.
+    pub fn last(&self) -> Option<u64> {
+        self.entries.keys().next_back().copied()
+    }
+
+    /// Numbers new batches after `seq` (which an emptied spool would otherwise reuse).
+    pub fn continue_after(&mut self, seq: u64) {
+        self.next = self.next.max(seq + 1);
+    }
+
     /// Bytes waiting.
     pub fn bytes(&self) -> u64 {
         self.entries.values().map(|e| e.bytes).sum()

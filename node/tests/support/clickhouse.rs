@@ -127,19 +127,27 @@ impl ClickHouse {
         }
     }
 
-    /// Runs a query; its text answer (trimmed).
-    pub async fn query(&self, sql: &str) -> String {
+    /// Runs a query; its text answer (trimmed), or ClickHouse's error.
+    pub async fn try_query(&self, sql: &str) -> Result<String, String> {
         let r = self
             .http
             .post(&self.url)
             .body(sql.to_string())
             .send()
             .await
-            .expect("ClickHouse answers");
+            .map_err(|e| e.to_string())?;
         let status = r.status();
-        let text = r.text().await.unwrap();
-        assert!(status.is_success(), "{sql}: {text}");
-        text.trim().to_string()
+        let text = r.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(text.trim().to_string())
+        } else {
+            Err(format!("{sql}: {text}"))
+        }
+    }
+
+    /// Runs a query; its text answer (trimmed).
+    pub async fn query(&self, sql: &str) -> String {
+        self.try_query(sql).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A query's single number.
