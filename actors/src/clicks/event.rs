@@ -304,11 +304,14 @@ impl ClickEvent {
     /// Who clicked, as far as can be told without keeping it: a hash of the truncated
     /// address and the user agent. Both stores count distinct visitors by it.
     pub fn visitor(&self) -> u64 {
-        let mut key = Vec::with_capacity(self.ip.len() + 1 + self.user_agent.len());
-        key.extend_from_slice(self.ip.as_bytes());
-        key.push(0);
-        key.extend_from_slice(self.user_agent.as_bytes());
-        xxhash_rust::xxh3::xxh3_64(&key)
+        // Hashed from a buffer on the stack: the address is at most 39 bytes and the user
+        // agent at most 512 (clipped in `describe`).
+        let mut key = [0u8; 40 + 1 + 512];
+        let (ip, ua) = (self.ip.as_bytes(), self.user_agent.as_bytes());
+        let (ip, ua) = (&ip[..ip.len().min(40)], &ua[..ua.len().min(512)]);
+        key[..ip.len()].copy_from_slice(ip);
+        key[ip.len() + 1..ip.len() + 1 + ua.len()].copy_from_slice(ua);
+        xxhash_rust::xxh3::xxh3_64(&key[..ip.len() + 1 + ua.len()])
     }
 
     /// Describes a click: parses its user agent, truncates its address, and so on.

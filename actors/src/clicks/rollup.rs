@@ -4,12 +4,13 @@
 //! it served; stats add up every node's.
 //!
 //! Writing a roll-up per click would cost several database writes per redirect, so clicks
-//! are added up in memory and merged into the database (the `click_hours` tree) about once a
-//! minute. What is only in memory is also in a write-ahead log (the click batches, synced,
-//! in `click-wal/`, the spool's format), replayed at start; the merge records the last batch
-//! it includes in the same atomic write, so a batch is never counted twice.
+//! are added up in memory and merged into the database (the `click_hours` tree): a little
+//! at every batch, oldest first, so that each link-hour is merged about once a minute and no
+//! merge is a burst. What is only in memory is also in a write-ahead log (the click batches,
+//! synced, in `click-wal/`, the spool's format), replayed at start. Each stored roll-up
+//! records the last logged batch merged into it, so a replay never counts a batch twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,17 +97,21 @@ fn hour_of(at_ms: i64) -> u64 {
     (at_ms.max(0) / HOUR_MS) as u64
 }
 
-/// How often what is in memory is merged into the database, at most.
+/// About how long a link-hour's clicks stay in memory before they are merged.
 const MERGE_EVERY: Duration = Duration::from_secs(60);
-/// Link-hours kept in memory before a merge, at most.
+/// Link-hours kept in memory, at most: past that, the oldest are merged at once.
 const MAX_IN_MEMORY: usize = 200_000;
-/// The key under which the last merged batch's sequence number is kept (not UTF-8, so no
-/// code's key can be it).
+/// Distinct dimension values kept in memory before everything is merged (and forgotten).
+const MAX_VALUES: usize = 1_000_000;
+/// The key under which the newest merged batch's number is kept (not UTF-8, so no code's
+/// key can be it): batch numbers are never reused, even once the log is empty.
 const MERGED_THROUGH: &[u8] = b"\xff\xffmerged_through";
 
 /// One link's clicks in one hour, people or bots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Hour {
+    /// Logged batches numbered below it are merged into it.
+    merged_below: u64,
     total: u64,
     /// Counts by value, one map per dimension (see [`DIMENSIONS`]).
     dims: Vec<HashMap<String, u64>>,
@@ -114,30 +119,8 @@ struct Hour {
 }
 
 impl Hour {
-    fn add(&mut self, e: &ClickEvent) {
-        self.total += 1;
-        if self.dims.is_empty() {
-            self.dims = vec![HashMap::new(); DIMENSIONS.len()];
-        }
-        let values = [
-            e.country.as_str(),
-            e.referer_host.as_str(),
-            e.device.name(),
-            e.browser.as_str(),
-            e.os.as_str(),
-        ];
-        for (dim, value) in self.dims.iter_mut().zip(values) {
-            match dim.get_mut(value) {
-                Some(n) => *n += 1,
-                None => {
-                    dim.insert(value.to_string(), 1);
-                }
-            }
-        }
-        self.visitors.insert(e.visitor());
-    }
-
     fn merge(&mut self, other: &Hour) {
+        self.merged_below = self.merged_below.max(other.merged_below);
         self.total += other.total;
         if self.dims.len() < other.dims.len() {
             self.dims.resize(other.dims.len(), HashMap::new());
@@ -172,30 +155,109 @@ fn decode(bytes: &[u8]) -> sled::Result<Hour> {
         .map_err(|e| sled::Error::Unsupported(format!("a click roll-up does not decode: {e}")))
 }
 
-/// The clicks added up in memory since the last merge, by code, then (hour, bot).
+/// One link-hour counted in memory: values are numbers given by [`InMemory::value_id`],
+/// so that counting a click allocates nothing once its values have been seen.
+#[derive(Default)]
+struct Counting {
+    /// The first and last logged batches it counts clicks of.
+    first: u64,
+    last: u64,
+    total: u64,
+    /// (value id, clicks), sorted by id.
+    values: Vec<(u32, u64)>,
+    /// Visitor hashes, deduplicated whenever the list doubles.
+    visitors: Vec<u64>,
+    deduplicated: usize,
+}
+
+impl Counting {
+    fn add(&mut self, ids: [u32; 5], visitor: u64) {
+        self.total += 1;
+        for id in ids {
+            match self.values.binary_search_by_key(&id, |v| v.0) {
+                Ok(i) => self.values[i].1 += 1,
+                Err(i) => self.values.insert(i, (id, 1)),
+            }
+        }
+        self.visitors.push(visitor);
+        if self.visitors.len() >= 2 * self.deduplicated.max(16) {
+            self.visitors.sort_unstable();
+            self.visitors.dedup();
+            self.deduplicated = self.visitors.len();
+        }
+    }
+
+    fn to_hour(&self, names: &[(usize, String)]) -> Hour {
+        let mut dims = vec![HashMap::new(); DIMENSIONS.len()];
+        for &(id, n) in &self.values {
+            let (dim, value) = &names[id as usize];
+            dims[*dim].insert(value.clone(), n);
+        }
+        Hour {
+            merged_below: self.last + 1,
+            total: self.total,
+            dims,
+            visitors: self.visitors.iter().copied().collect(),
+        }
+    }
+}
+
+/// The clicks added up in memory and not yet merged, by code, then (hour, bot).
 #[derive(Default)]
 struct InMemory {
-    links: HashMap<String, BTreeMap<(u64, bool), Hour>>,
-    link_hours: usize,
-    /// The last write-ahead batch they include.
-    through: Option<u64>,
+    links: HashMap<String, BTreeMap<(u64, bool), Counting>>,
+    /// Every link-hour in `links`, oldest first: the order they are merged in.
+    order: VecDeque<(String, u64, bool)>,
+    /// Value ids by dimension and value, and (dimension, value) by id.
+    ids: [HashMap<String, u32>; 5],
+    names: Vec<(usize, String)>,
     merged_at: Option<Instant>,
+    /// Link-hours due to be merged, carried between merges.
+    due: f64,
 }
 
 impl InMemory {
-    fn add(&mut self, batch: &[ClickEvent], seq: u64) {
-        for e in batch {
-            let hours = match self.links.get_mut(e.code.as_str()) {
-                Some(hours) => hours,
-                None => self.links.entry(e.code.clone()).or_default(),
-            };
-            let slot = (hour_of(e.at_ms), e.bot);
-            if !hours.contains_key(&slot) {
-                self.link_hours += 1;
-            }
-            hours.entry(slot).or_default().add(e);
+    fn value_id(&mut self, dim: usize, value: &str) -> u32 {
+        if let Some(&id) = self.ids[dim].get(value) {
+            return id;
         }
-        self.through = Some(seq);
+        let id = self.names.len() as u32;
+        self.names.push((dim, value.to_string()));
+        self.ids[dim].insert(value.to_string(), id);
+        id
+    }
+
+    fn add(&mut self, e: &ClickEvent, seq: u64) {
+        let ids = [
+            self.value_id(0, &e.country),
+            self.value_id(1, &e.referer_host),
+            self.value_id(2, e.device.name()),
+            self.value_id(3, &e.browser),
+            self.value_id(4, &e.os),
+        ];
+        let hours = match self.links.get_mut(e.code.as_str()) {
+            Some(hours) => hours,
+            None => self.links.entry(e.code.clone()).or_default(),
+        };
+        let slot = (hour_of(e.at_ms), e.bot);
+        let counting = match hours.get_mut(&slot) {
+            Some(c) => c,
+            None => {
+                self.order.push_back((e.code.clone(), slot.0, slot.1));
+                hours.entry(slot).or_insert_with(|| Counting {
+                    first: seq,
+                    ..Counting::default()
+                })
+            }
+        };
+        counting.last = seq;
+        counting.add(ids, e.visitor());
+    }
+
+    /// The oldest logged batch whose clicks are not all merged.
+    fn oldest_unmerged(&self) -> Option<u64> {
+        let (code, hour, bot) = self.order.front()?;
+        Some(self.links[code.as_str()][&(*hour, *bot)].first)
     }
 }
 
@@ -229,12 +291,26 @@ impl Rollups {
         if let Some(merged) = merged {
             log.continue_after(merged);
         }
+        // Clicks of a batch already merged into their link-hour are not added again.
         let mut memory = InMemory::default();
+        let mut merged_below: HashMap<Vec<u8>, u64> = HashMap::new();
         for (seq, batch) in log.all() {
-            if merged.is_some_and(|m| seq <= m) {
-                log.remove(seq).map_err(io_error)?;
-            } else {
-                memory.add(&batch, seq);
+            for e in &batch {
+                let key = hour_key(&e.code, hour_of(e.at_ms), e.bot);
+                let below = match merged_below.get(&key) {
+                    Some(&below) => below,
+                    None => {
+                        let below = match hours.get(&key)? {
+                            Some(v) => decode(&v)?.merged_below,
+                            None => 0,
+                        };
+                        merged_below.insert(key, below);
+                        below
+                    }
+                };
+                if seq >= below {
+                    memory.add(e, seq);
+                }
             }
         }
         Ok(Self {
@@ -244,8 +320,9 @@ impl Rollups {
         })
     }
 
-    /// Adds a batch of clicks: logs it (synced), then adds it up in memory, merging into
-    /// the database when due. `Ok(false)`: the log is full, and the batch was not taken.
+    /// Adds a batch of clicks: logs it (synced), adds it up in memory, and merges the
+    /// oldest link-hours in memory into the database. `Ok(false)`: the log is full, and the
+    /// batch was not taken.
     pub fn record(&self, batch: &[ClickEvent]) -> sled::Result<bool> {
         let seq = {
             let mut log = self.log.lock().expect("click log lock");
@@ -254,52 +331,103 @@ impl Rollups {
             }
             log.last().expect("just written")
         };
-        let due = {
+        {
             let mut memory = self.memory.lock().expect("click memory lock");
-            memory.add(batch, seq);
-            memory.link_hours >= MAX_IN_MEMORY
-                || memory.merged_at.is_none_or(|t| t.elapsed() >= MERGE_EVERY)
-        };
-        if due {
-            self.merge()?;
+            for e in batch {
+                memory.add(e, seq);
+            }
         }
+        self.merge_due()?;
         Ok(true)
     }
 
-    /// Merges what is in memory into the database, and forgets the log it came from.
-    pub fn merge(&self) -> sled::Result<()> {
-        let through = {
+    /// Merges the share of link-hours due since the last merge (all of them over a minute),
+    /// and more when memory holds too many.
+    fn merge_due(&self) -> sled::Result<()> {
+        let due = {
             let mut memory = self.memory.lock().expect("click memory lock");
-            memory.merged_at = Some(Instant::now());
-            let Some(through) = memory.through else {
+            let now = Instant::now();
+            let elapsed = memory
+                .merged_at
+                .map_or(Duration::ZERO, |t| now.duration_since(t));
+            memory.merged_at = Some(now);
+            memory.due +=
+                memory.order.len() as f64 * elapsed.as_secs_f64() / MERGE_EVERY.as_secs_f64();
+            let share = memory.due.floor();
+            memory.due -= share;
+            let over = memory.order.len().saturating_sub(MAX_IN_MEMORY);
+            if memory.names.len() > MAX_VALUES {
+                usize::MAX
+            } else {
+                (share as usize).max(over)
+            }
+        };
+        self.merge_oldest(due)
+    }
+
+    /// Merges everything in memory into the database.
+    pub fn merge(&self) -> sled::Result<()> {
+        self.merge_oldest(usize::MAX)
+    }
+
+    /// Merges the `n` oldest link-hours in memory into the database, then forgets the
+    /// logged batches whose clicks are all merged.
+    fn merge_oldest(&self, n: usize) -> sled::Result<()> {
+        // Held throughout: no batch is logged while the log is being forgotten.
+        let mut log = self.log.lock().expect("click log lock");
+        let forget_before = {
+            let mut memory = self.memory.lock().expect("click memory lock");
+            let mut batch = sled::Batch::default();
+            let mut newest = None;
+            for _ in 0..n {
+                let Some((code, hour, bot)) = memory.order.pop_front() else {
+                    break;
+                };
+                let hours = memory.links.get_mut(code.as_str()).expect("ordered link");
+                let counting = hours.remove(&(hour, bot)).expect("ordered link-hour");
+                if hours.is_empty() {
+                    memory.links.remove(code.as_str());
+                }
+                newest = newest.max(Some(counting.last));
+                let counted = counting.to_hour(&memory.names);
+                let key = hour_key(&code, hour, bot);
+                let merged = match self.hours.get(&key)? {
+                    Some(old) => {
+                        let mut old = decode(&old)?;
+                        old.merge(&counted);
+                        old
+                    }
+                    None => counted,
+                };
+                batch.insert(key, encode(&merged));
+            }
+            let Some(newest) = newest else {
                 return Ok(());
             };
-            let mut batch = sled::Batch::default();
-            for (code, hours) in &memory.links {
-                for (&(hour, bot), counted) in hours {
-                    let key = hour_key(code, hour, bot);
-                    let mut merged = match self.hours.get(&key)? {
-                        Some(old) => decode(&old)?,
-                        None => Hour::default(),
-                    };
-                    merged.merge(counted);
-                    batch.insert(key, encode(&merged));
-                }
-            }
-            batch.insert(MERGED_THROUGH, &through.to_be_bytes());
+            let recorded = self
+                .hours
+                .get(MERGED_THROUGH)?
+                .and_then(|v| v.as_ref().try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+            batch.insert(MERGED_THROUGH, &newest.max(recorded).to_be_bytes());
             self.hours.apply_batch(batch)?;
-            self.hours.flush()?;
-            *memory = InMemory {
-                merged_at: memory.merged_at,
-                ..InMemory::default()
-            };
-            through
+            if memory.order.is_empty() {
+                // Nothing refers to the values any more.
+                memory.ids = Default::default();
+                memory.names.clear();
+            }
+            memory.oldest_unmerged()
         };
-        self.log
-            .lock()
-            .expect("click log lock")
-            .remove_through(through)
-            .map_err(io_error)
+        // The merged roll-ups must be on disk before the log that could rebuild them goes.
+        self.hours.flush()?;
+        match forget_before {
+            Some(0) => Ok(()),
+            Some(first) => log.remove_through(first - 1).map_err(io_error),
+            None => match log.last() {
+                Some(last) => log.remove_through(last).map_err(io_error),
+                None => Ok(()),
+            },
+        }
     }
 
     /// The clicks of `code` from `from_ms` to `to_ms` (hours overlapping the range).
@@ -322,7 +450,7 @@ impl Rollups {
         if let Some(hours) = memory.links.get(code) {
             for (&(hour, bot), counted) in hours.range((first, false)..=(last, true)) {
                 if bots.counts(bot) {
-                    counted.count_into(hour, &mut out);
+                    counted.to_hour(&memory.names).count_into(hour, &mut out);
                 }
             }
         }
@@ -368,8 +496,9 @@ mod tests {
             let db = sled::open(dir.path().join("db")).unwrap();
             let r = Rollups::open(&db, &log, 1 << 30).unwrap();
             assert!(r.record(&clicks("a", 10, H, CHROME)).unwrap());
+            r.merge().unwrap();
             assert!(r.record(&clicks("a", 5, H + HOUR_MS, "curl/8")).unwrap());
-            // The first record merged (none had been); the second is in memory only.
+            // The first batch is merged; the second is in memory only.
             assert_eq!(total(&r, "a", Bots::Include), (15, 6));
             assert_eq!(total(&r, "a", Bots::Exclude), (10, 3));
             assert_eq!(total(&r, "a", Bots::Only), (5, 3));
@@ -394,6 +523,37 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_merge_and_a_restart_count_every_click_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let db = sled::open(dir.path().join("db")).unwrap();
+        {
+            let r = Rollups::open(&db, &log, 1 << 30).unwrap();
+            for code in ["a", "b", "c"] {
+                assert!(r.record(&clicks(code, 3, H, CHROME)).unwrap());
+            }
+            // "a" gets more clicks in a later batch, after its first link-hour was merged.
+            r.merge_oldest(2).unwrap();
+            assert!(r.record(&clicks("a", 2, H, CHROME)).unwrap());
+            assert_eq!(total(&r, "a", Bots::Include).0, 5);
+            assert_eq!(
+                Spool::open(&log, 1 << 30).unwrap().events(),
+                5,
+                "batches whose clicks are all merged are forgotten"
+            );
+        }
+        let r = Rollups::open(&db, &log, 1 << 30).unwrap();
+        for (code, n) in [("a", 5), ("b", 3), ("c", 3)] {
+            assert_eq!(total(&r, code, Bots::Include).0, n, "{code}");
+        }
+        r.merge().unwrap();
+        assert_eq!(Spool::open(&log, 1 << 30).unwrap().events(), 0);
+        for (code, n) in [("a", 5), ("b", 3), ("c", 3)] {
+            assert_eq!(total(&r, code, Bots::Include).0, n, "{code}");
+        }
+    }
+
+    #[test]
     fn a_batch_merged_but_still_in_the_log_is_not_counted_twice() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
@@ -402,6 +562,7 @@ mod tests {
         {
             let r = Rollups::open(&db, &log, 1 << 30).unwrap();
             assert!(r.record(&batch).unwrap());
+            r.merge().unwrap();
         }
         // Put the merged batch's log file back, as a crash before its removal leaves it.
         assert_eq!(
