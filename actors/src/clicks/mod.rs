@@ -251,7 +251,7 @@ async fn write(writer: &Writer, events: Vec<ClickEvent>) {
             let spool = spool.clone();
             let pushed = tokio::task::spawn_blocking(move || {
                 let mut spool = spool.lock().expect("spool lock");
-                let pushed = spool.push(&events);
+                let pushed = spool.push_kept(Arc::new(events));
                 report_spool(&spool);
                 pushed.map_err(|e| e.to_string())
             })

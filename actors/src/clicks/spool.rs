@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use super::event::ClickEvent;
 
 const SUFFIX: &str = "batch";
+/// Batches kept in memory as well, at most.
+const KEPT: usize = 8;
 /// The first bytes of a batch file, and its format version.
 const MAGIC: &[u8; 8] = b"LRCLK\x00\x00\x01";
 
@@ -37,6 +39,9 @@ pub struct Spool {
     max_bytes: u64,
     /// Batches waiting, by sequence number.
     entries: BTreeMap<u64, Entry>,
+    /// The first few batches waiting, also kept in memory: while ClickHouse keeps up, the
+    /// batch just written is sent without being read back.
+    kept: BTreeMap<u64, std::sync::Arc<Vec<ClickEvent>>>,
     next: u64,
 }
 
@@ -83,6 +88,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             max_bytes,
             entries: BTreeMap::new(),
+            kept: BTreeMap::new(),
             next: 0,
         };
         for item in fs::read_dir(dir)? {
@@ -153,13 +159,27 @@ impl Spool {
         Ok(true)
     }
 
+    /// Writes a batch like [`Spool::push`], and keeps it in memory if few are waiting.
+    pub fn push_kept(&mut self, batch: std::sync::Arc<Vec<ClickEvent>>) -> io::Result<bool> {
+        if !self.push(&batch)? {
+            return Ok(false);
+        }
+        if self.kept.len() < KEPT {
+            self.kept.insert(self.next - 1, batch);
+        }
+        Ok(true)
+    }
+
     /// The oldest batch waiting, with its sequence number. A batch that cannot be read is
     /// set aside and the next one is given.
-    pub fn oldest(&mut self) -> Option<(u64, Vec<ClickEvent>)> {
+    pub fn oldest(&mut self) -> Option<(u64, std::sync::Arc<Vec<ClickEvent>>)> {
         while let Some((&seq, _)) = self.entries.iter().next() {
+            if let Some(batch) = self.kept.get(&seq) {
+                return Some((seq, batch.clone()));
+            }
             let path = self.dir.join(file_name(seq));
             match fs::read(&path).and_then(|b| decode(&b)) {
-                Ok(batch) => return Some((seq, batch)),
+                Ok(batch) => return Some((seq, std::sync::Arc::new(batch))),
                 Err(e) => {
                     self.set_aside(&path, &e);
                     self.entries.remove(&seq);
@@ -171,6 +191,7 @@ impl Spool {
 
     /// Forgets a batch ClickHouse has.
     pub fn remove(&mut self, seq: u64) -> io::Result<()> {
+        self.kept.remove(&seq);
         if self.entries.remove(&seq).is_some() {
             fs::remove_file(self.dir.join(file_name(seq)))?;
         }
@@ -262,13 +283,13 @@ mod tests {
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(spool.events(), 5);
         let (first, got) = spool.oldest().unwrap();
-        assert_eq!(got, a);
+        assert_eq!(*got, a);
         spool.remove(first).unwrap();
         let (second, got) = spool.oldest().unwrap();
-        assert_eq!(got, b);
-        assert!(spool.push(&a).unwrap());
+        assert_eq!(*got, b);
+        assert!(spool.push_kept(std::sync::Arc::new(a.clone())).unwrap());
         spool.remove(second).unwrap();
-        assert_eq!(spool.oldest().unwrap().1, a, "a new batch goes behind");
+        assert_eq!(*spool.oldest().unwrap().1, a, "a new batch goes behind");
     }
 
     #[test]
