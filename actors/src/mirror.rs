@@ -88,6 +88,14 @@ pub(crate) async fn run(core: Weak<Core>, pool: PgPool) {
     let mut migrated = false;
     let mut last_log: Option<Instant> = None;
     let mut pause = TICK;
+    // Every series exists from the start, so rates and alerts see zeros, not gaps.
+    for name in [
+        "mirror_rows_written_total",
+        "mirror_errors_total",
+        "mirror_resyncs_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     loop {
         tokio::time::sleep(pause).await;
         let Some(core) = core.upgrade() else { return };

@@ -1882,6 +1882,34 @@ impl LinkService {
         .collect()
     }
 
+    /// Shards this node leads with fewer voters on member nodes than the replication
+    /// factor (capped by the member count): a lost or leaving node's replicas not yet
+    /// re-created. Summed over the nodes, the cluster's under-replicated shards.
+    pub fn under_replicated_led(&self) -> usize {
+        let members = self.core.directory.in_states(&[
+            NodeState::Active,
+            NodeState::Draining,
+            NodeState::Leaving,
+        ]);
+        let target = self.core.replication_factor.min(members.len());
+        self.core
+            .all_groups()
+            .iter()
+            .filter(|g| g.is_leader() && g.id() != crate::groups::META)
+            .filter(|g| {
+                g.read(|a| {
+                    let live = a
+                        .membership
+                        .membership()
+                        .voter_ids()
+                        .filter(|v| members.contains(v))
+                        .count();
+                    live < target
+                })
+            })
+            .count()
+    }
+
     /// Groups this node leads that have a replica move under way (a learner catching up, or
     /// a voter change); summed over the nodes, the moves in flight in the cluster.
     pub fn moves_led(&self) -> usize {

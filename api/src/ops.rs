@@ -58,6 +58,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         metrics::gauge!("cluster_nodes", "state" => node_state).set(count as f64);
     }
     metrics::gauge!("replica_moves_led").set(state.service.moves_led() as f64);
+    metrics::gauge!("raft_under_replicated_groups")
+        .set(state.service.under_replicated_led() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -24,6 +24,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             REDIRECT_BUCKETS,
         )
         .context("redirect buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full("raft_commit_duration_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ],
+        )
+        .context("commit buckets")?
         .build_recorder();
     let metrics = recorder.handle();
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;

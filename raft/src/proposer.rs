@@ -90,7 +90,11 @@ async fn propose(raft: &Raft, batch: Vec<Proposal>) {
     let (commands, waiters): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.done)).unzip();
     let entry = Payload(codec::encode(&Batch(commands)));
-    let outcome = match raft.client_write(entry).await {
+    let started = std::time::Instant::now();
+    let written = raft.client_write(entry).await;
+    // From proposing to committed and applied on the leader (a quorum's flushes included).
+    metrics::histogram!("raft_commit_duration_seconds").record(started.elapsed());
+    let outcome = match written {
         Ok(response) => codec::decode::<Batch>(&response.data.0)
             .map_err(|e| GroupError::BadResponse(e.to_string()))
             .and_then(|Batch(responses)| {

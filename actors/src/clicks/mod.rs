@@ -111,6 +111,18 @@ impl Clicks {
         ip: IpPolicy,
         countries: Option<Countries>,
     ) -> std::io::Result<Self> {
+        // Every series exists from the start, so rates and alerts see zeros, not gaps.
+        metrics::counter!("clicks_enqueued_total").increment(0);
+        metrics::counter!("clicks_ingested_total").increment(0);
+        for reason in [
+            "queue_full",
+            "spool_full",
+            "spool_corrupt",
+            "store_error",
+            "stopped",
+        ] {
+            metrics::counter!("clicks_dropped_total", "reason" => reason).increment(0);
+        }
         let queue = Arc::new(Queue {
             clicks: Mutex::new(Vec::new()),
             full: Notify::new(),
@@ -126,6 +138,7 @@ impl Clicks {
             } => {
                 let spool = Arc::new(Mutex::new(Spool::open(&spool_dir, spool_max_bytes)?));
                 let spooled = Arc::new(Notify::new());
+                metrics::counter!("clicks_ingest_errors_total").increment(0);
                 report_spool(&spool.lock().expect("spool lock"));
                 tokio::spawn(ship(*store, spool.clone(), spooled.clone(), stop.clone()));
                 Writer::Spool { spool, spooled }
