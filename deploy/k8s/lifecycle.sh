@@ -7,37 +7,54 @@
 #   linkrift-lifecycle prestop   the preStop hook: a pod whose ordinal is at or past the
 #                                StatefulSet's replicas is being scaled away, so it leaves
 #                                the cluster for good (its replicas move first, waiting as
-#                                long as that takes); any other pod is restarting, and
+#                                long as that takes; below the replication factor, shards
+#                                keep fewer replicas); any other pod is restarting, and
 #                                SIGTERM drains it (LINKRIFT_DRAIN_ON_SHUTDOWN)
 #
 # Needs POD_IP, POD_NAMESPACE, STS_NAME and PEERS_SERVICE in the environment, and a service
-# account allowed to read its StatefulSet (deploy/k8s/linkrift.yaml).
+# account allowed to read its StatefulSet (deploy/k8s/linkrift.yaml). Overridable (for
+# node/tests/lifecycle.rs, which runs this script against a stand-in API server):
+# PEER_PORT, CLUSTER_PORT, SEED_ADDR (instead of resolving pod 0), KUBERNETES_API,
+# SERVICE_ACCOUNT_DIR, LINKRIFT_URL.
 set -eu
 ordinal=${HOSTNAME##*-}
 data=${LINKRIFT_DATA_DIR:-/var/lib/linkrift/data}
+peer_port=${PEER_PORT:-7000}
+cluster_port=${CLUSTER_PORT:-7001}
 
 case "${1:-}" in
 start)
-  set -- serve --peer "$POD_IP:7000" --cluster "$POD_IP:7001"
+  set -- serve --peer "$POD_IP:$peer_port" --cluster "$POD_IP:$cluster_port"
   if [ "$ordinal" != 0 ] && [ ! -e "$data/linkrift.json" ]; then
-    seed=""
+    seed=${SEED_ADDR:-}
     while [ -z "$seed" ]; do
       seed=$(getent hosts "$STS_NAME-0.$PEERS_SERVICE" | awk '{print $1; exit}')
       [ -n "$seed" ] || { echo "waiting for $STS_NAME-0.$PEERS_SERVICE" >&2; sleep 2; }
     done
-    set -- "$@" --join "$seed:7001"
+    set -- "$@" --join "$seed:$cluster_port"
   fi
   exec linkrift "$@"
   ;;
 prestop)
-  sa=/var/run/secrets/kubernetes.io/serviceaccount
-  desired=$(curl -fsS --cacert "$sa/ca.crt" -H "Authorization: Bearer $(cat "$sa/token")" \
-      "https://kubernetes.default.svc/apis/apps/v1/namespaces/$POD_NAMESPACE/statefulsets/$STS_NAME" \
+  api=${KUBERNETES_API:-https://kubernetes.default.svc}
+  sa=${SERVICE_ACCOUNT_DIR:-/var/run/secrets/kubernetes.io/serviceaccount}
+  set --
+  [ -r "$sa/ca.crt" ] && set -- --cacert "$sa/ca.crt"
+  [ -r "$sa/token" ] && set -- "$@" -H "Authorization: Bearer $(cat "$sa/token")"
+  # The API answers pretty-printed JSON: spec.replicas is the first "replicas" at four
+  # spaces (status.replicas comes after it).
+  desired=$(curl -fsS "$@" \
+      "$api/apis/apps/v1/namespaces/$POD_NAMESPACE/statefulsets/$STS_NAME" \
     | sed -n 's/^    "replicas": \([0-9]*\),*$/\1/p' | head -n 1)
-  if [ -n "$desired" ] && [ "$ordinal" -ge "$desired" ]; then
+  if [ -z "$desired" ]; then
+    echo "could not read the StatefulSet's replicas; treating this stop as a restart" >&2
+  elif [ "$ordinal" -ge "$desired" ]; then
     id=$(sed -n 's/.*"node_id": *\([0-9]*\).*/\1/p' "$data/linkrift.json")
     echo "scaled away: node $id leaves the cluster" >&2
-    LINKRIFT_URL=http://127.0.0.1:8080 exec linkrift cluster leave "$id" --wait --timeout 3600
+    export LINKRIFT_URL="${LINKRIFT_URL:-http://127.0.0.1:8080}"
+    # --force: scaling below the replication factor is the operator's decision (shards
+    # then run with fewer replicas). A leave that would lose a quorum is still refused.
+    exec linkrift cluster leave "$id" --wait --timeout 3600 --force
   fi
   # A restart: SIGTERM (after this hook) drains the node.
   ;;

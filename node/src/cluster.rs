@@ -109,22 +109,58 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<String> {
     }
 }
 
+/// Where else to ask for the status while `node` leaves: the other members' HTTP
+/// listeners. (The leaving node stops once it is gone, and asking it would fail; a node
+/// listening on an unspecified address is asked at its peer address's IP.)
+fn other_targets(status: &ClusterStatus, node: u64, key: &str) -> Vec<Target> {
+    status
+        .nodes
+        .iter()
+        .filter(|n| n.id != node && matches!(n.state.as_str(), "active" | "draining"))
+        .filter_map(|n| {
+            let http: std::net::SocketAddr = n.http.parse().ok()?;
+            let ip = if http.ip().is_unspecified() {
+                n.addr.parse::<std::net::SocketAddr>().ok()?.ip()
+            } else {
+                http.ip()
+            };
+            Some(Target {
+                url: format!("http://{}", std::net::SocketAddr::new(ip, http.port())),
+                key: key.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// Prints the leave's progress (replicas left, moves in flight, an estimate) until the
 /// node is removed.
 async fn wait_until_left(target: &Target, node: u64, timeout: Duration) -> anyhow::Result<String> {
     let started = Instant::now();
     let mut first: Option<usize> = None;
     let mut last_line = String::new();
+    let mut others: Vec<Target> = Vec::new();
+    let mut asking = 0usize;
     loop {
-        let status = match status(target).await {
+        let ask = if asking == 0 {
+            target
+        } else {
+            &others[(asking - 1) % others.len()]
+        };
+        let status = match status(ask).await {
             Ok(s) => s,
             Err(e) if started.elapsed() < timeout => {
                 println!("(status unavailable: {e:#}; retrying)");
+                // Ask the next of the other members, if any are known.
+                asking = if others.is_empty() { 0 } else { asking + 1 };
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             Err(e) => return Err(e),
         };
+        let found = other_targets(&status, node, &target.key);
+        if !found.is_empty() {
+            others = found;
+        }
         let state = status
             .node_status(node)
             .map_or("removed", |n| n.state.as_str());

@@ -98,6 +98,12 @@ impl Node {
                 command.args([flag, value]);
             }
         }
+        Self::spawn(command, dir)
+    }
+
+    /// Runs `command`, which must be (or `exec`) `linkrift serve` with its standard output
+    /// piped, and waits for it to say where it serves.
+    pub fn spawn(mut command: Command, dir: &Path) -> Node {
         let mut child = command.spawn().expect("linkrift starts");
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
