@@ -115,7 +115,7 @@ for r in $(seq "$runs"); do
   for capture in true false; do
     start_node $capture
     row=$(wrk_run "$work/codes" "http://127.0.0.1:$port" 64 "$seconds" node_ticks)
-    read -r rps p50 p99 percpu non3xx <<<"$row"
+    read -r rps p50 p99 percpu non3xx _ <<<"$row"
     echo "| $r | $capture | $rps | $p50 | $p99 | $percpu | $non3xx |"
     per_cpu[$capture]+="$percpu "
     stop_node

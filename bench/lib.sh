@@ -14,10 +14,12 @@ local codes = {}
 for line in io.lines(os.getenv("CODES")) do codes[#codes + 1] = "/" .. line end
 math.randomseed(os.time())
 request = function() return wrk.format("GET", codes[math.random(#codes)]) end
+done = function(summary, latency, requests) io.write(string.format("P999_US %d\n", latency:percentile(99.9))) end
 LUA
 }
 
-# One wrk run of random codes: prints "req/s p50_ms p99_ms req_per_cpu_s non3xx".
+# One wrk run of random codes: prints "req/s p50_ms p99_ms req_per_cpu_s non3xx p999_ms"
+# (p99.9 from the Lua script's `done` hook, "-" when the script has none).
 # CPU_TICKS_CMD is a command printing the server's CPU ticks (run before and after).
 wrk_run() { # CODES_FILE URL CONNECTIONS SECONDS CPU_TICKS_CMD...
   local codes=$1 url=$2 conns=$3 secs=$4; shift 4
@@ -35,7 +37,9 @@ total = int(re.search(r"(\d+) requests in", out).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 cpu = (after - before) / hz
-print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {total / cpu if cpu else 0:.0f} {errors.group(1) if errors else 0}")
+p999 = re.search(r"P999_US (\d+)", out)
+p999 = f"{int(p999.group(1)) / 1000:.3f}" if p999 else "-"
+print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {total / cpu if cpu else 0:.0f} {errors.group(1) if errors else 0} {p999}")
 PY
 }
 

@@ -59,7 +59,7 @@ PY
 }
 
 write_random_lua
-# One wrk run: prints "req/s p50_ms p99_ms req_per_cpu_s non3xx".
+# One wrk run: prints "req/s p50_ms p99_ms req_per_cpu_s non3xx p999_ms".
 measure() { wrk_run "$work/codes" "http://127.0.0.1:$2" "$3" "$seconds" cpu_ticks "$1"; } # PID PORT CONNECTIONS
 
 lr_pid=$(start_linkrift "$work/node" $lr_port)
@@ -68,8 +68,9 @@ ng_pid=$("$baseline_script" start $ng_port 1); pids+=("$ng_pid")
 ng_worker=$(pgrep -P "$ng_pid" | head -1); ng_worker=${ng_worker:-$ng_pid}
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo "| server | connections | requests/s | p50 ms | p99 ms | requests per server CPU-second | non-3xx |"
-echo "|---|---|---|---|---|---|---|"
+ratios=()
+echo "| server | connections | requests/s | p50 ms | p99 ms | requests per server CPU-second | non-3xx | p99.9 ms |"
+echo "|---|---|---|---|---|---|---|---|"
 for c in 64 256; do
   : >"$work/lr.$c"; : >"$work/ng.$c"
   for _ in $(seq "$runs"); do
@@ -79,10 +80,14 @@ for c in 64 256; do
   for s in lr ng; do
     name=$([[ $s == lr ]] && echo "linkrift, $links links" || echo "nginx static 302")
     row=""
-    for col in 1 2 3 4 5; do row="$row | $(cut -d' ' -f$col "$work/$s.$c" | median)"; done
+    for col in 1 2 3 4 5 6; do row="$row | $(cut -d' ' -f$col "$work/$s.$c" | median)"; done
     echo "| $name | $c$row |"
   done
+  ratios+=("$c connections: $(awk -v a="$(cut -d' ' -f4 "$work/lr.$c" | median)" \
+    -v b="$(cut -d' ' -f4 "$work/ng.$c" | median)" 'BEGIN {printf "%.2f", a / b}')")
 done
+echo
+echo "Linkrift / nginx, requests per server CPU-second (medians): ${ratios[*]} (target at least 0.8)"
 
 # Creates at concurrency 32 (each request makes a new link with a generated code).
 hey_out=$(taskset -c 0 hey -n 5000 -c 32 -m POST -T application/json -H "Authorization: Bearer $key" \
