@@ -1446,7 +1446,11 @@ impl Handler for Core {
                 from_ms,
                 to_ms,
                 bots,
-            } => match self.rollups.tally(&code, from_ms, to_ms, bots) {
+            } => match self
+                .rollups
+                .tally_off_runtime(code, from_ms, to_ms, bots)
+                .await
+            {
                 Ok(t) => Reply::Tally(t),
                 Err(e) => Reply::Refused(Refusal::Failed(format!("click store: {e}"))),
             },
@@ -1985,7 +1989,8 @@ impl LinkService {
         }
         let mut tally = core
             .rollups
-            .tally(code, from_ms, to_ms, bots)
+            .tally_off_runtime(code.to_string(), from_ms, to_ms, bots)
+            .await
             .map_err(|e| ServiceError::Internal(format!("click store: {e}")))?;
         let others: Vec<NodeId> = core
             .directory

@@ -48,6 +48,9 @@ prestop)
     | sed -n 's/^    "replicas": \([0-9]*\),*$/\1/p' | head -n 1)
   if [ -z "$desired" ]; then
     echo "could not read the StatefulSet's replicas; treating this stop as a restart" >&2
+  elif [ "$desired" -eq 0 ]; then
+    # Scaled to zero: the whole cluster stops; nobody leaves (the volumes keep the data).
+    echo "scaled to zero: stopping without leaving" >&2
   elif [ "$ordinal" -ge "$desired" ]; then
     id=$(sed -n 's/.*"node_id": *\([0-9]*\).*/\1/p' "$data/linkrift.json")
     echo "scaled away: node $id leaves the cluster" >&2

@@ -31,8 +31,10 @@ ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(clicked_at)
 ORDER BY (short_code, clicked_at, click_id);
 
--- Hourly roll-up per link, bot flag and dimension values. Each row keeps the set of its event
--- ids and of its visitors, so counts stay exact when a batch is inserted twice.
+-- Hourly roll-up per link, bot flag and dimension values. Hours are UTC hours whatever the
+-- server's time zone, as the embedded store's and the stats API's are. Each row keeps the
+-- set of its event ids and of its visitors, so counts stay exact when a batch is inserted
+-- twice.
 CREATE TABLE IF NOT EXISTS clicks_hourly
 (
     short_code String,
@@ -53,7 +55,7 @@ ORDER BY (short_code, hour, is_bot, country_code, referer_host, device_type, bro
 CREATE MATERIALIZED VIEW IF NOT EXISTS clicks_hourly_mv TO clicks_hourly AS
 SELECT
     short_code,
-    toStartOfHour(clicked_at) AS hour,
+    toStartOfHour(clicked_at, 'UTC') AS hour,
     is_bot,
     country_code,
     referer_host,

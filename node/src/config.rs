@@ -317,9 +317,10 @@ impl Config {
                 );
             }
         }
-        if config.click_spool_max_bytes < 1 << 20 {
+        // A batch of 5,000 clicks with long user agents and referers is several MB.
+        if config.click_spool_max_bytes < 64 << 20 {
             bail!(
-                "click_spool_max_bytes must be at least 1048576 (1 MiB), not {}",
+                "click_spool_max_bytes must be at least 67108864 (64 MiB), not {}",
                 config.click_spool_max_bytes
             );
         }

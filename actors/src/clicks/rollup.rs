@@ -101,6 +101,8 @@ fn hour_of(at_ms: i64) -> u64 {
 const MERGE_EVERY: Duration = Duration::from_secs(60);
 /// Link-hours kept in memory, at most: past that, the oldest are merged at once.
 const MAX_IN_MEMORY: usize = 200_000;
+/// Link-hours merged at one batch, at most.
+const MAX_MERGE: usize = 20_000;
 /// Distinct dimension values kept in memory before everything is merged (and forgotten).
 const MAX_VALUES: usize = 1_000_000;
 /// The key under which the newest merged batch's number is kept (not UTF-8, so no code's
@@ -301,7 +303,13 @@ impl Rollups {
                     Some(&below) => below,
                     None => {
                         let below = match hours.get(&key)? {
-                            Some(v) => decode(&v)?.merged_below,
+                            Some(v) => decode(&v).map_or_else(
+                                |e| {
+                                    tracing::error!(error = %e, "a stored click roll-up does not decode");
+                                    0
+                                },
+                                |h| h.merged_below,
+                            ),
                             None => 0,
                         };
                         merged_below.insert(key, below);
@@ -324,20 +332,33 @@ impl Rollups {
     /// oldest link-hours in memory into the database. `Ok(false)`: the log is full, and the
     /// batch was not taken.
     pub fn record(&self, batch: &[ClickEvent]) -> sled::Result<bool> {
-        let seq = {
-            let mut log = self.log.lock().expect("click log lock");
-            if !log.push(batch).map_err(io_error)? {
+        if !self.log_and_add(batch)? {
+            // The log is full of batches waiting to be merged: merge everything (which
+            // empties the log), then try once more.
+            self.merge()?;
+            if !self.log_and_add(batch)? {
                 return Ok(false);
             }
-            log.last().expect("just written")
-        };
-        {
-            let mut memory = self.memory.lock().expect("click memory lock");
-            for e in batch {
-                memory.add(e, seq);
-            }
         }
-        self.merge_due()?;
+        // The batch is logged and counted; a failed merge is retried at the next batch.
+        if let Err(e) = self.merge_due() {
+            tracing::error!(error = %e, "merging click roll-ups failed; they stay in memory and in the log");
+        }
+        Ok(true)
+    }
+
+    /// Logs a batch (synced) and adds it up in memory, both under the log's lock, so no
+    /// merge runs between the two. `Ok(false)`: the log is full.
+    fn log_and_add(&self, batch: &[ClickEvent]) -> sled::Result<bool> {
+        let mut log = self.log.lock().expect("click log lock");
+        if !log.push(batch).map_err(io_error)? {
+            return Ok(false);
+        }
+        let seq = log.last().expect("just written");
+        let mut memory = self.memory.lock().expect("click memory lock");
+        for e in batch {
+            memory.add(e, seq);
+        }
         Ok(true)
     }
 
@@ -356,11 +377,13 @@ impl Rollups {
             let share = memory.due.floor();
             memory.due -= share;
             let over = memory.order.len().saturating_sub(MAX_IN_MEMORY);
-            if memory.names.len() > MAX_VALUES {
+            let n = if memory.names.len() > MAX_VALUES {
                 usize::MAX
             } else {
                 (share as usize).max(over)
-            }
+            };
+            // A merge holds the memory lock (stats wait for it): a bounded share per batch.
+            n.min(MAX_MERGE)
         };
         self.merge_oldest(due)
     }
@@ -377,26 +400,29 @@ impl Rollups {
         let mut log = self.log.lock().expect("click log lock");
         let forget_before = {
             let mut memory = self.memory.lock().expect("click memory lock");
+            // The batch is built first and the link-hours leave memory only once it is
+            // applied: a failed merge loses nothing, and is retried.
             let mut batch = sled::Batch::default();
             let mut newest = None;
-            for _ in 0..n {
-                let Some((code, hour, bot)) = memory.order.pop_front() else {
-                    break;
-                };
-                let hours = memory.links.get_mut(code.as_str()).expect("ordered link");
-                let counting = hours.remove(&(hour, bot)).expect("ordered link-hour");
-                if hours.is_empty() {
-                    memory.links.remove(code.as_str());
-                }
+            let taking = n.min(memory.order.len());
+            for (code, hour, bot) in memory.order.iter().take(taking) {
+                let counting = &memory.links[code.as_str()][&(*hour, *bot)];
                 newest = newest.max(Some(counting.last));
                 let counted = counting.to_hour(&memory.names);
-                let key = hour_key(&code, hour, bot);
+                let key = hour_key(code, *hour, *bot);
                 let merged = match self.hours.get(&key)? {
-                    Some(old) => {
-                        let mut old = decode(&old)?;
-                        old.merge(&counted);
-                        old
-                    }
+                    Some(old) => match decode(&old) {
+                        Ok(mut old) => {
+                            old.merge(&counted);
+                            old
+                        }
+                        Err(e) => {
+                            // Its counts are lost already; keep the new ones.
+                            tracing::error!(error = %e, code = %code, hour,
+                                "a stored click roll-up does not decode; it is replaced");
+                            counted
+                        }
+                    },
                     None => counted,
                 };
                 batch.insert(key, encode(&merged));
@@ -411,6 +437,14 @@ impl Rollups {
                 .map_or(0, u64::from_be_bytes);
             batch.insert(MERGED_THROUGH, &newest.max(recorded).to_be_bytes());
             self.hours.apply_batch(batch)?;
+            for _ in 0..taking {
+                let (code, hour, bot) = memory.order.pop_front().expect("taken");
+                let hours = memory.links.get_mut(code.as_str()).expect("ordered link");
+                hours.remove(&(hour, bot));
+                if hours.is_empty() {
+                    memory.links.remove(code.as_str());
+                }
+            }
             if memory.order.is_empty() {
                 // Nothing refers to the values any more.
                 memory.ids = Default::default();
@@ -428,6 +462,21 @@ impl Rollups {
                 None => Ok(()),
             },
         }
+    }
+
+    /// [`Rollups::tally`] on a blocking thread: it reads the database, and waits for a merge
+    /// in progress.
+    pub async fn tally_off_runtime(
+        &self,
+        code: String,
+        from_ms: i64,
+        to_ms: i64,
+        bots: Bots,
+    ) -> sled::Result<Tally> {
+        let rollups = self.clone();
+        tokio::task::spawn_blocking(move || rollups.tally(&code, from_ms, to_ms, bots))
+            .await
+            .map_err(|e| sled::Error::ReportableBug(format!("the click tally task failed: {e}")))?
     }
 
     /// The clicks of `code` from `from_ms` to `to_ms` (hours overlapping the range).
@@ -551,6 +600,29 @@ mod tests {
         for (code, n) in [("a", 5), ("b", 3), ("c", 3)] {
             assert_eq!(total(&r, code, Bots::Include).0, n, "{code}");
         }
+    }
+
+    #[test]
+    fn a_full_log_is_merged_and_the_batch_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let batch = clicks("a", 50, H, CHROME);
+        let size = {
+            let probe = tempfile::tempdir().unwrap();
+            let mut spool = Spool::open(probe.path(), u64::MAX).unwrap();
+            assert!(spool.push(&batch).unwrap());
+            spool.bytes()
+        };
+        // Room for two batches: the third finds the log full, merges, and is taken.
+        let r = Rollups::open(&db, &log, size * 2).unwrap();
+        for _ in 0..5 {
+            assert!(r.record(&batch).unwrap());
+        }
+        assert_eq!(total(&r, "a", Bots::Include).0, 250);
+        drop(r);
+        let r = Rollups::open(&db, &log, size * 2).unwrap();
+        assert_eq!(total(&r, "a", Bots::Include).0, 250, "after a restart too");
     }
 
     #[test]
