@@ -38,14 +38,16 @@ pub struct LinkView {
     version: u64,
 }
 
-fn rfc3339(ms: i64) -> String {
+/// `ms` (Unix milliseconds) as an RFC 3339 time, UTC.
+pub(crate) fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
 }
 
-fn parse_time(field: &'static str, s: &str) -> Result<i64, Invalid> {
+/// An RFC 3339 time in Unix milliseconds, or why `field` is not one.
+pub(crate) fn parse_time(field: &'static str, s: &str) -> Result<i64, Invalid> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| Invalid {
         field,
         message: format!("{s:?} is not an RFC 3339 time like 2030-01-31T12:00:00Z"),

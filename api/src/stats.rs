@@ -12,14 +12,13 @@ use linkrift_actors::clicks::Summary;
 use linkrift_actors::domain::{Invalid, Scope};
 use linkrift_actors::service::now_ms;
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use futures::StreamExt;
 use linkrift_actors::service::ServiceError;
 
 use crate::auth::authorize;
 use crate::error::ApiError;
+use crate::links::{parse_time, rfc3339};
 use crate::AppState;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -81,19 +80,6 @@ fn bad(field: &'static str, message: &str) -> Invalid {
         field,
         message: message.into(),
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-fn parse_time(field: &'static str, s: &str) -> Result<i64, Invalid> {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| bad(field, "must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z"))
 }
 
 fn top(values: Option<&BTreeMap<String, u64>>) -> Vec<Top> {

@@ -349,15 +349,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     .await;
     assert_eq!((status, error_code(&body)), (422, "invalid_input"));
 
-    let metrics = node
-        .http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     for name in [
         "redirect_duration_seconds_bucket",
         "http_requests_total",

@@ -130,17 +130,6 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-async fn metrics(node: &Node) -> String {
-    node.http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_redirect_is_one_event_in_clickhouse() {
     let ch = ClickHouse::start().await;
@@ -268,7 +257,7 @@ async fn a_clickhouse_outage_under_load_loses_nothing() {
     wait_until(
         "clicks reach ClickHouse",
         Duration::from_secs(30),
-        || async { metric(&metrics(&node).await, "clicks_ingested_total") > 0.0 },
+        || async { metric(&node.metrics().await, "clicks_ingested_total") > 0.0 },
     )
     .await;
     ch.stop();
@@ -276,7 +265,7 @@ async fn a_clickhouse_outage_under_load_loses_nothing() {
     wait_until(
         "clicks wait in the spool",
         Duration::from_secs(30),
-        || async { metric(&metrics(&node).await, "clicks_spooled") > 0.0 },
+        || async { metric(&node.metrics().await, "clicks_spooled") > 0.0 },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
@@ -312,10 +301,10 @@ async fn a_clickhouse_outage_under_load_loses_nothing() {
         ok,
         "the roll-up counts each event once"
     );
-    let m = metrics(&node).await;
+    let m = node.metrics().await;
     assert_eq!(metric(&m, "clicks_dropped_total"), 0.0, "{m}");
     wait_until("the spool is empty", Duration::from_secs(10), || async {
-        metric(&metrics(&node).await, "clicks_spooled") == 0.0
+        metric(&node.metrics().await, "clicks_spooled") == 0.0
     })
     .await;
 }

@@ -179,17 +179,6 @@ fn the_alert_rules_pass_promtool() {
     assert!(text.contains("SUCCESS"), "{text}");
 }
 
-async fn scrape(node: &support::Node) -> String {
-    node.http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn exported(exposition: &str) -> BTreeSet<String> {
     exposition
         .lines()
@@ -235,10 +224,10 @@ async fn every_metric_of_the_dashboard_and_alerts_is_exported() {
     // The mirror and the click store report once they have done something.
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
-        let have = exported(&scrape(&node).await);
+        let exposition = node.metrics().await;
+        let have = exported(&exposition);
         let missing: Vec<&String> = wanted.iter().filter(|m| !have.contains(*m)).collect();
-        let ingested = scrape(&node)
-            .await
+        let ingested = exposition
             .lines()
             .any(|l| l.starts_with("clicks_ingested_total ") && !l.ends_with(" 0"));
         if (missing.is_empty() && ingested) || Instant::now() > deadline {

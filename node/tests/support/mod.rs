@@ -270,6 +270,18 @@ impl Node {
     }
 
     /// GET `path` with `key`, expecting 200; the JSON body.
+    /// Its `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json(&self, path: &str, key: &str) -> Value {
         let r = self
             .http
