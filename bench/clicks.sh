@@ -24,12 +24,7 @@ case $store in embedded|clickhouse) ;; *) echo "STORE must be embedded or clickh
 work=$(mktemp -d /tmp/linkrift-clicks-bench.XXXXXX)
 source bench/lib.sh
 need wrk wrk
-cleanup() {
-  for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_all EXIT
 cargo build --release -q -p linkrift
 key=bench-admin-key-0123456789
 
@@ -72,31 +67,11 @@ if [[ $store == clickhouse ]]; then
   ch_flags=(--clickhouse-url "http://127.0.0.1:$ch_port")
 fi
 
-start_node() { # CAPTURE(true|false)
-  LINKRIFT_ADMIN_KEY=$key LINKRIFT_CLICK_CAPTURE=$1 taskset -c 1 target/release/linkrift serve \
-    --data-dir "$work/node" --http "127.0.0.1:$port" --log warn "${ch_flags[@]}" >>"$work/node.out" 2>&1 &
-  echo $! >"$work/node.pid"
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && return 0; sleep 0.1; done
-  echo "linkrift did not become ready" >&2; exit 1
-}
-stop_node() {
-  kill "$(cat "$work/node.pid")"; while kill -0 "$(cat "$work/node.pid")" 2>/dev/null; do sleep 0.1; done
-  rm -f "$work/node.pid"
-}
+start_node() { LINKRIFT_CLICK_CAPTURE=$1 start_single "$port" "${ch_flags[@]}"; } # CAPTURE(true|false)
 
 start_node true
-python3 - "$port" "$links" "$work/codes" "$key" <<'PY'
-import json, sys, urllib.request
-port, n, out, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-codes = []
-for start in range(0, n, 1000):
-    body = json.dumps({"links": [{"url": f"https://example.com/{i}"} for i in range(start, min(n, start + 1000))]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/links/bulk", body,
-                                 {"content-type": "application/json", "authorization": f"Bearer {key}"})
-    codes += [item["link"]["code"] for item in json.load(urllib.request.urlopen(req))["results"]]
-open(out, "w").write("\n".join(codes) + "\n")
-PY
-stop_node
+load_links "$port" "$links" "$work/codes"
+stop_single
 cat > "$work/random.lua" <<'LUA'
 local codes = {}
 for line in io.lines(os.getenv("CODES")) do codes[#codes + 1] = "/" .. line end
@@ -118,7 +93,7 @@ for r in $(seq "$runs"); do
     read -r rps p50 p99 percpu non3xx _ <<<"$row"
     echo "| $r | $capture | $rps | $p50 | $p99 | $percpu | $non3xx |"
     per_cpu[$capture]+="$percpu "
-    stop_node
+    stop_single
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -143,5 +118,5 @@ if [[ $store == clickhouse ]]; then
   rate=$(awk -v n="$((to - from))" -v a="$t0" -v b="$t1" 'BEGIN {printf "%d", n / (b - a)}')
   echo
   echo "ClickHouse ingest: $spooled clicks spooled while ClickHouse was down; $((to - from)) inserted in $secs s from the first batch: $rate events/s. Rows in ClickHouse: $(ch_count)"
-  stop_node
+  stop_single
 fi

@@ -82,3 +82,63 @@ wait_placed() { # [SECONDS, default 120]
     sleep 0.2
   done
 }
+
+# Stops every process whose PID is in $work/*.pid and removes $work: `trap stop_all EXIT`.
+stop_all() {
+  for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$work"
+}
+
+# One node on 127.0.0.1:PORT pinned to CPU 1, its data in $work/node (kept across
+# restarts), with the admin key $key and any extra flags; waits until it is ready.
+start_single() { # PORT [flags...]
+  local port=$1; shift
+  LINKRIFT_ADMIN_KEY=$key taskset -c 1 target/release/linkrift serve --data-dir "$work/node" \
+    --http "127.0.0.1:$port" --log warn "$@" >>"$work/node.out" 2>&1 &
+  echo $! >"$work/node.pid"
+  for _ in $(seq 6000); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && return 0; sleep 0.05; done
+  echo "linkrift did not become ready" >&2; exit 1
+}
+# Stops it (SIGTERM) and waits until it has exited.
+stop_single() {
+  local pid; pid=$(cat "$work/node.pid")
+  kill "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  rm -f "$work/node.pid"
+}
+
+# Creates N links through the bulk API; writes their codes, one per line, to FILE.
+load_links() { # PORT N FILE
+  python3 - "$1" "$2" "$3" "$key" <<'PY'
+import json, sys, urllib.request
+port, n, out, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+codes = []
+for start in range(0, n, 1000):
+    body = json.dumps({"links": [{"url": f"https://example.com/{i}"} for i in range(start, min(n, start + 1000))]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/links/bulk", body,
+                                 {"content-type": "application/json", "authorization": f"Bearer {key}"})
+    for item in json.load(urllib.request.urlopen(req, timeout=120))["results"]:
+        assert item["status"] == 201, item
+        codes.append(item["link"]["code"])
+with open(out, "w") as f:
+    f.write("\n".join(codes) + "\n")
+PY
+}
+
+# One hey run on CPU 0, as a table row: "| NAME | req/s | p50 ms | p99 ms | statuses | errors |".
+hey_row() { # NAME hey-args...
+  local name=$1; shift
+  local out; out=$(taskset -c 0 hey "$@" 2>&1)
+  python3 - "$name" "$out" <<'PY'
+import re, sys
+name, out = sys.argv[1], sys.argv[2]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+def pct(p):
+    m = re.search(rf"\s{p}% in ([\d.]+) secs", out)
+    return f"{float(m.group(1)) * 1000:.2f}" if m else "-"
+codes = ", ".join(f"{n}×{c}" for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+tail = out.split("Error distribution:", 1)[1] if "Error distribution:" in out else ""
+errors = sum(int(n) for n in re.findall(r"\[(\d+)\]", tail))
+print(f"| {name} | {rps:.0f} | {pct(50)} | {pct(99)} | {codes} | {errors} |")
+PY
+}

@@ -40,24 +40,6 @@ start_linkrift() { # DIR PORT (runs in a subshell: the PID goes to a file for cl
   echo "linkrift did not become ready" >&2; exit 1
 }
 
-# Creates N links through the bulk API; writes their codes, one per line, to FILE.
-load_links() { # PORT N FILE
-  python3 - "$1" "$2" "$3" "$key" <<'PY'
-import json, sys, urllib.request
-port, n, out, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-codes = []
-for start in range(0, n, 1000):
-    body = json.dumps({"links": [{"url": f"https://example.com/{i}"} for i in range(start, min(n, start + 1000))]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/links/bulk", body,
-                                 {"content-type": "application/json", "authorization": f"Bearer {key}"})
-    for item in json.load(urllib.request.urlopen(req))["results"]:
-        assert item["status"] == 201, item
-        codes.append(item["link"]["code"])
-with open(out, "w") as f:
-    f.write("\n".join(codes) + "\n")
-PY
-}
-
 write_random_lua
 # One wrk run: prints "req/s p50_ms p99_ms req_per_cpu_s non3xx p999_ms".
 measure() { wrk_run "$work/codes" "http://127.0.0.1:$2" "$3" "$seconds" cpu_ticks "$1"; } # PID PORT CONNECTIONS

@@ -19,12 +19,7 @@ work=$(mktemp -d /tmp/linkrift-writes.XXXXXX)
 source bench/lib.sh
 need hey hey
 command -v etcd >/dev/null || need etcd etcd-server
-cleanup() {
-  for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_all EXIT
 cargo build --release -q -p linkrift
 
 export LINKRIFT_CLUSTER_SECRET=bench-cluster-secret key=bench-admin-key-0123456789
@@ -53,32 +48,14 @@ value=$(printf '%s' "$sample" | base64 -w0)
 printf '{"key":"%s","value":"%s"}' "$(printf 'bench-key' | base64 -w0)" "$value" >"$work/put.json"
 printf '%s' "$link_body" >"$work/create.json"
 
-hey_row() { # NAME hey-args...
-  local name=$1; shift
-  local out; out=$(taskset -c 0 hey -n "$requests" -c "$concurrency" "$@" 2>&1)
-  python3 - "$name" "$out" <<'PY'
-import re, sys
-name, out = sys.argv[1], sys.argv[2]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-def pct(p):
-    m = re.search(rf"\s{p}% in ([\d.]+) secs", out)
-    return float(m.group(1)) * 1000 if m else float("nan")
-codes = dict((int(c), int(n)) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
-ok = sum(n for c, n in codes.items() if 200 <= c < 300)
-tail = out.split("Error distribution:", 1)[1] if "Error distribution:" in out else ""
-errors = sum(int(n) for n in re.findall(r"\[(\d+)\]", tail))
-print(f"| {name} | {rps:.0f} | {pct(50):.1f} | {pct(99):.1f} | {ok} | {sum(codes.values()) - ok + errors} |")
-PY
-}
-
-echo "| what | requests/s | p50 ms | p99 ms | 2xx | other |"
+echo "| what | requests/s | p50 ms | p99 ms | statuses | errors |"
 echo "|---|---|---|---|---|---|"
 declare -a lr et
 for r in $(seq "$runs"); do
-  row=$(hey_row "linkrift creates, run $r" -m POST -T application/json -H "Authorization: Bearer $key" \
+  row=$(hey_row "linkrift creates, run $r" -n "$requests" -c "$concurrency" -m POST -T application/json -H "Authorization: Bearer $key" \
     -D "$work/create.json" http://127.0.0.1:18080/v1/links); echo "$row"
   lr+=("$(cut -d'|' -f3 <<<"$row")")
-  row=$(hey_row "etcd puts, run $r" -m POST -T application/json -D "$work/put.json" \
+  row=$(hey_row "etcd puts, run $r" -n "$requests" -c "$concurrency" -m POST -T application/json -D "$work/put.json" \
     http://127.0.0.1:12379/v3/kv/put); echo "$row"
   et+=("$(cut -d'|' -f3 <<<"$row")")
 done
