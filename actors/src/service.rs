@@ -2026,11 +2026,6 @@ impl LinkService {
         self.core.clickhouse.as_ref()
     }
 
-    /// Writes every click recorded so far to its store (for ClickHouse: to the spool).
-    pub async fn flush_clicks(&self) {
-        self.core.clicks.flush().await;
-    }
-
     /// Watches for this node learning that it is no longer a member of its cluster.
     pub fn departure(&self) -> tokio::sync::watch::Receiver<Option<Departure>> {
         self.core.departure.subscribe()

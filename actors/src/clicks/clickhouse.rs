@@ -334,18 +334,6 @@ impl ClickHouse {
             .fetch_bytes(format)
             .map_err(|e| self.err(e))
     }
-
-    /// Events stored for `code` (each once), for checks.
-    pub async fn count(&self, code: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .db()
-            .query("SELECT count() AS n FROM clicks FINAL WHERE short_code = ?")
-            .bind(code)
-            .fetch_one::<CountRow>()
-            .await
-            .map_err(|e| self.err(e))?
-            .n)
-    }
 }
 
 #[cfg(test)]
