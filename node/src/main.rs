@@ -47,6 +47,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(flags) => {
             let config = config::Config::load(&flags)?;
             init_logging(&config);
+            // Chaos-test builds only: arms the points named in FAILPOINTS.
+            #[cfg(feature = "failpoints")]
+            let _failpoints = fail::FailScenario::setup();
             tokio::runtime::Runtime::new()?.block_on(serve::run(config))
         }
         Command::Restore(args) => {

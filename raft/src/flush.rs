@@ -53,7 +53,9 @@ impl Flusher {
                         batch.push(more);
                     }
                 }
+                crate::failpoint::crash_if_armed(crate::failpoint::BEFORE_FLUSH);
                 let result = db.flush_async().await.map(|_| ()).map_err(sled_to_io);
+                crate::failpoint::crash_if_armed(crate::failpoint::AFTER_FLUSH);
                 task_stats.flushes.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "sled flush failed");

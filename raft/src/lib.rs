@@ -22,6 +22,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod failpoint;
 pub mod flush;
 pub mod log_store;
 pub mod node;

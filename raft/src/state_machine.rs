@@ -309,6 +309,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        crate::failpoint::crash_if_armed(crate::failpoint::APPLY);
         let mut applied = self.shared.write_lock();
         let mut responses = Vec::new();
         for entry in entries {

@@ -1,0 +1,430 @@
+//! Checkers over a recorded history. Each returns the anomalies it found, as sentences.
+//!
+//! Linearizability is checked per code (codes are independent registers) with the
+//! Wing-Gong-Lowe search: take, in invocation order, an operation that may go next, apply
+//! it to the model, and backtrack when an operation's completion is passed before it has
+//! been placed; each (placed set, state) pair is explored once. Operations with unknown
+//! outcomes never complete, so they may be placed anywhere after their invocation, or
+//! after everything (as if they never happened). stateright's `LinearizabilityTester`
+//! explores without that memo and has no such open-ended operations, so it is not used.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::history::{Call, Op, Ret};
+
+/// The model: one link, absent or holding a value. The state after `op`, if `op` may
+/// have answered what it did from `state`.
+fn step(state: Option<u64>, op: &Op) -> Option<Option<u64>> {
+    match (op.call, op.ret, state) {
+        (Call::Create(v), Ret::Created, None) => Some(Some(v)),
+        (Call::Create(_), Ret::Exists, Some(s)) => Some(Some(s)),
+        (Call::Create(v), Ret::Unknown, None) => Some(Some(v)),
+        (Call::Create(_), Ret::Unknown, Some(s)) => Some(Some(s)),
+        (Call::Update(v), Ret::Updated | Ret::Unknown, Some(_)) => Some(Some(v)),
+        (Call::Update(_), Ret::NotFound | Ret::Unknown, None) => Some(None),
+        (Call::Delete, Ret::Deleted(v), Some(s)) if v == s => Some(None),
+        (Call::Delete, Ret::Unknown, _) | (Call::Delete, Ret::NotFound, None) => Some(None),
+        (Call::Read, Ret::Read(v), s) if v == s => Some(s),
+        (Call::Read, Ret::Unknown, s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Whether `ops` (one code's) are linearizable from an absent link.
+pub fn linearizable(ops: &[&Op]) -> bool {
+    // Events: (time, is_return, op). Invocations sort before completions at equal times,
+    // so operations that touch are taken as concurrent.
+    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.invoke, false, i));
+        events.push((op.end(), true, i));
+    }
+    events.sort();
+    // A doubly linked list of the events not yet placed, from `head` to `end`.
+    let n = events.len();
+    let (head, end) = (n, n + 1);
+    let mut next = vec![end; n + 1];
+    let mut prev = vec![head; n + 1];
+    for i in 0..n {
+        next[i] = if i + 1 < n { i + 1 } else { end };
+        prev[i] = if i == 0 { head } else { i - 1 };
+    }
+    next[head] = if n > 0 { 0 } else { end };
+    let mut call_at = vec![0usize; ops.len()];
+    let mut ret_at = vec![0usize; ops.len()];
+    for (at, &(_, is_ret, op)) in events.iter().enumerate() {
+        if is_ret {
+            ret_at[op] = at;
+        } else {
+            call_at[op] = at;
+        }
+    }
+    let words = ops.len().div_ceil(64);
+    let mut placed = vec![0u64; words];
+    let mut seen: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
+    let mut stack: Vec<(usize, Option<u64>)> = Vec::new();
+    let mut state: Option<u64> = None;
+    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, at: usize| {
+        let (p, x) = (prev[at], next[at]);
+        next[p] = x;
+        if x != end {
+            prev[x] = p;
+        }
+    };
+    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, at: usize| {
+        let (p, x) = (prev[at], next[at]);
+        next[p] = at;
+        if x != end {
+            prev[x] = at;
+        }
+    };
+    let mut at = next[head];
+    while next[head] != end {
+        if at == end {
+            return false;
+        }
+        let (_, is_ret, op) = events[at];
+        if !is_ret {
+            if let Some(after) = step(state, ops[op]) {
+                let mut with = placed.clone();
+                with[op / 64] |= 1 << (op % 64);
+                if seen.insert((with.clone(), after)) {
+                    stack.push((op, state));
+                    placed = with;
+                    state = after;
+                    unlink(&mut next, &mut prev, call_at[op]);
+                    unlink(&mut next, &mut prev, ret_at[op]);
+                    at = next[head];
+                    continue;
+                }
+            }
+            at = next[at];
+        } else {
+            // A completion reached before its operation was placed: undo the last choice.
+            let Some((op, before)) = stack.pop() else {
+                return false;
+            };
+            state = before;
+            placed[op / 64] &= !(1 << (op % 64));
+            relink(&mut next, &mut prev, ret_at[op]);
+            relink(&mut next, &mut prev, call_at[op]);
+            at = next[call_at[op]];
+        }
+    }
+    true
+}
+
+/// Splits the linearizable part of the history (API writes, and reads marked final) by code.
+pub fn by_code<'a>(ops: &'a [Op], with: impl Fn(&Op) -> bool) -> BTreeMap<&'a str, Vec<&'a Op>> {
+    let mut codes: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops.iter().filter(|o| with(o)) {
+        codes.entry(op.code.as_str()).or_default().push(op);
+    }
+    codes
+}
+
+/// Writes and `final_reads` per code: the codes whose history is not linearizable.
+pub fn check_linearizable(writes: &[Op], final_reads: &[Op]) -> Vec<String> {
+    let mut all: Vec<Op> = writes
+        .iter()
+        .filter(|o| o.call != Call::Read)
+        .cloned()
+        .collect();
+    all.extend(final_reads.iter().cloned());
+    let mut anomalies = Vec::new();
+    for (code, ops) in by_code(&all, |_| true) {
+        if !linearizable(&ops) {
+            let shown: Vec<String> = ops.iter().map(|o| describe(o)).collect();
+            anomalies.push(format!(
+                "code {code}: not linearizable ({} operations): {}",
+                ops.len(),
+                shown.join("; ")
+            ));
+        }
+    }
+    anomalies
+}
+
+fn describe(o: &Op) -> String {
+    let end = o.complete.map_or("?".to_string(), |c| c.to_string());
+    format!(
+        "p{} n{} {:?}->{:?} [{}..{}]",
+        o.process, o.node, o.call, o.ret, o.invoke, end
+    )
+}
+
+/// Acknowledged changes the final state does not show: for each code, the last
+/// acknowledged change that every other change (acknowledged or unknown) precedes in real
+/// time must be what the final read sees.
+pub fn check_lost(ops: &[Op], finals: &BTreeMap<String, Option<u64>>) -> Vec<String> {
+    let mut anomalies = Vec::new();
+    for (code, ops) in by_code(ops, |o| o.may_change()) {
+        let Some(last) = ops
+            .iter()
+            .filter(|o| o.effect().is_some())
+            .max_by_key(|o| o.end())
+        else {
+            continue;
+        };
+        let alone = ops
+            .iter()
+            .all(|o| std::ptr::eq(*o, *last) || o.end() < last.invoke);
+        if !alone {
+            continue;
+        }
+        let want = last.effect().unwrap();
+        match finals.get(code) {
+            Some(got) if *got == want => {}
+            got => anomalies.push(format!(
+                "code {code}: acknowledged {} but the final state is {got:?}",
+                describe(last)
+            )),
+        }
+    }
+    anomalies
+}
+
+/// Values read (by reads, redirects, or a delete's answer) that no create or update of
+/// that code ever tried to write.
+pub fn check_phantoms(ops: &[Op]) -> Vec<String> {
+    let mut written: HashSet<(&str, u64)> = HashSet::new();
+    for o in ops {
+        if let Call::Create(v) | Call::Update(v) = o.call {
+            written.insert((o.code.as_str(), v));
+        }
+    }
+    let mut anomalies = Vec::new();
+    for o in ops {
+        let value = match o.ret {
+            Ret::Read(Some(v)) | Ret::Deleted(v) => v,
+            _ => continue,
+        };
+        if !written.contains(&(o.code.as_str(), value)) {
+            anomalies.push(format!(
+                "code {}: {} returned value {value}, which nobody wrote",
+                o.code,
+                describe(o)
+            ));
+        }
+    }
+    anomalies
+}
+
+/// Reads and redirects that served a state older than `bound` allows: the state read was
+/// made by writes that all completed before another acknowledged change began, and that
+/// change had completed more than `bound` before the read began. Changes acknowledged
+/// while a fault was in force (`quiet` says whether a span of time had none) are not
+/// held against a read, since a partitioned or paused replica keeps serving what it has.
+pub fn check_stale(ops: &[Op], bound: u64, quiet: impl Fn(u64, u64) -> bool) -> Vec<String> {
+    let mut anomalies = Vec::new();
+    let changes = by_code(ops, |o| o.may_change());
+    for read in ops.iter().filter(|o| o.call == Call::Read) {
+        let Ret::Read(value) = read.ret else {
+            continue;
+        };
+        let empty = Vec::new();
+        let writes = changes.get(read.code.as_str()).unwrap_or(&empty);
+        // The writes that could have made what was read (none: the link as it began).
+        let makers: Vec<&&Op> = writes
+            .iter()
+            .filter(|w| match (value, w.call) {
+                (Some(v), Call::Create(x) | Call::Update(x)) => v == x,
+                (None, Call::Delete) => true,
+                _ => false,
+            })
+            .collect();
+        let superseded = |began: Option<u64>| {
+            writes.iter().any(|w| {
+                w.effect().is_some()
+                    && began.is_none_or(|b| b < w.invoke)
+                    && w.end().saturating_add(bound) < read.invoke
+                    && quiet(w.end(), read.invoke)
+                    && match (value, w.effect()) {
+                        (v, Some(e)) => e != v || began.is_some(),
+                        _ => false,
+                    }
+            })
+        };
+        let fresh_maker = makers
+            .iter()
+            .any(|m| !superseded(m.complete.or(Some(u64::MAX))));
+        let initial_ok = value.is_none() && !superseded(None);
+        if !fresh_maker && !initial_ok {
+            anomalies.push(format!(
+                "code {}: {} served a state superseded more than {} ms earlier",
+                read.code,
+                describe(read),
+                bound / 1000
+            ));
+        }
+    }
+    anomalies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(process: u64, call: Call, ret: Ret, invoke: u64, complete: Option<u64>) -> Op {
+        Op {
+            process,
+            node: 1,
+            code: "c".into(),
+            call,
+            ret,
+            redirect: false,
+            invoke,
+            complete,
+        }
+    }
+
+    fn lin(ops: &[Op]) -> bool {
+        linearizable(&ops.iter().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn sequential_histories() {
+        let good = [
+            op(1, Call::Create(1), Ret::Created, 0, Some(1)),
+            op(1, Call::Create(2), Ret::Exists, 2, Some(3)),
+            op(1, Call::Update(3), Ret::Updated, 4, Some(5)),
+            op(1, Call::Read, Ret::Read(Some(3)), 6, Some(7)),
+            op(1, Call::Delete, Ret::Deleted(3), 8, Some(9)),
+            op(1, Call::Read, Ret::Read(None), 10, Some(11)),
+        ];
+        assert!(lin(&good));
+        // A read of the overwritten value after the update completed: stale.
+        let mut stale = good.to_vec();
+        stale[3].ret = Ret::Read(Some(1));
+        assert!(!lin(&stale));
+        // A delete that reports a value the link did not hold.
+        let mut wrong = good.to_vec();
+        wrong[4].ret = Ret::Deleted(1);
+        assert!(!lin(&wrong));
+        // A create that succeeds on a taken code.
+        let mut twice = good.to_vec();
+        twice[1].ret = Ret::Created;
+        assert!(!lin(&twice));
+        // An acknowledged create, then "no such link".
+        let lost = [
+            op(1, Call::Create(1), Ret::Created, 0, Some(1)),
+            op(2, Call::Read, Ret::Read(None), 2, Some(3)),
+        ];
+        assert!(!lin(&lost));
+    }
+
+    #[test]
+    fn concurrent_operations_may_take_either_order() {
+        let ops = [
+            op(1, Call::Create(1), Ret::Created, 0, Some(10)),
+            op(2, Call::Create(2), Ret::Exists, 1, Some(9)),
+            op(3, Call::Read, Ret::Read(None), 2, Some(3)),
+            op(3, Call::Read, Ret::Read(Some(1)), 4, Some(5)),
+        ];
+        assert!(lin(&ops));
+        // Once a read saw the value, a later read (in real time) may not miss it.
+        let mut flicker = ops.to_vec();
+        flicker.push(op(3, Call::Read, Ret::Read(None), 11, Some(12)));
+        assert!(!lin(&flicker));
+    }
+
+    #[test]
+    fn unknown_outcomes_may_or_may_not_happen() {
+        let happened = [
+            op(1, Call::Create(1), Ret::Unknown, 0, None),
+            op(2, Call::Read, Ret::Read(Some(1)), 5, Some(6)),
+        ];
+        assert!(lin(&happened));
+        let never = [
+            op(1, Call::Create(1), Ret::Unknown, 0, None),
+            op(2, Call::Read, Ret::Read(None), 5, Some(6)),
+            op(2, Call::Create(2), Ret::Created, 7, Some(8)),
+        ];
+        assert!(lin(&never));
+        // An unknown create cannot explain a value it did not write.
+        let other = [
+            op(1, Call::Create(1), Ret::Unknown, 0, None),
+            op(2, Call::Read, Ret::Read(Some(2)), 5, Some(6)),
+        ];
+        assert!(!lin(&other));
+        // Nor can it take effect before it was invoked.
+        let early = [
+            op(2, Call::Read, Ret::Read(Some(1)), 0, Some(1)),
+            op(1, Call::Create(1), Ret::Unknown, 2, None),
+        ];
+        assert!(!lin(&early));
+    }
+
+    #[test]
+    fn a_dozen_concurrent_unknowns_are_searched_through() {
+        // The workload retires a code after a few unknown outcomes: each one doubles what a
+        // refutation has to search.
+        let mut ops = vec![op(0, Call::Create(0), Ret::Created, 0, Some(1))];
+        for i in 1..13u64 {
+            ops.push(op(i, Call::Update(i), Ret::Unknown, 2 + i, None));
+        }
+        ops.push(op(99, Call::Read, Ret::Read(Some(11)), 100, Some(101)));
+        ops.push(op(99, Call::Read, Ret::Read(Some(3)), 102, Some(103)));
+        assert!(lin(&ops));
+        ops.push(op(99, Call::Read, Ret::Read(Some(0)), 104, Some(105)));
+        assert!(
+            !lin(&ops),
+            "the first value came back after it was overwritten"
+        );
+    }
+
+    #[test]
+    fn lost_writes_are_flagged() {
+        let ops = [
+            op(1, Call::Create(1), Ret::Created, 0, Some(1)),
+            op(1, Call::Update(2), Ret::Updated, 2, Some(3)),
+        ];
+        let mut finals = BTreeMap::new();
+        finals.insert("c".to_string(), Some(2));
+        assert!(check_lost(&ops, &finals).is_empty());
+        finals.insert("c".to_string(), Some(1));
+        assert_eq!(check_lost(&ops, &finals).len(), 1);
+        finals.insert("c".to_string(), None);
+        assert_eq!(check_lost(&ops, &finals).len(), 1);
+        // With a concurrent unknown change, either state may be final.
+        let mut open = ops.to_vec();
+        open.push(op(2, Call::Delete, Ret::Unknown, 2, None));
+        assert!(check_lost(&open, &finals).is_empty());
+    }
+
+    #[test]
+    fn phantom_values_are_flagged() {
+        let mut ops = vec![
+            op(1, Call::Create(1), Ret::Created, 0, Some(1)),
+            op(2, Call::Read, Ret::Read(Some(1)), 2, Some(3)),
+        ];
+        assert!(check_phantoms(&ops).is_empty());
+        ops.push(op(2, Call::Read, Ret::Read(Some(7)), 4, Some(5)));
+        ops.push(op(2, Call::Delete, Ret::Deleted(8), 6, Some(7)));
+        assert_eq!(check_phantoms(&ops).len(), 2);
+    }
+
+    #[test]
+    fn reads_past_the_staleness_bound_are_flagged() {
+        let quiet = |_: u64, _: u64| true;
+        let mut ops = vec![
+            op(1, Call::Create(1), Ret::Created, 0, Some(10)),
+            op(1, Call::Delete, Ret::Deleted(1), 20, Some(30)),
+            // Within the bound (100) of the delete: the old value may still be served.
+            op(2, Call::Read, Ret::Read(Some(1)), 50, Some(51)),
+            op(2, Call::Read, Ret::Read(None), 200, Some(201)),
+        ];
+        assert!(check_stale(&ops, 100, quiet).is_empty());
+        // Served 170 after the delete completed: too late.
+        ops.push(op(2, Call::Read, Ret::Read(Some(1)), 200, Some(201)));
+        assert_eq!(check_stale(&ops, 100, quiet).len(), 1);
+        // Unless a fault was in force meanwhile.
+        assert!(check_stale(&ops, 100, |_, _| false).is_empty());
+        // "No such link" long after the create was acknowledged.
+        let missing = [
+            op(1, Call::Create(1), Ret::Created, 0, Some(10)),
+            op(2, Call::Read, Ret::Read(None), 500, Some(501)),
+        ];
+        assert_eq!(check_stale(&missing, 100, quiet).len(), 1);
+    }
+}

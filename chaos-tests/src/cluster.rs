@@ -1,0 +1,373 @@
+//! Real `linkrift` processes. Node `i` listens on 127.0.0.(10+i) with fixed ports, so a
+//! restarted node comes back where the cluster expects it; 127.0.0.1 stays for the
+//! clients, PostgreSQL and ClickHouse, so no partition rule ever cuts them off.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The admin key every node of a run shares.
+pub const ADMIN_KEY: &str = "chaos-admin-key-0123456789";
+const SECRET: &str = "chaos-cluster-secret";
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// How one node is started; kept so it can be started again the same way.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Extra environment (failpoints, a fake clock) for this start only.
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// A start with the failpoint `name` armed to fire on its `after`+1-th hit.
+    pub fn failpoint(name: &str, after: u32) -> Launch {
+        Launch {
+            env: vec![("FAILPOINTS".into(), format!("{name}={after}*off->return"))],
+        }
+    }
+
+    /// A start under libfaketime: the clock `offset` seconds off, running `rate` times as fast.
+    pub fn skewed(offset: i64, rate: f64) -> Launch {
+        Launch {
+            env: vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                ("FAKETIME".into(), format!("{offset:+}s x{rate}")),
+                ("FAKETIME_DONT_RESET".into(), "1".into()),
+            ],
+        }
+    }
+}
+
+/// One node of the run (running or not).
+pub struct Node {
+    /// 1-based; its address is 127.0.0.(10+index).
+    pub index: usize,
+    /// The node id it printed when it last started.
+    pub id: u64,
+    pub ip: String,
+    pub http: u16,
+    peer: u16,
+    cluster: u16,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    /// Whether it was started with `--join` (only read with an empty data directory).
+    join: Option<String>,
+    common: Vec<String>,
+}
+
+/// The nodes of a run, and what they share.
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub root: PathBuf,
+    pub nodes: Vec<Node>,
+    base_port: u16,
+    /// Flags every node gets (mirror, ClickHouse, shard count).
+    pub common: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+impl Node {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}:{}{path}", self.ip, self.http)
+    }
+
+    pub fn cluster_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.cluster)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// Starts the process and waits for its serving line (its id).
+    pub fn start(&mut self, bin: &Path, launch: &Launch) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut c = Command::new(bin);
+        c.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--http", &format!("{}:{}", self.ip, self.http)])
+            .args(["--peer", &format!("{}:{}", self.ip, self.peer)])
+            .args(["--cluster", &self.cluster_addr()])
+            .args(&self.common)
+            .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
+            .env("LINKRIFT_CLUSTER_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if let Some(seed) = &self.join {
+            c.args(["--join", seed]);
+        }
+        for (k, v) in &launch.env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(id) = serving_id(&line) {
+                        self.id = id;
+                        return Ok(());
+                    }
+                }
+                Err(_) => bail!(
+                    "node {} did not print where it serves within 60 s (see {})",
+                    self.index,
+                    self.log.display()
+                ),
+            }
+        }
+    }
+
+    /// SIGKILL, and reaps it.
+    pub fn kill(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `signal` (STOP, CONT, TERM) to the process.
+    pub fn signal(&self, signal: &str) -> bool {
+        self.pid().is_some_and(|pid| {
+            Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    /// Whether it has exited, killed by `signal`; reaps it.
+    pub fn exited_by(&mut self, signal: i32) -> Option<bool> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.signal() == Some(signal))
+    }
+
+    /// Kills it, removes its data and log position is kept: it starts anew with `--join`.
+    pub fn wipe(&mut self, seed: String) -> Result<()> {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).ok();
+        self.join = Some(seed);
+        Ok(())
+    }
+}
+
+/// "linkrift serving http://A with data in D (node N, ...": N.
+fn serving_id(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("linkrift serving ")?;
+    let at = rest.find("(node ")? + "(node ".len();
+    let digits: String = rest[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// A free run of `n` ports on every 127.0.0.x the run uses (checked on 127.0.0.11).
+fn free_ports(n: u16, seed: u64) -> u16 {
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 104_729) % 30_000) as u16;
+        let all_free = (0..n).all(|p| {
+            std::net::TcpListener::bind(("127.0.0.11", base + p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + p)).is_ok()
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free run of {n} ports on loopback");
+}
+
+impl Cluster {
+    /// Nodes 1..=`count` (not started); node 1 bootstraps, the others join it.
+    pub fn new(bin: PathBuf, root: PathBuf, count: usize, common: Vec<String>, seed: u64) -> Cluster {
+        let base_port = free_ports(3 * 16, seed);
+        let mut cluster = Cluster {
+            bin,
+            root,
+            nodes: Vec::new(),
+            base_port,
+            common,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        };
+        for _ in 0..count {
+            cluster.add();
+        }
+        cluster
+    }
+
+    /// Declares one more node (not started), joining node 1.
+    pub fn add(&mut self) -> usize {
+        let index = self.nodes.len() + 1;
+        let port = self.base_port + 3 * index as u16;
+        let join = (index > 1).then(|| self.nodes[0].cluster_addr());
+        self.nodes.push(Node {
+            index,
+            id: 0,
+            ip: format!("127.0.0.{}", 10 + index),
+            http: port,
+            peer: port + 1,
+            cluster: port + 2,
+            dir: self.root.join(format!("n{index}")),
+            log: self.root.join(format!("n{index}.log")),
+            child: None,
+            join,
+            common: self.common.clone(),
+        });
+        index
+    }
+
+    pub fn node(&mut self, index: usize) -> &mut Node {
+        &mut self.nodes[index - 1]
+    }
+
+    pub fn start(&mut self, index: usize, launch: &Launch) -> Result<()> {
+        let bin = self.bin.clone();
+        self.nodes[index - 1].start(&bin, launch)
+    }
+
+    /// Base URLs of every declared node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url("")).collect()
+    }
+
+    /// `/admin/status` from the first node that answers.
+    pub async fn status(&self) -> Option<Value> {
+        for n in &self.nodes {
+            let r = self
+                .http
+                .get(n.url("/admin/status"))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if r.status().is_success() {
+                    if let Ok(v) = r.json::<Value>().await {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The index of the node whose id is `id`.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.nodes.iter().find(|n| n.id == id).map(|n| n.index)
+    }
+
+    /// Leaders by group from a status: (group, leader's node index).
+    pub fn leaders(&self, status: &Value) -> Vec<(u64, usize)> {
+        status["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| {
+                let leader = g["leader"].as_u64()?;
+                Some((g["group"].as_u64()?, self.index_of(leader)?))
+            })
+            .collect()
+    }
+
+    /// Waits until every node in `indexes` answers `/readyz` 200, every group has a
+    /// leader, and no group has a learner (no move in flight).
+    pub async fn wait_settled(&self, indexes: &[usize], within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ready = true;
+            for &i in indexes {
+                let r = self.http.get(self.nodes[i - 1].url("/readyz")).send().await;
+                ready &= r.is_ok_and(|r| r.status() == 200);
+            }
+            if ready {
+                if let Some(s) = self.status().await {
+                    let groups = s["groups"].as_array().cloned().unwrap_or_default();
+                    let settled = !groups.is_empty()
+                        && groups.iter().all(|g| {
+                            !g["leader"].is_null()
+                                && g["learners"].as_array().is_none_or(|l| l.is_empty())
+                        });
+                    if settled {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("nodes {indexes:?} not ready and settled within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Runs `linkrift cluster ARGS` against node `via`; its output.
+    pub fn cli(&self, via: usize, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.bin)
+            .arg("cluster")
+            .args(args)
+            .args(["--url", &self.nodes[via - 1].url("")])
+            .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("linkrift cluster {args:?}: {text}");
+        }
+        Ok(text)
+    }
+
+    /// Lines of the nodes' logs that report a panic.
+    pub fn panics(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("panicked")) {
+                found.push(format!("node {}: {line}", n.index));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.signal("CONT");
+            n.kill();
+        }
+    }
+}
