@@ -725,8 +725,22 @@ async fn undrain(core: std::sync::Weak<Core>) {
 struct LostLeaders {
     /// Since when each node has had no session with this one.
     since: HashMap<NodeId, Instant>,
-    /// Groups this node stood for election in: the leader they lost, and when it last stood.
+    /// Groups this node stood for election in: the leader they lost, and when it stood.
     standing: HashMap<GroupId, (NodeId, Instant)>,
+}
+
+/// The leader this node may stand for election against: the group's leader when its
+/// session is gone and this node has not stood against it yet. Once stood, never again
+/// for the same leader, nor while the group has none (openraft's timers carry on).
+fn lost_leader(
+    leader: Option<NodeId>,
+    reachable: bool,
+    stood_for: Option<NodeId>,
+) -> Option<NodeId> {
+    match leader {
+        Some(l) if !reachable && stood_for != Some(l) => Some(l),
+        _ => None,
+    }
 }
 
 impl Core {
@@ -738,6 +752,12 @@ impl Core {
     /// votes are free. The voters stand in turn (by id, 500 ms apart), so they do not
     /// split the vote; a lagging one is refused and the next one wins. A leader whose
     /// session comes back is left alone.
+    ///
+    /// Each voter stands once per lost leader; after that openraft's own election timers
+    /// carry on. Standing again every second while the group had no leader (as this did
+    /// once) let a lagging voter, which can never win, depose each new leader within
+    /// milliseconds of its election: after a partition the chaos tests saw a shard stay
+    /// leaderless for minutes (`Fault::MajoritiesRing`, docs/RELIABILITY.md).
     async fn stand_for_lost_leaders(&self, lost: &mut LostLeaders) {
         let now = Instant::now();
         let mut groups = vec![self.meta.clone()];
@@ -754,26 +774,20 @@ impl Core {
             }
             let rank =
                 |gone: NodeId| voters.iter().filter(|&&v| v != gone && v < self.me).count() as u32;
-            let stand = match (leader, lost.standing.get(&group.id())) {
-                // A leader this node can reach (or is): nothing to do.
-                (Some(l), _) if l == self.me || self.peers.is_connected(l) => {
-                    lost.standing.remove(&group.id());
-                    None
-                }
-                // Its leader's session is gone: stand once the lease is over.
-                (Some(l), None) => {
-                    let since = *lost.since.entry(l).or_insert(now);
-                    let wait = self.leader_lease + Duration::from_millis(500) * rank(l);
-                    (now.duration_since(since) >= wait).then_some(l)
-                }
-                // Still no leader after standing: stand again, in turn.
-                (_, Some(&(l, at))) => {
-                    let wait = Duration::from_secs(1) + Duration::from_millis(500) * rank(l);
-                    (now.duration_since(at) >= wait).then_some(l)
-                }
-                (None, None) => None,
+            let reachable = leader.is_some_and(|l| l == self.me || self.peers.is_connected(l));
+            if reachable {
+                lost.standing.remove(&group.id());
+            }
+            let stood_for = lost.standing.get(&group.id()).map(|&(gone, _)| gone);
+            let Some(gone) = lost_leader(leader, reachable, stood_for) else {
+                continue;
             };
-            let Some(gone) = stand else { continue };
+            // Its leader's session is gone: stand once the lease is over.
+            let since = *lost.since.entry(gone).or_insert(now);
+            let wait = self.leader_lease + Duration::from_millis(500) * rank(gone);
+            if now.duration_since(since) < wait {
+                continue;
+            }
             lost.standing.insert(group.id(), (gone, now));
             tracing::info!(group = %group.id(), leader = gone, "the leader's session is gone; standing for election");
             if let Err(e) = group.raft().trigger().elect().await {
@@ -2256,4 +2270,24 @@ fn generated_code(request: RequestId, attempt: u32, len: usize) -> ShortCode {
     bytes[..16].copy_from_slice(&seed.to_le_bytes());
     bytes[16..].copy_from_slice(&xxh3_128(&seed.to_be_bytes()).to_le_bytes());
     ShortCode::generate(&mut rand::rngs::StdRng::from_seed(bytes), len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_leader;
+
+    #[test]
+    fn a_voter_stands_once_per_lost_leader() {
+        // Leader 1's session is gone: stand against it.
+        assert_eq!(lost_leader(Some(1), false, None), Some(1));
+        // Stood once: never again for leader 1, nor while there is no leader. (Standing again
+        // every second let a lagging voter depose every new leader after a partition.)
+        assert_eq!(lost_leader(Some(1), false, Some(1)), None);
+        assert_eq!(lost_leader(None, false, Some(1)), None);
+        assert_eq!(lost_leader(None, false, None), None);
+        // A later leader that is lost too is stood against.
+        assert_eq!(lost_leader(Some(3), false, Some(1)), Some(3));
+        // A leader this node reaches (or is) is left alone.
+        assert_eq!(lost_leader(Some(1), true, None), None);
+    }
 }
