@@ -29,8 +29,8 @@ pub enum Ret {
     Exists,
     /// 200 to a PATCH.
     Updated,
-    /// 200 to a DELETE, with the URL the link had.
-    Deleted(u64),
+    /// 204 to a DELETE.
+    Deleted,
     /// 404 to a PATCH or DELETE.
     NotFound,
     /// A read's answer: the value served, or none (404).
@@ -63,7 +63,7 @@ impl Op {
         match (self.call, self.ret) {
             (Call::Read, _) => false,
             (_, Ret::Unknown) => true,
-            (_, Ret::Created | Ret::Updated | Ret::Deleted(_)) => true,
+            (_, Ret::Created | Ret::Updated | Ret::Deleted) => true,
             _ => false,
         }
     }
@@ -72,7 +72,7 @@ impl Op {
     pub fn effect(&self) -> Option<Option<u64>> {
         match (self.call, self.ret) {
             (Call::Create(v), Ret::Created) | (Call::Update(v), Ret::Updated) => Some(Some(v)),
-            (Call::Delete, Ret::Deleted(_)) => Some(None),
+            (Call::Delete, Ret::Deleted) => Some(None),
             _ => None,
         }
     }
@@ -94,6 +94,9 @@ pub struct FaultRecord {
     /// hit, a skewed clock seen), with what showed it.
     pub fired: bool,
     pub detail: String,
+    /// Whether, once it was undone, every node was ready and every group led again within
+    /// the deadline.
+    pub settled: bool,
     /// Nodes killed abruptly (SIGKILL or abort) and when: clicks they had queued are lost.
     pub crashes: Vec<(usize, u64)>,
 }

@@ -1,0 +1,496 @@
+//! `linkrift-chaos`: starts real `linkrift` nodes on 127.0.0.x with a throwaway
+//! PostgreSQL and ClickHouse, runs a recorded workload while faults are injected, then
+//! checks the history, the mirror and the clicks. Prints its seed; takes it back from
+//! `LINKRIFT_CHAOS_SEED`. A failed run keeps its directory (logs, history, faults).
+//!
+//! The nodes must be built with the `failpoints` feature (`scripts/chaos` does that).
+
+mod check;
+#[allow(dead_code)]
+#[path = "../../node/tests/support/clickhouse.rs"]
+mod clickhouse;
+mod cluster;
+mod history;
+mod nemesis;
+mod net;
+#[allow(dead_code)]
+#[path = "../../node/tests/support/postgres.rs"]
+mod postgres;
+mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+use sqlx::Row;
+
+use clickhouse::ClickHouse;
+use cluster::{Cluster, Launch, ADMIN_KEY};
+use history::{Call, FaultRecord, Op, Ret};
+use nemesis::{Env, Fault};
+use postgres::Postgres;
+use workload::{micros, value_of, Workload};
+
+/// How a run is shaped.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Profile {
+    /// 3 nodes (and one that joins and leaves), every fault once: about 8 minutes.
+    Ci,
+    /// 5 nodes, rounds of every fault (also remove-wipe-rejoin) for `--minutes`.
+    Long,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Break a Linkrift cluster and check that nothing acknowledged is lost")]
+struct Args {
+    #[arg(long, value_enum, default_value = "ci")]
+    profile: Profile,
+    /// The seed (also LINKRIFT_CHAOS_SEED); random when not given.
+    #[arg(long, env = "LINKRIFT_CHAOS_SEED")]
+    seed: Option<u64>,
+    /// The `linkrift` binary, built with the `failpoints` feature.
+    #[arg(long, env = "LINKRIFT_CHAOS_BIN")]
+    binary: PathBuf,
+    /// Where runs keep their directories.
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+    /// The long profile's length.
+    #[arg(long, default_value_t = 30)]
+    minutes: u64,
+    /// Keep the run's directory even when it passes.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The staleness bound a read is held to outside faults: the near cache's TTL (5 s,
+/// the documented bound when an invalidation is lost) and a second of slack.
+const STALE_BOUND_US: u64 = 6_000_000;
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| rand::thread_rng().gen());
+    println!("chaos seed {seed} (run again with LINKRIFT_CHAOS_SEED={seed})");
+    let root = args
+        .out
+        .join(format!("{:?}-{seed}", args.profile).to_lowercase());
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("create the run directory");
+    let root = root.canonicalize().unwrap();
+    // Dropping the run (interrupted, or past its deadline) stops every process it started
+    // and removes its packet-filter rules.
+    let deadline = match args.profile {
+        Profile::Ci => Duration::from_secs(25 * 60),
+        Profile::Long => Duration::from_secs(args.minutes * 60 + 30 * 60),
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(deadline, run(&args, seed, root.clone())) => {
+            r.unwrap_or_else(|_| Err(anyhow::anyhow!("the run took longer than {deadline:?}")))
+        }
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match outcome {
+        Ok(anomalies) if anomalies.is_empty() => {
+            println!("chaos {:?} seed {seed}: no anomalies", args.profile);
+            if !args.keep {
+                let _ = std::fs::remove_dir_all(&root);
+            }
+        }
+        Ok(anomalies) => {
+            println!(
+                "chaos {:?} seed {seed}: {} anomalies",
+                args.profile,
+                anomalies.len()
+            );
+            for a in anomalies.iter().take(50) {
+                println!("  - {a}");
+            }
+            println!("logs, history and faults kept in {}", root.display());
+            std::process::exit(1);
+        }
+        Err(e) => {
+            println!(
+                "chaos {:?} seed {seed}: the run failed: {e:#}",
+                args.profile
+            );
+            println!("logs kept in {}", root.display());
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The run; its anomalies. Everything it started is stopped when it returns.
+async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
+    let (count, hold) = match args.profile {
+        Profile::Ci => (3, Duration::from_secs(10)),
+        Profile::Long => (5, Duration::from_secs(20)),
+    };
+    let pg = Postgres::start();
+    let ch = ClickHouse::start().await;
+    let common = vec![
+        "--shard-count".to_string(),
+        "8".into(),
+        "--log".into(),
+        "info".into(),
+        "--postgres-url".into(),
+        pg.url.clone(),
+        "--clickhouse-url".into(),
+        ch.url.clone(),
+    ];
+    let binary = args.binary.canonicalize().context("the linkrift binary")?;
+    let mut cluster = Cluster::new(binary, root.clone(), count, common, seed);
+    for i in 1..=count {
+        cluster.start(i, &Launch::default())?;
+        if i == 1 {
+            cluster.wait_settled(&[1], Duration::from_secs(60)).await?;
+        }
+    }
+    let members: Vec<usize> = (1..=count).collect();
+    cluster
+        .wait_settled(&members, Duration::from_secs(180))
+        .await?;
+    let urls = cluster.urls();
+    let t0 = Instant::now();
+    let mut env = Env {
+        cluster,
+        net: net::Net::new()?,
+        pg,
+        ch,
+        t0,
+        members,
+        spare: None,
+        rng: rand::rngs::StdRng::seed_from_u64(seed),
+        hold,
+    };
+    let unexpected = Arc::new(Mutex::new(Vec::new()));
+    let budget = match args.profile {
+        Profile::Ci => Duration::from_secs(15 * 60),
+        Profile::Long => Duration::from_secs(args.minutes * 60 + 15 * 60),
+    };
+    let load = Workload::start(
+        urls,
+        seed,
+        t0,
+        6,
+        2,
+        Instant::now() + budget,
+        unexpected.clone(),
+    );
+    // Some traffic before the first fault.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut faults = Vec::new();
+    let until = t0 + Duration::from_secs(args.minutes * 60);
+    loop {
+        let round = Fault::round(&mut env.rng, matches!(args.profile, Profile::Long));
+        for fault in round {
+            let record = env.run(fault).await;
+            println!(
+                "{:>7.1} s  {:<28} fired {:<5} settled {:<5} {}",
+                record.end as f64 / 1e6,
+                record.name,
+                record.fired,
+                record.settled,
+                record.detail
+            );
+            let settled = record.settled;
+            faults.push(record);
+            if !settled {
+                println!("the cluster did not settle: no more faults, checking what there is");
+                break;
+            }
+        }
+        let unsettled = faults.iter().any(|f| !f.settled);
+        if matches!(args.profile, Profile::Ci) || Instant::now() >= until || unsettled {
+            break;
+        }
+    }
+    let faults_end = micros(t0);
+    let mut anomalies = Vec::new();
+    // Reads and writes must succeed again on every member.
+    match recover(&env, Duration::from_secs(60)).await {
+        Ok(took) => {
+            println!("reads and writes succeed on every node {took:.1?} after the last fault")
+        }
+        Err(e) => anomalies.push(format!("not recovered after the faults: {e:#}")),
+    }
+    let history = load.finish().await;
+    let finals = final_reads(&env, &history, t0, &mut anomalies).await;
+    let final_ops: Vec<Op> = finals
+        .iter()
+        .map(|(code, (value, invoke, complete))| Op {
+            process: 0,
+            node: 0,
+            code: code.clone(),
+            call: Call::Read,
+            ret: Ret::Read(*value),
+            redirect: false,
+            invoke: *invoke,
+            complete: Some(*complete),
+        })
+        .collect();
+    save(&root, &history, &faults)?;
+    let final_values: BTreeMap<String, Option<u64>> = finals
+        .iter()
+        .map(|(c, (v, _, _))| (c.clone(), *v))
+        .collect();
+
+    let writes: Vec<Op> = history
+        .iter()
+        .filter(|o| o.call != Call::Read)
+        .cloned()
+        .collect();
+    let reads: Vec<&Op> = history.iter().filter(|o| o.call == Call::Read).collect();
+    anomalies.extend(check::check_linearizable(&writes, &final_ops));
+    anomalies.extend(check::check_lost(&history, &final_values));
+    anomalies.extend(check::check_phantoms(&history));
+    let windows: Vec<(u64, u64)> = faults.iter().map(|f| (f.start, f.end)).collect();
+    let quiet = |a: u64, b: u64| windows.iter().all(|&(s, e)| e < a || s > b);
+    anomalies.extend(check::check_stale(&history, STALE_BOUND_US, quiet));
+    anomalies.extend(check_mirror(&env, &final_values).await);
+    let (clicks, click_anomalies) = check_clicks(&env, &history, &faults).await;
+    anomalies.extend(click_anomalies);
+    for f in faults.iter().filter(|f| !f.fired) {
+        anomalies.push(format!("fault {} did not fire: {}", f.name, f.detail));
+    }
+    for f in faults.iter().filter(|f| !f.settled) {
+        anomalies.push(format!(
+            "the cluster did not settle within 120 s after {}",
+            f.name
+        ));
+    }
+    anomalies.extend(env.cluster.panics());
+    anomalies.extend(unexpected.lock().unwrap().iter().take(20).cloned());
+
+    let count = |f: &dyn Fn(&Op) -> bool| history.iter().filter(|o| f(o)).count();
+    println!(
+        "operations {} (writes {}: acknowledged {}, unknown {}; API reads {}; redirects {}), \
+         codes {}, faults {} ({} fired), clicks {clicks}, anomalies {}, {:.0} s of faults",
+        history.len(),
+        writes.len(),
+        count(&|o| o.call != Call::Read && o.complete.is_some()),
+        count(&|o| o.call != Call::Read && o.complete.is_none()),
+        count(&|o| o.call == Call::Read && !o.redirect),
+        count(&|o| o.redirect),
+        finals.len(),
+        faults.len(),
+        faults.iter().filter(|f| f.fired).count(),
+        anomalies.len(),
+        faults_end as f64 / 1e6
+    );
+    let _ = reads;
+    Ok(anomalies)
+}
+
+/// Waits until a create through each member is acknowledged and read back on every
+/// member; how long that took.
+async fn recover(env: &Env, within: Duration) -> Result<Duration> {
+    let began = Instant::now();
+    let deadline = began + within;
+    let http = &env.cluster.http;
+    for &i in &env.members {
+        let code = format!("recovered{i}");
+        let url = format!("https://recovered.example/{i}");
+        loop {
+            let r = http
+                .post(env.cluster.nodes[i - 1].url("/v1/links"))
+                .bearer_auth(ADMIN_KEY)
+                .json(&serde_json::json!({ "url": url, "code": code }))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 201 || r.status() == 409) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no create through node {i} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for &j in &env.members {
+            loop {
+                let r = http
+                    .get(env.cluster.nodes[j - 1].url(&format!("/v1/links/{code}")))
+                    .bearer_auth(ADMIN_KEY)
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "node {j} does not read {code} within {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(began.elapsed())
+}
+
+/// Each code's final state, once every member answers the same: (value, invoke, complete).
+async fn final_reads(
+    env: &Env,
+    history: &[Op],
+    t0: Instant,
+    anomalies: &mut Vec<String>,
+) -> BTreeMap<String, (Option<u64>, u64, u64)> {
+    let codes: BTreeSet<&str> = history.iter().map(|o| o.code.as_str()).collect();
+    let mut finals = BTreeMap::new();
+    for code in codes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let invoke = micros(t0);
+            let mut answers = Vec::new();
+            for &i in &env.members {
+                let r = env
+                    .cluster
+                    .http
+                    .get(env.cluster.nodes[i - 1].url(&format!("/v1/links/{code}")))
+                    .bearer_auth(ADMIN_KEY)
+                    .send()
+                    .await;
+                answers.push(match r {
+                    Ok(r) if r.status() == 404 => Some(None),
+                    Ok(r) if r.status() == 200 => {
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        Some(body["url"].as_str().and_then(value_of))
+                    }
+                    _ => None,
+                });
+            }
+            let complete = micros(t0);
+            let agreed = answers.iter().all(|a| a.is_some() && *a == answers[0]);
+            if agreed {
+                finals.insert(code.to_string(), (answers[0].unwrap(), invoke, complete));
+                break;
+            }
+            if Instant::now() >= deadline {
+                anomalies.push(format!(
+                    "members still disagree on {code} after 30 s: {answers:?}"
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    finals
+}
+
+/// The mirror's rows for the workload's codes must come to equal the final state.
+async fn check_mirror(env: &Env, finals: &BTreeMap<String, Option<u64>>) -> Vec<String> {
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&env.pg.url)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return vec![format!("cannot reach the mirror: {e}")],
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows =
+            sqlx::query("SELECT code, url, deleted FROM links WHERE code ~ '^k[0-9]+g[0-9]+$'")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        let mirror: BTreeMap<String, Option<u64>> = rows
+            .iter()
+            .map(|r| {
+                let url: String = r.get("url");
+                let deleted: bool = r.get("deleted");
+                (r.get("code"), if deleted { None } else { value_of(&url) })
+            })
+            .collect();
+        let differ: Vec<String> = finals
+            .iter()
+            .filter(|(code, v)| mirror.get(*code).copied().unwrap_or(None) != **v)
+            .map(|(code, v)| format!("{code}: cluster {v:?}, mirror {:?}", mirror.get(code)))
+            .collect();
+        if differ.is_empty() {
+            return vec![];
+        }
+        if Instant::now() >= deadline {
+            return vec![format!(
+                "the Postgres mirror differs from the cluster on {} codes after 120 s, e.g. {:?}",
+                differ.len(),
+                &differ[..differ.len().min(5)]
+            )];
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Clicks in ClickHouse must lie between the redirects acknowledged (less those a killed
+/// node had not yet written: up to about a second before the kill) and those attempted.
+async fn check_clicks(env: &Env, history: &[Op], faults: &[FaultRecord]) -> (u64, Vec<String>) {
+    let acked: Vec<&Op> = history
+        .iter()
+        .filter(|o| o.redirect && matches!(o.ret, Ret::Read(Some(_))))
+        .collect();
+    let unknown = history
+        .iter()
+        .filter(|o| o.redirect && o.ret == Ret::Unknown)
+        .count() as u64;
+    // The documented loss window of a crash: the queue taken every 50 ms and the batch
+    // written every second; two seconds leaves room for a slow disk.
+    let window = 2_000_000;
+    let crashes: Vec<(usize, u64)> = faults.iter().flat_map(|f| f.crashes.clone()).collect();
+    let exposed = acked
+        .iter()
+        .filter(|o| {
+            crashes
+                .iter()
+                .any(|&(n, at)| o.node == n && o.end() <= at && o.end() + window >= at)
+        })
+        .count() as u64;
+    let sql =
+        "SELECT count() FROM linkrift.clicks FINAL WHERE match(short_code, '^k[0-9]+g[0-9]+$')";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (low, high) = (acked.len() as u64 - exposed, acked.len() as u64 + unknown);
+    let mut last = None;
+    loop {
+        let count = env
+            .ch
+            .try_query(sql)
+            .await
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        // Settled: inside the bounds, and the same as a second ago (spools drained).
+        if let (Some(c), Some(l)) = (count, last) {
+            if c == l && (low..=high).contains(&c) {
+                return (c, vec![]);
+            }
+        }
+        if Instant::now() >= deadline {
+            return (
+                count.unwrap_or(0),
+                vec![format!(
+                    "ClickHouse holds {count:?} clicks of the workload's codes; acknowledged \
+                     redirects {} ({exposed} within {} s before a crash of their node), \
+                     unknown {unknown}: expected {low}..={high}",
+                    acked.len(),
+                    window / 1_000_000
+                )],
+            );
+        }
+        last = count;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Writes the history (JSON lines) and the faults into the run's directory.
+fn save(root: &std::path::Path, history: &[Op], faults: &[FaultRecord]) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(root.join("history.jsonl"))?);
+    for op in history {
+        serde_json::to_writer(&mut out, op)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    std::fs::write(root.join("faults.json"), serde_json::to_vec_pretty(faults)?)?;
+    Ok(())
+}

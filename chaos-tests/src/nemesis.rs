@@ -1,0 +1,524 @@
+//! The faults, each done, held and undone, with a record of whether it demonstrably
+//! happened.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::cluster::{Cluster, Launch};
+use crate::history::FaultRecord;
+use crate::net::{self, Net};
+use crate::workload::micros;
+use crate::{ClickHouse, Postgres};
+
+/// Every kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    KillMinority,
+    KillShardLeader,
+    KillMetaLeader,
+    Pause,
+    PartitionHalves,
+    IsolateLeader,
+    MajoritiesRing,
+    OneWay,
+    ClockSkew,
+    /// A node joins, and is killed while a replica is moving to it.
+    JoinKilledMidMove,
+    /// The node that joined leaves.
+    Leave,
+    /// A member leaves, is wiped, and joins again as a new node.
+    RemoveWipeRejoin,
+    PostgresDown,
+    ClickHouseDown,
+    Failpoint(&'static str),
+}
+
+impl Fault {
+    /// The faults of one round, in an order drawn from `rng` (a join always before its leave).
+    pub fn round(rng: &mut StdRng, rejoin: bool) -> Vec<Fault> {
+        use linkrift_raft::failpoint::{AFTER_FLUSH, APPLY, BEFORE_FLUSH};
+        let mut faults = vec![
+            Fault::KillMinority,
+            Fault::KillShardLeader,
+            Fault::KillMetaLeader,
+            Fault::Pause,
+            Fault::PartitionHalves,
+            Fault::IsolateLeader,
+            Fault::MajoritiesRing,
+            Fault::OneWay,
+            Fault::ClockSkew,
+            Fault::PostgresDown,
+            Fault::ClickHouseDown,
+            Fault::Failpoint(BEFORE_FLUSH),
+            Fault::Failpoint(AFTER_FLUSH),
+            Fault::Failpoint(APPLY),
+        ];
+        if rejoin {
+            faults.push(Fault::RemoveWipeRejoin);
+        }
+        faults.shuffle(rng);
+        let at = rng.gen_range(0..=faults.len());
+        faults.insert(at, Fault::JoinKilledMidMove);
+        let after = rng.gen_range(at + 1..=faults.len());
+        faults.insert(after, Fault::Leave);
+        faults
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Fault::Failpoint(name) => format!("failpoint {name}"),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// What the faults act on.
+pub struct Env {
+    pub cluster: Cluster,
+    pub net: Net,
+    pub pg: Postgres,
+    pub ch: ClickHouse,
+    pub t0: Instant,
+    /// Indexes of the nodes that are members now.
+    pub members: Vec<usize>,
+    /// The node that joins and leaves, once declared.
+    pub spare: Option<usize>,
+    pub rng: StdRng,
+    /// How long a fault stays in force.
+    pub hold: Duration,
+}
+
+/// What a fault did, before it is timed and settled.
+struct Done {
+    fired: bool,
+    detail: String,
+    crashes: Vec<(usize, u64)>,
+}
+
+impl Env {
+    fn ip(&self, index: usize) -> String {
+        self.cluster.nodes[index - 1].ip.clone()
+    }
+
+    fn any_member(&mut self) -> usize {
+        *self.members.choose(&mut self.rng).unwrap()
+    }
+
+    /// The member leading the most shard groups (or leading the meta group, with `meta`).
+    async fn leader(&mut self, meta: bool) -> Option<usize> {
+        let status = self.cluster.status().await?;
+        let leaders = self.cluster.leaders(&status);
+        if meta {
+            return leaders.iter().find(|(g, _)| *g == 0).map(|(_, i)| *i);
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for (g, i) in leaders {
+            if g != 0 {
+                *counts.entry(i).or_insert(0) += 1;
+            }
+        }
+        counts.into_iter().max_by_key(|(_, c)| *c).map(|(i, _)| i)
+    }
+
+    /// Kills `index` now, holds, and starts it again.
+    async fn kill_and_restart(&mut self, index: usize) -> Result<Done> {
+        let at = micros(self.t0);
+        let fired = self.cluster.node(index).kill();
+        tokio::time::sleep(self.hold).await;
+        self.cluster.start(index, &Launch::default())?;
+        Ok(Done {
+            fired,
+            detail: format!("node {index} killed (SIGKILL) and restarted"),
+            crashes: vec![(index, at)],
+        })
+    }
+
+    async fn partition(&mut self, pairs: Vec<(String, String)>, what: String) -> Result<Done> {
+        self.net.drop_between(&pairs)?;
+        let rules = self.net.rules()?;
+        tokio::time::sleep(self.hold).await;
+        self.net.heal()?;
+        Ok(Done {
+            fired: rules == pairs.len() && !pairs.is_empty(),
+            detail: format!("{what}: {rules} drop rules in force"),
+            crashes: vec![],
+        })
+    }
+
+    /// Does `fault`, holds it, undoes it, and waits for the cluster to settle.
+    pub async fn run(&mut self, fault: Fault) -> FaultRecord {
+        let start = micros(self.t0);
+        let done = match self.inflict(fault).await {
+            Ok(done) => done,
+            Err(e) => Done {
+                fired: false,
+                detail: format!("failed: {e:#}"),
+                crashes: vec![],
+            },
+        };
+        // Whatever happened, nothing stays broken for the next fault.
+        let _ = self.net.heal();
+        for &i in &self.members.clone() {
+            let node = self.cluster.node(i);
+            node.signal("CONT");
+            if !node.is_running() {
+                let _ = self.cluster.start(i, &Launch::default());
+            }
+        }
+        let settled = self
+            .cluster
+            .wait_settled(&self.members, Duration::from_secs(120))
+            .await;
+        FaultRecord {
+            name: fault.name(),
+            start,
+            end: micros(self.t0),
+            fired: done.fired,
+            detail: done.detail,
+            settled: settled.is_ok(),
+            crashes: done.crashes,
+        }
+    }
+
+    async fn inflict(&mut self, fault: Fault) -> Result<Done> {
+        match fault {
+            Fault::KillMinority => {
+                let k = self.any_member();
+                self.kill_and_restart(k).await
+            }
+            Fault::KillShardLeader | Fault::KillMetaLeader => {
+                let meta = fault == Fault::KillMetaLeader;
+                let k = self
+                    .leader(meta)
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("no leader to kill"))?;
+                self.kill_and_restart(k).await
+            }
+            Fault::Pause => {
+                let k = self.any_member();
+                let node = self.cluster.node(k);
+                let stopped = node.signal("STOP");
+                let pid = node.pid();
+                // The signal is delivered asynchronously: wait for the stopped state.
+                let mut state = String::new();
+                for _ in 0..100 {
+                    state = pid.map(proc_state).unwrap_or_default();
+                    if state == "T" {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tokio::time::sleep(self.hold).await;
+                self.cluster.node(k).signal("CONT");
+                Ok(Done {
+                    fired: stopped && state == "T",
+                    detail: format!("node {k} paused (SIGSTOP, state {state}) and resumed"),
+                    crashes: vec![],
+                })
+            }
+            Fault::PartitionHalves => {
+                let mut shuffled = self.members.clone();
+                shuffled.shuffle(&mut self.rng);
+                let (a, b) = shuffled.split_at(shuffled.len() / 2);
+                let ips = |s: &[usize]| s.iter().map(|&i| self.ip(i)).collect::<Vec<_>>();
+                let pairs = net::split(&ips(a), &ips(b));
+                self.partition(pairs, format!("nodes {a:?} cut from {b:?}"))
+                    .await
+            }
+            Fault::IsolateLeader => {
+                let k = self
+                    .leader(false)
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("no leader to isolate"))?;
+                let rest: Vec<String> = self
+                    .members
+                    .iter()
+                    .filter(|&&i| i != k)
+                    .map(|&i| self.ip(i))
+                    .collect();
+                let pairs = net::split(&[self.ip(k)], &rest);
+                self.partition(pairs, format!("leader node {k} isolated"))
+                    .await
+            }
+            Fault::MajoritiesRing => {
+                let mut ring = self.members.clone();
+                ring.shuffle(&mut self.rng);
+                let ips: Vec<String> = ring.iter().map(|&i| self.ip(i)).collect();
+                self.partition(
+                    net::majorities_ring(&ips),
+                    format!("majorities ring {ring:?}"),
+                )
+                .await
+            }
+            Fault::OneWay => {
+                let mut two = self.members.clone();
+                two.shuffle(&mut self.rng);
+                let (a, b) = (two[0], two[1]);
+                let pairs = vec![(self.ip(a), self.ip(b))];
+                self.partition(pairs, format!("packets from node {a} to node {b} dropped"))
+                    .await
+            }
+            Fault::ClockSkew => {
+                let k = self.any_member();
+                let at = micros(self.t0);
+                self.cluster.node(k).kill();
+                self.cluster.start(k, &Launch::skewed(90, 1.0))?;
+                let skew = self.date_skew(k).await;
+                tokio::time::sleep(self.hold).await;
+                let again = micros(self.t0);
+                self.cluster.node(k).kill();
+                self.cluster.start(k, &Launch::default())?;
+                Ok(Done {
+                    fired: skew.is_some_and(|s| (80..=100).contains(&s)),
+                    detail: format!("node {k} restarted with its clock 90 s ahead: its Date header was {skew:?} s ahead"),
+                    crashes: vec![(k, at), (k, again)],
+                })
+            }
+            Fault::JoinKilledMidMove => {
+                let k = match self.spare {
+                    Some(k) => k,
+                    None => {
+                        let k = self.cluster.add();
+                        self.spare = Some(k);
+                        k
+                    }
+                };
+                self.join(k).await?;
+                let id = self.cluster.nodes[k - 1].id;
+                self.members.push(k);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut moving = false;
+                while !moving && Instant::now() < deadline {
+                    if let Some(s) = self.cluster.status().await {
+                        moving = s["groups"].as_array().into_iter().flatten().any(|g| {
+                            g["learners"]
+                                .as_array()
+                                .is_some_and(|l| l.iter().any(|x| x == id))
+                        });
+                    }
+                    if !moving {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                let at = micros(self.t0);
+                self.cluster.node(k).kill();
+                tokio::time::sleep(self.hold).await;
+                self.cluster.start(k, &Launch::default())?;
+                Ok(Done {
+                    fired: moving,
+                    detail: format!("node {k} (id {id}) joined and was killed while a replica was moving to it: {moving}"),
+                    crashes: vec![(k, at)],
+                })
+            }
+            Fault::Leave => {
+                let k = self
+                    .spare
+                    .ok_or_else(|| anyhow::anyhow!("no joined node to leave"))?;
+                self.leave(k).await
+            }
+            Fault::RemoveWipeRejoin => {
+                let candidates: Vec<usize> = self
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|&i| i != 1 && Some(i) != self.spare)
+                    .collect();
+                let k = *candidates.choose(&mut self.rng).unwrap();
+                let left = self.leave(k).await?;
+                let seed = self.cluster.nodes[0].cluster_addr();
+                self.cluster.node(k).wipe(seed)?;
+                self.join(k).await?;
+                self.members.push(k);
+                Ok(Done {
+                    fired: left.fired,
+                    detail: format!(
+                        "{}; wiped and joined again as id {}",
+                        left.detail,
+                        self.cluster.nodes[k - 1].id
+                    ),
+                    crashes: vec![],
+                })
+            }
+            Fault::PostgresDown => {
+                self.pg.stop();
+                tokio::time::sleep(self.hold).await;
+                self.pg.resume();
+                Ok(Done {
+                    fired: true,
+                    detail: "PostgreSQL stopped (pg_ctl stop, fast) and started".into(),
+                    crashes: vec![],
+                })
+            }
+            Fault::ClickHouseDown => {
+                self.ch.stop();
+                let down = self.ch.try_query("SELECT 1").await.is_err();
+                tokio::time::sleep(self.hold).await;
+                self.ch.resume().await;
+                Ok(Done {
+                    fired: down,
+                    detail: "ClickHouse killed and started".into(),
+                    crashes: vec![],
+                })
+            }
+            Fault::Failpoint(name) => {
+                let k = self.any_member();
+                let at = micros(self.t0);
+                self.cluster.node(k).kill();
+                // It may fire before the node says where it serves.
+                let _ = self.cluster.start(k, &Launch::failpoint(name, 50));
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut aborted = None;
+                while aborted.is_none() && Instant::now() < deadline {
+                    aborted = self.cluster.node(k).exited_by(6);
+                    if aborted.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                let crashed = micros(self.t0);
+                let log =
+                    std::fs::read_to_string(&self.cluster.nodes[k - 1].log).unwrap_or_default();
+                let said = log.contains(&format!("failpoint {name} fired"));
+                self.cluster.node(k).kill();
+                self.cluster.start(k, &Launch::default())?;
+                Ok(Done {
+                    fired: aborted == Some(true) && said,
+                    detail: format!("node {k} armed {name}: aborted {aborted:?}, logged {said}"),
+                    crashes: vec![(k, at), (k, crashed)],
+                })
+            }
+        }
+    }
+
+    /// Starts node `k` with an empty data directory, joining node 1. A join is refused
+    /// while the cluster cannot reach every member (the node exits and says why), so it
+    /// is tried again, as an operator would, for up to a minute.
+    async fn join(&mut self, k: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let _ = std::fs::remove_dir_all(&self.cluster.nodes[k - 1].dir);
+            match self.cluster.start(k, &Launch::default()) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => {
+                    self.cluster.node(k).kill();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// `linkrift cluster leave ID --wait` for node `k`; the node exits once it has left.
+    async fn leave(&mut self, k: usize) -> Result<Done> {
+        let id = self.cluster.nodes[k - 1].id.to_string();
+        let via = *self.members.iter().find(|&&i| i != k).unwrap();
+        let out = tokio::task::block_in_place(|| {
+            self.cluster
+                .cli(via, &["leave", &id, "--wait", "--timeout", "180"])
+        });
+        self.members.retain(|&i| i != k);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.cluster.node(k).is_running() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let exited = !self.cluster.node(k).is_running();
+        self.cluster.node(k).kill();
+        Ok(Done {
+            fired: out.is_ok() && exited,
+            detail: format!(
+                "node {k} (id {id}) left: {}; exited by itself: {exited}",
+                match &out {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("{e:#}"),
+                }
+            ),
+            crashes: vec![],
+        })
+    }
+
+    /// How far ahead of this machine's clock node `k`'s Date header is, in seconds.
+    async fn date_skew(&self, k: usize) -> Option<i64> {
+        let r = self
+            .cluster
+            .http
+            .get(self.cluster.nodes[k - 1].url("/healthz"))
+            .send()
+            .await
+            .ok()?;
+        let date = r.headers().get("date")?.to_str().ok()?;
+        let theirs = httpdate(date)?;
+        let ours = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs() as i64;
+        Some(theirs - ours)
+    }
+}
+
+/// The state letter of a process (`R`, `S`, `T` for stopped...).
+fn proc_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Seconds since the epoch of an HTTP date ("Thu, 26 Nov 2026 04:22:18 GMT").
+fn httpdate(s: &str) -> Option<i64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, _] = parts.as_slice() else {
+        return None;
+    };
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = months.iter().position(|x| x == month)? as i64 + 1;
+    let (d, y): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time.split(':').filter_map(|x| x.parse().ok()).collect();
+    let [h, mi, se] = hms.as_slice() else {
+        return None;
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn http_dates_parse() {
+        assert_eq!(httpdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            httpdate("Thu, 26 Nov 2026 04:22:18 GMT"),
+            Some(1_795_666_938)
+        );
+        assert_eq!(httpdate("yesterday"), None);
+    }
+
+    #[test]
+    fn a_round_has_every_fault_and_joins_before_leaving() {
+        for seed in 0..50 {
+            let round = Fault::round(&mut StdRng::seed_from_u64(seed), false);
+            assert_eq!(round.len(), 16);
+            let join = round
+                .iter()
+                .position(|f| *f == Fault::JoinKilledMidMove)
+                .unwrap();
+            let leave = round.iter().position(|f| *f == Fault::Leave).unwrap();
+            assert!(join < leave);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The recorded workload: writers doing create-if-absent, update, delete and read on a
+//! bounded set of codes, and redirect clients, each against a random node.
+//!
+//! A code is retired (its slot takes a fresh one) after 50 operations or 6 unknown
+//! outcomes, which keeps each code's history small enough to search exhaustively.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::cluster::ADMIN_KEY;
+use crate::history::{Call, Op, Ret};
+
+const SLOTS: usize = 12;
+const OPS_PER_CODE: u32 = 50;
+const UNKNOWNS_PER_CODE: u32 = 6;
+const URL_PREFIX: &str = "https://chaos.example/";
+
+/// A slot's current code and how used it is.
+struct Slot {
+    generation: u32,
+    ops: u32,
+    unknowns: u32,
+}
+
+/// The codes in use.
+struct Codes(Mutex<Vec<Slot>>);
+
+impl Codes {
+    fn code(slot: usize, generation: u32) -> String {
+        format!("k{slot}g{generation}")
+    }
+
+    /// The slot's code for one more operation.
+    fn take(&self, slot: usize) -> String {
+        let mut slots = self.0.lock().unwrap();
+        let s = &mut slots[slot];
+        if s.ops >= OPS_PER_CODE || s.unknowns >= UNKNOWNS_PER_CODE {
+            (s.generation, s.ops, s.unknowns) = (s.generation + 1, 0, 0);
+        }
+        s.ops += 1;
+        Self::code(slot, s.generation)
+    }
+
+    /// A code for a redirect: the slot's current one.
+    fn peek(&self, slot: usize) -> String {
+        Self::code(slot, self.0.lock().unwrap()[slot].generation)
+    }
+
+    fn unknown(&self, code: &str, slot: usize) {
+        let mut slots = self.0.lock().unwrap();
+        if Self::code(slot, slots[slot].generation) == code {
+            slots[slot].unknowns += 1;
+        }
+    }
+}
+
+/// A running workload.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>,
+}
+
+/// Microseconds since `t0`.
+pub fn micros(t0: Instant) -> u64 {
+    t0.elapsed().as_micros() as u64
+}
+
+/// The value a URL of the workload carries.
+pub fn value_of(url: &str) -> Option<u64> {
+    url.strip_prefix(URL_PREFIX)?.parse().ok()
+}
+
+enum Outcome {
+    Known(Ret),
+    /// Refused before the request was sent, or a read that failed: no effect, not recorded.
+    Nothing,
+    Unknown,
+    /// An answer the API should never give to this workload.
+    Unexpected(String),
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        // Past the node's own write timeout (10 s), so it answers first when it can.
+        .timeout(Duration::from_secs(12))
+        .build()
+        .unwrap()
+}
+
+async fn send(http: &reqwest::Client, base: &str, code: &str, call: Call) -> Outcome {
+    let request = match call {
+        Call::Create(v) => http
+            .post(format!("{base}/v1/links"))
+            .json(&json!({ "url": format!("{URL_PREFIX}{v}"), "code": code })),
+        Call::Update(v) => http
+            .patch(format!("{base}/v1/links/{code}"))
+            .json(&json!({ "url": format!("{URL_PREFIX}{v}") })),
+        Call::Delete => http.delete(format!("{base}/v1/links/{code}")),
+        Call::Read => http.get(format!("{base}/v1/links/{code}")),
+    };
+    let response = match request.bearer_auth(ADMIN_KEY).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Outcome::Nothing,
+        Err(_) if call == Call::Read => return Outcome::Nothing,
+        Err(_) => return Outcome::Unknown,
+    };
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let value = || body["url"].as_str().and_then(value_of);
+    match (call, status) {
+        (Call::Create(_), 201) => Outcome::Known(Ret::Created),
+        (Call::Create(_), 409) => Outcome::Known(Ret::Exists),
+        (Call::Update(_), 200) => Outcome::Known(Ret::Updated),
+        (Call::Delete, 204) => Outcome::Known(Ret::Deleted),
+        (Call::Update(_) | Call::Delete, 404) => Outcome::Known(Ret::NotFound),
+        (Call::Read, 200) => match value() {
+            Some(v) => Outcome::Known(Ret::Read(Some(v))),
+            None => Outcome::Unexpected(format!("GET {code} answered 200 with {body}")),
+        },
+        (Call::Read, 404) => Outcome::Known(Ret::Read(None)),
+        (Call::Read, _) => Outcome::Nothing,
+        // Overloaded or unavailable: the write may still commit.
+        (_, 429 | 500..=599) => Outcome::Unknown,
+        (_, _) => Outcome::Unexpected(format!("{call:?} {code} answered {status} {body}")),
+    }
+}
+
+/// A redirect: the value its Location carries, 404, or nothing known.
+async fn redirect(http: &reqwest::Client, base: &str, code: &str) -> Outcome {
+    match http.get(format!("{base}/{code}")).send().await {
+        Ok(r) if r.status().is_redirection() => {
+            let location = r.headers().get("location").and_then(|l| l.to_str().ok());
+            match location.and_then(value_of) {
+                Some(v) => Outcome::Known(Ret::Read(Some(v))),
+                None => Outcome::Unexpected(format!("redirect {code} to {location:?}")),
+            }
+        }
+        Ok(r) if r.status() == 404 => Outcome::Known(Ret::Read(None)),
+        Ok(_) => Outcome::Nothing,
+        Err(e) if e.is_connect() => Outcome::Nothing,
+        // Sent, unanswered: a click may have been counted.
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+impl Workload {
+    /// Starts `writers` writers and `redirecters` redirect clients against `urls`; stops by
+    /// itself at `hard_stop` if never told to.
+    pub fn start(
+        urls: Vec<String>,
+        seed: u64,
+        t0: Instant,
+        writers: usize,
+        redirecters: usize,
+        hard_stop: Instant,
+        unexpected: Arc<Mutex<Vec<String>>>,
+    ) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let codes = Arc::new(Codes(Mutex::new(
+            (0..SLOTS)
+                .map(|_| Slot {
+                    generation: 0,
+                    ops: 0,
+                    unknowns: 0,
+                })
+                .collect(),
+        )));
+        let values = Arc::new(AtomicU64::new(1));
+        let urls = Arc::new(urls);
+        let mut tasks = Vec::new();
+        for w in 0..writers as u64 {
+            let (stop, codes, values, urls, unexpected) = (
+                stop.clone(),
+                codes.clone(),
+                values.clone(),
+                urls.clone(),
+                unexpected.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed ^ (w + 1).wrapping_mul(0x9e37_79b9));
+                let http = client();
+                let mut process = (w + 1) * 1_000_000;
+                let mut ops = Vec::new();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+                    let slot = rng.gen_range(0..SLOTS);
+                    let code = codes.take(slot);
+                    let node = rng.gen_range(0..urls.len());
+                    let call = match rng.gen_range(0..100) {
+                        0..35 => Call::Create(values.fetch_add(1, Ordering::Relaxed)),
+                        35..60 => Call::Update(values.fetch_add(1, Ordering::Relaxed)),
+                        60..75 => Call::Delete,
+                        _ => Call::Read,
+                    };
+                    let invoke = micros(t0);
+                    let outcome = send(&http, &urls[node], &code, call).await;
+                    let (ret, complete) = match outcome {
+                        Outcome::Known(ret) => (ret, Some(micros(t0))),
+                        Outcome::Unknown => (Ret::Unknown, None),
+                        Outcome::Nothing => continue,
+                        Outcome::Unexpected(what) => {
+                            unexpected
+                                .lock()
+                                .unwrap()
+                                .push(format!("node {}: {what}", node + 1));
+                            continue;
+                        }
+                    };
+                    ops.push(Op {
+                        process,
+                        node: node + 1,
+                        code: code.clone(),
+                        call,
+                        ret,
+                        redirect: false,
+                        invoke,
+                        complete,
+                    });
+                    if complete.is_none() {
+                        // The operation may still be pending: this client goes on as another.
+                        process += 1;
+                        codes.unknown(&code, slot);
+                    }
+                }
+                ops
+            }));
+        }
+        for r in 0..redirecters as u64 {
+            let (stop, codes, urls, unexpected) = (
+                stop.clone(),
+                codes.clone(),
+                urls.clone(),
+                unexpected.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed ^ (r + 101).wrapping_mul(0x85eb_ca6b));
+                let http = client();
+                let process = 900_000_000 + r;
+                let mut ops = Vec::new();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+                    let code = codes.peek(rng.gen_range(0..SLOTS));
+                    let node = rng.gen_range(0..urls.len());
+                    let invoke = micros(t0);
+                    let (ret, complete) = match redirect(&http, &urls[node], &code).await {
+                        Outcome::Known(ret) => (ret, Some(micros(t0))),
+                        Outcome::Unknown => (Ret::Unknown, None),
+                        Outcome::Nothing => continue,
+                        Outcome::Unexpected(what) => {
+                            unexpected
+                                .lock()
+                                .unwrap()
+                                .push(format!("node {}: {what}", node + 1));
+                            continue;
+                        }
+                    };
+                    ops.push(Op {
+                        process,
+                        node: node + 1,
+                        code,
+                        call: Call::Read,
+                        ret,
+                        redirect: true,
+                        invoke,
+                        complete,
+                    });
+                    // Paced: a few hundred redirects a second per client is plenty of
+                    // clicks to count, and leaves the CPU to the nodes.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                ops
+            }));
+        }
+        Workload { stop, tasks }
+    }
+
+    /// Stops the clients; the whole history.
+    pub async fn finish(self) -> Vec<Op> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all.sort_by_key(|o| o.invoke);
+        all
+    }
+}
