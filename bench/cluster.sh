@@ -78,10 +78,14 @@ PY
 
 cluster_ticks() { local t=0; for i in 1 2 3 4; do t=$((t + $(cpu_ticks "$(cat "$work/n$i.pid")"))); done; echo $t; }
 write_random_lua
-# One wrk run as a table row's cells. CPU: of PID, or of every node ("cluster").
-measure() { # CODES URL CONNECTIONS PID|cluster
-  local ticks=(cpu_ticks "$4"); [[ $4 == cluster ]] && ticks=(cluster_ticks)
-  wrk_run "$1" "$2" "$3" "$seconds" "${ticks[@]}" | awk '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}'
+# One wrk run as a table row: LABEL CODES URL CONNECTIONS PID|cluster. CPU: of PID, or of
+# every node ("cluster"). Sets $percpu; the ratio is to $base (nginx's, same connections).
+row() {
+  local ticks=(cpu_ticks "$5"); [[ $5 == cluster ]] && ticks=(cluster_ticks)
+  local rps p50 p99 non3xx p999
+  read -r rps p50 p99 percpu non3xx p999 < <(wrk_run "$2" "$3" "$4" "$seconds" "${ticks[@]}")
+  local ratio; ratio=$(awk -v a="$percpu" -v b="${base:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "1.00" }')
+  echo "| $1 | $4 | $rps | $p50 | $p99 | $p999 | $percpu | $ratio | $non3xx |"
 }
 
 ng_pid=$("$baseline_script" start $ng_port 1); echo "$ng_pid" >"$work/nginx.pid"
@@ -89,11 +93,15 @@ ng_worker=$(pgrep -P "$ng_pid" | head -1); ng_worker=${ng_worker:-$ng_pid}
 n4=$(cat "$work/n4.pid")
 # Warm node 4's near cache with every remote code once.
 CODES="$work/remote" taskset -c 0 wrk -t1 -c16 -d3s -s "$work/random.lua" http://127.0.0.4:18080 >/dev/null
-echo "| what | connections | requests/s | p50 ms | p99 ms | requests per server CPU-second | non-3xx |"
-echo "|---|---|---|---|---|---|---|"
-echo "| nginx static 302 | 64 $(measure "$work/local" "http://127.0.0.1:$ng_port" 64 "$ng_worker")"
-echo "| node 4, codes it holds (replica) | 64 $(measure "$work/local" http://127.0.0.4:18080 64 "$n4")"
-echo "| node 4, codes held elsewhere (near-cache hits) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 "$n4")"
+echo "| what | connections | requests/s | p50 ms | p99 ms | p99.9 ms | requests per server CPU-second | × nginx | non-3xx |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for conns in 64 256; do
+  base=
+  row "nginx static 302" "$work/local" "http://127.0.0.1:$ng_port" "$conns" "$ng_worker"
+  base=$percpu; [[ $conns == 64 ]] && base64=$percpu
+  row "node 4, codes it holds (replica)" "$work/local" http://127.0.0.4:18080 "$conns" "$n4"
+  row "node 4, codes held elsewhere (near-cache hits)" "$work/remote" http://127.0.0.4:18080 "$conns" "$n4"
+done
 # Staleness: delete through node 1 a link node 4 has just redirected, and time until node 4
 # answers 404 (its near-cache TTL is 600 s here, so only the invalidation or, on a
 # follower replica, the replicated delete can do it).
@@ -130,7 +138,8 @@ head -n -30 "$work/remote" >"$work/remote.kept" && mv "$work/remote.kept" "$work
 # Misses: restart node 4 with a near cache too small to hold anything useful.
 kill "$n4"; wait "$n4" 2>/dev/null || true
 LINKRIFT_NEAR_CACHE_CAPACITY=1 start 4
-echo "| node 4, codes held elsewhere (near-cache misses; cluster CPU) | 64 $(measure "$work/remote" http://127.0.0.4:18080 64 cluster)"
+base=$base64
+row "node 4, codes held elsewhere (near-cache misses; cluster CPU)" "$work/remote" http://127.0.0.4:18080 64 cluster
 
 echo
 echo "$creates"

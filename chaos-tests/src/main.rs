@@ -39,9 +39,10 @@ use workload::{micros, value_of, Workload};
 /// How a run is shaped.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum Profile {
-    /// 3 nodes (and one that joins and leaves), every fault once: about 8 minutes.
+    /// 3 nodes (and one that joins and leaves), rounds of every fault for 6 minutes
+    /// (`--minutes`): about 8 minutes in all.
     Ci,
-    /// 5 nodes, rounds of every fault (also remove-wipe-rejoin) for `--minutes`.
+    /// 5 nodes, rounds of every fault (also remove-wipe-rejoin) for 30 minutes.
     Long,
 }
 
@@ -59,9 +60,9 @@ struct Args {
     /// Where runs keep their directories.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
-    /// The long profile's length.
-    #[arg(long, default_value_t = 30)]
-    minutes: u64,
+    /// Minutes of faults: rounds start until they are over (6 for ci, 30 for long).
+    #[arg(long)]
+    minutes: Option<u64>,
     /// Keep the run's directory even when it passes.
     #[arg(long)]
     keep: bool,
@@ -85,8 +86,8 @@ async fn main() {
     // Dropping the run (interrupted, or past its deadline) stops every process it started
     // and removes its packet-filter rules.
     let deadline = match args.profile {
-        Profile::Ci => Duration::from_secs(25 * 60),
-        Profile::Long => Duration::from_secs(args.minutes * 60 + 30 * 60),
+        Profile::Ci => Duration::from_secs(minutes(&args) * 60 + 20 * 60),
+        Profile::Long => Duration::from_secs(minutes(&args) * 60 + 30 * 60),
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(deadline, run(&args, seed, root.clone())) => {
@@ -122,6 +123,14 @@ async fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Minutes of faults.
+fn minutes(args: &Args) -> u64 {
+    args.minutes.unwrap_or(match args.profile {
+        Profile::Ci => 6,
+        Profile::Long => 30,
+    })
 }
 
 /// The run; its anomalies. Everything it started is stopped when it returns.
@@ -169,8 +178,8 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
     };
     let unexpected = Arc::new(Mutex::new(Vec::new()));
     let budget = match args.profile {
-        Profile::Ci => Duration::from_secs(15 * 60),
-        Profile::Long => Duration::from_secs(args.minutes * 60 + 15 * 60),
+        Profile::Ci => Duration::from_secs(minutes(args) * 60 + 10 * 60),
+        Profile::Long => Duration::from_secs(minutes(args) * 60 + 15 * 60),
     };
     let load = Workload::start(
         urls,
@@ -184,7 +193,7 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
     // Some traffic before the first fault.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut faults = Vec::new();
-    let until = t0 + Duration::from_secs(args.minutes * 60);
+    let until = t0 + Duration::from_secs(minutes(args) * 60);
     loop {
         let round = Fault::round(&mut env.rng, matches!(args.profile, Profile::Long));
         for fault in round {
@@ -205,7 +214,7 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
             }
         }
         let unsettled = faults.iter().any(|f| !f.settled);
-        if matches!(args.profile, Profile::Ci) || Instant::now() >= until || unsettled {
+        if Instant::now() >= until || unsettled {
             break;
         }
     }
