@@ -937,7 +937,9 @@ impl Core {
         deadline: Instant,
     ) -> Result<ShardOutcome, Refusal> {
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Some(local) = self.local_shard(shard) {
+        // A replica that is not a caught-up voter (a learner, or one this node has just
+        // moved away and not yet deleted) cannot lead: the write goes to the others.
+        if let Some(local) = self.local_shard(shard).filter(|l| l.is_serving()) {
             if self.is_handing_over(&local.group) {
                 return Err(Refusal::NotLeader { leader: None });
             }
@@ -1003,13 +1005,22 @@ impl Core {
 
     /// Waits up to `wait` before retrying a request to `shard`: until this node's replica
     /// sees a change (a leader elected), or, with no replica here, for `wait`.
+    ///
+    /// Never less than 20 ms (or `wait`): a change this node's own retries cause, or a group
+    /// that has shut down (whose metrics never change again), must not make the retry loop
+    /// spin. (The chaos tests saw writes spin on a replica its node had just moved away.)
     async fn pause_for_shard(&self, shard: u32, wait: Duration) {
+        let started = Instant::now();
         match self.local_shard(shard) {
             Some(local) => {
                 let mut metrics = local.group.raft().metrics();
                 let _ = tokio::time::timeout(wait, metrics.changed()).await;
             }
             None => tokio::time::sleep(wait).await,
+        }
+        let floor = wait.min(Duration::from_millis(20));
+        if let Some(rest) = floor.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
         }
     }
 
