@@ -215,8 +215,16 @@ pub fn check_phantoms(ops: &[Op]) -> Vec<String> {
 /// change had completed more than `bound` before the read began. Changes acknowledged
 /// while a fault was in force (`quiet` says whether a span of time had none) are not
 /// held against a read, since a partitioned or paused replica keeps serving what it has.
-pub fn check_stale(ops: &[Op], bound: u64, quiet: impl Fn(u64, u64) -> bool) -> Vec<String> {
+///
+/// Also returns how many reads the bound applied to (an acknowledged change older than the
+/// bound, with no fault since), so that a run shows the check was not vacuous.
+pub fn check_stale(
+    ops: &[Op],
+    bound: u64,
+    quiet: impl Fn(u64, u64) -> bool,
+) -> (Vec<String>, usize) {
     let mut anomalies = Vec::new();
+    let mut held = 0;
     let changes = by_code(ops, |o| o.may_change());
     for read in ops.iter().filter(|o| o.call == Call::Read) {
         let Ret::Read(value) = read.ret else {
@@ -245,6 +253,13 @@ pub fn check_stale(ops: &[Op], bound: u64, quiet: impl Fn(u64, u64) -> bool) -> 
                     }
             })
         };
+        if writes.iter().any(|w| {
+            w.effect().is_some()
+                && w.end().saturating_add(bound) < read.invoke
+                && quiet(w.end(), read.invoke)
+        }) {
+            held += 1;
+        }
         let fresh_maker = makers
             .iter()
             .any(|m| !superseded(m.complete.or(Some(u64::MAX))));
@@ -258,7 +273,7 @@ pub fn check_stale(ops: &[Op], bound: u64, quiet: impl Fn(u64, u64) -> bool) -> 
             ));
         }
     }
-    anomalies
+    (anomalies, held)
 }
 
 #[cfg(test)]
@@ -413,17 +428,17 @@ mod tests {
             op(2, Call::Read, Ret::Read(Some(1)), 50, Some(51)),
             op(2, Call::Read, Ret::Read(None), 200, Some(201)),
         ];
-        assert!(check_stale(&ops, 100, quiet).is_empty());
+        assert_eq!(check_stale(&ops, 100, quiet), (vec![], 1));
         // Served 170 after the delete completed: too late.
         ops.push(op(2, Call::Read, Ret::Read(Some(1)), 200, Some(201)));
-        assert_eq!(check_stale(&ops, 100, quiet).len(), 1);
+        assert_eq!(check_stale(&ops, 100, quiet).0.len(), 1);
         // Unless a fault was in force meanwhile.
-        assert!(check_stale(&ops, 100, |_, _| false).is_empty());
+        assert_eq!(check_stale(&ops, 100, |_, _| false), (vec![], 0));
         // "No such link" long after the create was acknowledged.
         let missing = [
             op(1, Call::Create(1), Ret::Created, 0, Some(10)),
             op(2, Call::Read, Ret::Read(None), 500, Some(501)),
         ];
-        assert_eq!(check_stale(&missing, 100, quiet).len(), 1);
+        assert_eq!(check_stale(&missing, 100, quiet).0.len(), 1);
     }
 }

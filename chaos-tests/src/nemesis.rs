@@ -90,6 +90,8 @@ pub struct Env {
     pub rng: StdRng,
     /// How long a fault stays in force.
     pub hold: Duration,
+    /// How long the cluster is left alone after a fault has settled.
+    pub calm: Duration,
 }
 
 /// What a fault did, before it is timed and settled.
@@ -173,10 +175,14 @@ impl Env {
             .cluster
             .wait_settled(&self.members, Duration::from_secs(120))
             .await;
+        let end = micros(self.t0);
+        // A calm spell before the next fault, longer than the staleness bound, so that
+        // reads are held to the bound between faults.
+        tokio::time::sleep(self.calm).await;
         FaultRecord {
             name: fault.name(),
             start,
-            end: micros(self.t0),
+            end,
             fired: done.fired,
             detail: done.detail,
             settled: settled.is_ok(),

@@ -1,7 +1,7 @@
 //! The recorded workload: writers doing create-if-absent, update, delete and read on a
 //! bounded set of codes, and redirect clients, each against a random node.
 //!
-//! A code is retired (its slot takes a fresh one) after 50 operations or 6 unknown
+//! A code is retired (its slot takes a fresh one) after 300 operations or 6 unknown
 //! outcomes, which keeps each code's history small enough to search exhaustively.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use crate::cluster::ADMIN_KEY;
 use crate::history::{Call, Op, Ret};
 
 const SLOTS: usize = 12;
-const OPS_PER_CODE: u32 = 50;
+const OPS_PER_CODE: u32 = 300;
 const UNKNOWNS_PER_CODE: u32 = 6;
 const URL_PREFIX: &str = "https://chaos.example/";
 
