@@ -65,6 +65,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Renders the Prometheus exposition.
     pub metrics: PrometheusHandle,
+    /// What the redirect handler prepares once.
+    pub redirect: Arc<redirect::Prepared>,
 }
 
 /// Buckets of `redirect_duration_seconds`: fine below a millisecond, where redirects live.

@@ -13,7 +13,30 @@ use linkrift_actors::clicks::event::RawClick;
 use linkrift_actors::service::{now_ms, Lookup};
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{ApiConfig, AppState};
+
+/// What the redirect handler prepares once rather than per request: its `Cache-Control`
+/// value, and its metric handles (`counter!` by name hashes the key and looks it up in the
+/// recorder's registry on every call). Built after the metrics recorder is installed.
+pub struct Prepared {
+    cache_control: HeaderValue,
+    requests: metrics::Counter,
+    hits: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl Prepared {
+    /// The values for `config`, and handles on the global recorder.
+    pub fn new(config: &ApiConfig) -> Self {
+        let cache = format!("private, max-age={}", config.redirect_cache_seconds);
+        Self {
+            cache_control: HeaderValue::from_str(&cache).expect("ascii"),
+            requests: metrics::counter!("cache_requests_total"),
+            hits: metrics::counter!("cache_hits_total"),
+            duration: metrics::histogram!("redirect_duration_seconds"),
+        }
+    }
+}
 
 /// Redirects to the link's destination with its status code.
 #[utoipa::path(get, path = "/{code}", params(("code" = String, Path)),
@@ -27,18 +50,19 @@ pub async fn redirect(
 ) -> Response {
     let start = Instant::now();
     let request_headers = headers;
+    let prepared = &state.redirect;
     // A hit is a redirect answered from this node's memory (its replica or the near
     // cache); a miss asks another node.
-    metrics::counter!("cache_requests_total").increment(1);
+    prepared.requests.increment(1);
     let found = match state.service.lookup(&code) {
         Lookup::Local(link) | Lookup::Cached(link) => {
-            metrics::counter!("cache_hits_total").increment(1);
+            prepared.hits.increment(1);
             link
         }
         Lookup::Miss => match state.service.fetch(&code).await {
             Ok(link) => link,
             Err(e) => {
-                metrics::histogram!("redirect_duration_seconds").record(start.elapsed());
+                prepared.duration.record(start.elapsed());
                 return ApiError::from(e).into_response();
             }
         },
@@ -48,14 +72,10 @@ pub async fn redirect(
             let status = StatusCode::from_u16(link.redirect.code()).unwrap_or(StatusCode::FOUND);
             match HeaderValue::from_str(link.url.as_str()) {
                 Ok(location) => {
-                    let cache = format!("private, max-age={}", state.config.redirect_cache_seconds);
                     let mut response = status.into_response();
                     let headers = response.headers_mut();
                     headers.insert(header::LOCATION, location);
-                    headers.insert(
-                        header::CACHE_CONTROL,
-                        HeaderValue::from_str(&cache).expect("ascii"),
-                    );
+                    headers.insert(header::CACHE_CONTROL, prepared.cache_control.clone());
                     let text = |name: &header::HeaderName| {
                         request_headers
                             .get(name)
@@ -70,7 +90,7 @@ pub async fn redirect(
                             referer: text(&header::REFERER),
                             accept_language: text(&header::ACCEPT_LANGUAGE),
                             country: state.config.country_header.as_ref().and_then(text),
-                            code: code.clone(),
+                            code,
                             shard: 0,
                         });
                     }
@@ -98,6 +118,6 @@ pub async fn redirect(
         .into_response(),
         None => ApiError::not_found(format!("no link {code:?}")).into_response(),
     };
-    metrics::histogram!("redirect_duration_seconds").record(start.elapsed());
+    prepared.duration.record(start.elapsed());
     response
 }

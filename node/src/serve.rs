@@ -104,18 +104,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let service = Arc::new(service);
+    let api_config = Arc::new(ApiConfig {
+        public_url,
+        max_body_bytes: config.max_body_bytes,
+        redirect_cache_seconds: config.redirect_cache_seconds,
+        country_header: config
+            .country_header
+            .as_deref()
+            .and_then(|h| axum::http::HeaderName::try_from(h).ok()),
+        click_capture: config.click_capture,
+    });
     let state = AppState {
         service: service.clone(),
-        config: Arc::new(ApiConfig {
-            public_url,
-            max_body_bytes: config.max_body_bytes,
-            redirect_cache_seconds: config.redirect_cache_seconds,
-            country_header: config
-                .country_header
-                .as_deref()
-                .and_then(|h| axum::http::HeaderName::try_from(h).ok()),
-            click_capture: config.click_capture,
-        }),
+        redirect: Arc::new(linkrift_api::redirect::Prepared::new(&api_config)),
+        config: api_config,
         metrics,
     };
     tracing::info!(%http, node = service.node_id(), peer = %service.peer_addr(), cluster = %service.cluster_addr(), data_dir = %config.data_dir.display(), "linkrift serving");
