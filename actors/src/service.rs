@@ -725,8 +725,8 @@ async fn undrain(core: std::sync::Weak<Core>) {
 struct LostLeaders {
     /// Since when each node has had no session with this one.
     since: HashMap<NodeId, Instant>,
-    /// Groups this node stood for election in: the leader they lost, and when it stood.
-    standing: HashMap<GroupId, (NodeId, Instant)>,
+    /// Groups this node stood for election in, and the leader they lost.
+    standing: HashMap<GroupId, NodeId>,
 }
 
 /// The leader this node may stand for election against: the group's leader when its
@@ -778,7 +778,7 @@ impl Core {
             if reachable {
                 lost.standing.remove(&group.id());
             }
-            let stood_for = lost.standing.get(&group.id()).map(|&(gone, _)| gone);
+            let stood_for = lost.standing.get(&group.id()).copied();
             let Some(gone) = lost_leader(leader, reachable, stood_for) else {
                 continue;
             };
@@ -788,7 +788,7 @@ impl Core {
             if now.duration_since(since) < wait {
                 continue;
             }
-            lost.standing.insert(group.id(), (gone, now));
+            lost.standing.insert(group.id(), gone);
             tracing::info!(group = %group.id(), leader = gone, "the leader's session is gone; standing for election");
             if let Err(e) = group.raft().trigger().elect().await {
                 tracing::warn!(group = %group.id(), error = %e, "could not start an election");

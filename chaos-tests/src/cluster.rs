@@ -32,12 +32,12 @@ impl Launch {
         }
     }
 
-    /// A start under libfaketime: the clock `offset` seconds off, running `rate` times as fast.
-    pub fn skewed(offset: i64, rate: f64) -> Launch {
+    /// A start under libfaketime: the clock `offset` seconds off.
+    pub fn skewed(offset: i64) -> Launch {
         Launch {
             env: vec![
                 ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-                ("FAKETIME".into(), format!("{offset:+}s x{rate}")),
+                ("FAKETIME".into(), format!("{offset:+}s")),
                 ("FAKETIME_DONT_RESET".into(), "1".into()),
             ],
         }
@@ -176,12 +176,11 @@ impl Node {
         Some(status.signal() == Some(signal))
     }
 
-    /// Kills it, removes its data and log position is kept: it starts anew with `--join`.
-    pub fn wipe(&mut self, seed: String) -> Result<()> {
+    /// Kills it and deletes its data (its log file stays): it starts anew, joining `seed`.
+    pub fn wipe(&mut self, seed: String) {
         self.kill();
         std::fs::remove_dir_all(&self.dir).ok();
         self.join = Some(seed);
-        Ok(())
     }
 }
 

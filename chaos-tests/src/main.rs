@@ -254,7 +254,6 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
         .filter(|o| o.call != Call::Read)
         .cloned()
         .collect();
-    let reads: Vec<&Op> = history.iter().filter(|o| o.call == Call::Read).collect();
     anomalies.extend(check::check_linearizable(&writes, &final_ops));
     anomalies.extend(check::check_lost(&history, &final_values));
     anomalies.extend(check::check_phantoms(&history));
@@ -294,7 +293,6 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
         anomalies.len(),
         faults_end as f64 / 1e6
     );
-    let _ = reads;
     Ok(anomalies)
 }
 

@@ -272,7 +272,7 @@ impl Env {
                 let k = self.any_member();
                 let at = micros(self.t0);
                 self.cluster.node(k).kill();
-                self.cluster.start(k, &Launch::skewed(90, 1.0))?;
+                self.cluster.start(k, &Launch::skewed(90))?;
                 let skew = self.date_skew(k).await;
                 tokio::time::sleep(self.hold).await;
                 let again = micros(self.t0);
@@ -336,7 +336,7 @@ impl Env {
                 let k = *candidates.choose(&mut self.rng).unwrap();
                 let left = self.leave(k).await?;
                 let seed = self.cluster.nodes[0].cluster_addr();
-                self.cluster.node(k).wipe(seed)?;
+                self.cluster.node(k).wipe(seed);
                 self.join(k).await?;
                 self.members.push(k);
                 Ok(Done {

@@ -84,6 +84,30 @@ enum Outcome {
     Unexpected(String),
 }
 
+impl Outcome {
+    /// What to record, completed now (or never, when unknown); nothing for an operation
+    /// that had no effect, or for an off-contract answer, which is kept in `unexpected`.
+    fn settle(
+        self,
+        t0: Instant,
+        node: usize,
+        unexpected: &Mutex<Vec<String>>,
+    ) -> Option<(Ret, Option<u64>)> {
+        match self {
+            Outcome::Known(ret) => Some((ret, Some(micros(t0)))),
+            Outcome::Unknown => Some((Ret::Unknown, None)),
+            Outcome::Nothing => None,
+            Outcome::Unexpected(what) => {
+                unexpected
+                    .lock()
+                    .unwrap()
+                    .push(format!("node {node}: {what}"));
+                None
+            }
+        }
+    }
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -199,17 +223,8 @@ impl Workload {
                     };
                     let invoke = micros(t0);
                     let outcome = send(&http, &urls[node], &code, call).await;
-                    let (ret, complete) = match outcome {
-                        Outcome::Known(ret) => (ret, Some(micros(t0))),
-                        Outcome::Unknown => (Ret::Unknown, None),
-                        Outcome::Nothing => continue,
-                        Outcome::Unexpected(what) => {
-                            unexpected
-                                .lock()
-                                .unwrap()
-                                .push(format!("node {}: {what}", node + 1));
-                            continue;
-                        }
+                    let Some((ret, complete)) = outcome.settle(t0, node + 1, &unexpected) else {
+                        continue;
                     };
                     ops.push(Op {
                         process,
@@ -246,17 +261,9 @@ impl Workload {
                     let code = codes.peek(rng.gen_range(0..SLOTS));
                     let node = rng.gen_range(0..urls.len());
                     let invoke = micros(t0);
-                    let (ret, complete) = match redirect(&http, &urls[node], &code).await {
-                        Outcome::Known(ret) => (ret, Some(micros(t0))),
-                        Outcome::Unknown => (Ret::Unknown, None),
-                        Outcome::Nothing => continue,
-                        Outcome::Unexpected(what) => {
-                            unexpected
-                                .lock()
-                                .unwrap()
-                                .push(format!("node {}: {what}", node + 1));
-                            continue;
-                        }
+                    let outcome = redirect(&http, &urls[node], &code).await;
+                    let Some((ret, complete)) = outcome.settle(t0, node + 1, &unexpected) else {
+                        continue;
                     };
                     ops.push(Op {
                         process,
