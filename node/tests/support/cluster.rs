@@ -274,14 +274,26 @@ pub async fn trio(root: &Path, flags: &[&str]) -> ([Node; 3], Value) {
 
 /// Asserts every acknowledged create (URL → code) is listed through `via` at its code, and
 /// no URL twice; the codes by URL.
+///
+/// `via` lists from its own replicas, which apply a change when they learn it is committed
+/// (at the latest with the leader's next heartbeat, 300 ms): a create acknowledged just
+/// before the call may not be listed yet. So the listing is taken again, for up to 5 s,
+/// until every acknowledged create is in it; what is missing after that is lost.
 pub async fn assert_acknowledged_once(
     via: &Node,
     acked: &BTreeMap<String, String>,
 ) -> std::collections::HashMap<String, Vec<String>> {
-    let mut by_url: std::collections::HashMap<String, Vec<String>> = Default::default();
-    for (url, code) in all_links(via).await {
-        by_url.entry(url).or_default().push(code);
-    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let by_url = loop {
+        let mut by_url: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (url, code) in all_links(via).await {
+            by_url.entry(url).or_default().push(code);
+        }
+        if acked.keys().all(|u| by_url.contains_key(u)) || Instant::now() > deadline {
+            break by_url;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for (url, code) in acked {
         assert_eq!(
             by_url.get(url),
