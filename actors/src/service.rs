@@ -565,6 +565,9 @@ impl LinkService {
         let mut tasks = vec![
             tokio::spawn(crate::cluster::driver::run(Arc::downgrade(&core))),
             tokio::spawn(keep_in_touch(Arc::downgrade(&core), addrs)),
+            tokio::spawn(crate::cluster::membership::drop_removed_replicas(
+                Arc::downgrade(&core),
+            )),
         ];
         if identity.drained_for_shutdown {
             tasks.push(tokio::spawn(undrain(Arc::downgrade(&core))));
@@ -1455,6 +1458,7 @@ impl Handler for Core {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Refused(Refusal::Failed(e)),
             },
+            Request::Members { shard } => self.members_as_leader(shard),
             Request::Reconcile { shard, plan, hops } => {
                 match crate::cluster::driver::reconcile_here(&self, shard, plan, hops).await {
                     Ok(progress) => Reply::Reconciled(progress),

@@ -1,7 +1,7 @@
 //! Elastic membership with real `linkrift` processes on 127.0.0.x: leaving under load (the
 //! meta leader among the leavers), a lost node replaced and rejoining with fresh data, a
-//! join and a leave at once, refused leaves, a node killed in the middle of a move, and
-//! draining (by command and on SIGTERM).
+//! join and a leave at once, refused leaves, a node killed in the middle of a move, a node
+//! removed from shards while it was down, and draining (by command and on SIGTERM).
 
 mod support;
 
@@ -9,6 +9,8 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use linkrift_actors::placement;
+use linkrift_actors::shard::shard_of;
 use serde_json::{json, Value};
 use support::cluster::{
     admin_status, assert_acknowledged_once, assert_no_failed_redirect, member, seed_links, trio,
@@ -375,6 +377,110 @@ async fn a_node_killed_in_the_middle_of_a_move_leaves_no_shard_stuck() {
     for (code, url) in &known {
         assert_eq!(n3.redirect(code).await, (302, Some(url.clone())));
     }
+}
+
+/// Found by the chaos tests (`long`, seed 7): a node that is down while shards move off it
+/// is never told to delete its replicas. Back with its old data, it must not keep serving
+/// those shards' old links (or stand for election in their groups forever): it asks who
+/// leads each group, learns it is no member, and deletes the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_from_shards_while_down_deletes_its_old_replicas_when_back() {
+    let root = Root::new();
+    // Node 3 must not be marked lost (and replaced) while it is down.
+    let slow = ["--dead-after-ms", "600000"];
+    let ([n1, n2, n3], _) = trio(root.path(), &slow).await;
+    let known = seed_links(&n1, 60).await;
+    let id3 = n3.node_id;
+    n3.kill9();
+
+    // Node 4 joins, and the shards that the placement of four nodes takes off node 3 move
+    // to it while node 3 is down.
+    let n4 = member(root.path(), 4, Some(&n1), &slow);
+    let ids = [n1.node_id, n2.node_id, id3, n4.node_id];
+    let moved: Vec<u32> = (0..8)
+        .filter(|&s| !placement::replicas(s, &ids, 3).contains(&id3))
+        .collect();
+    assert!(!moved.is_empty(), "four nodes take some shards off node 3");
+    wait_status(
+        &n1,
+        Duration::from_secs(120),
+        "every shard on its replicas among four nodes",
+        |s| {
+            s["groups"].as_array().unwrap().iter().all(|g| {
+                let id = g["group"].as_u64().unwrap();
+                if id == 0 {
+                    return true;
+                }
+                let mut voters: Vec<u64> = serde_json::from_value(g["voters"].clone()).unwrap();
+                voters.sort();
+                let mut want = placement::replicas((id - 1) as u32, &ids, 3);
+                want.sort();
+                !g["leader"].is_null()
+                    && g["learners"].as_array().unwrap().is_empty()
+                    && voters == want
+            })
+        },
+    )
+    .await;
+
+    // The links of those shards change while node 3 is away.
+    let changed: Vec<(String, String)> = known
+        .iter()
+        .filter(|(code, _)| moved.contains(&shard_of(code, 8)))
+        .map(|(code, _)| (code.clone(), format!("https://changed.example/{code}")))
+        .collect();
+    assert!(
+        !changed.is_empty(),
+        "some seeded links are on the moved shards"
+    );
+    for (code, url) in &changed {
+        let r = n1
+            .http
+            .patch(n1.url(&format!("/v1/links/{code}")))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{code}");
+    }
+
+    // Back with its old data, node 3 serves the changed links, not its old copies, and it
+    // deleted exactly the replicas it no longer holds.
+    let n3 = member(root.path(), 3, None, &slow);
+    assert_eq!(n3.node_id, id3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (code, url) in &changed {
+        loop {
+            let got = n3.redirect(code).await;
+            if got == (302, Some(url.clone())) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node 3 still serves {got:?} for {code}, changed to {url} while it was away"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let metrics = n3.metrics().await;
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("raft_stale_replicas_dropped_total "))
+        .unwrap_or_else(|| panic!("no raft_stale_replicas_dropped_total in {metrics}"));
+    assert_eq!(
+        dropped.trim(),
+        moved.len().to_string(),
+        "shards moved: {moved:?}"
+    );
+    let all = [&n1, &n2, &n3, &n4];
+    wait_placed(&all, 3).await;
+    for node in all {
+        for (code, url) in &changed {
+            assert_eq!(node.redirect(code).await, (302, Some(url.clone())));
+        }
+    }
+    assert_replicas_agree(&n3, 8, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

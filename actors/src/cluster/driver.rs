@@ -521,7 +521,7 @@ pub(crate) async fn reconcile_here(
             .call(*node, &Request::Release { shard }, Duration::from_secs(10))
             .await
         {
-            tracing::warn!(shard, node, error = %e, "could not tell a node to delete its old replica");
+            tracing::warn!(shard, node, error = %e, "could not tell a node to delete its old replica; it will find out when it asks who leads the shard");
         }
     }
     Ok(Progress::Moved)

@@ -1,5 +1,6 @@
 //! A node's part in elastic membership: draining (handing its leaderships to other
-//! voters), leaving, cancelling either, and learning that it was replaced.
+//! voters), leaving, cancelling either, learning that it was replaced, and finding out that
+//! it was removed from a shard's group while it was away.
 //!
 //! openraft 0.9 has no leadership transfer, and a follower refuses to vote while its
 //! leader's lease (its longest election timeout) lasts. So a yielding leader stops sending
@@ -9,13 +10,13 @@
 //! off, so it does not take a leadership back. A group with no other voter keeps its
 //! leader: nobody could take over.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use linkrift_raft::{Group, GroupId, NodeId};
 
-use super::wire::{Reply, Request};
+use super::wire::{Refusal, Reply, Request};
 use crate::groups::GroupState;
 use crate::meta::{MetaCommand, MetaOutcome, NodeRecord, NodeState};
 use crate::service::{now_ms, Core, LinkService, ServiceError};
@@ -23,6 +24,8 @@ use crate::service::{now_ms, Core, LinkService, ServiceError};
 /// How long after the followers' leases are over a yielding leader waits before asking
 /// another follower to stand.
 const ASK_AGAIN: Duration = Duration::from_secs(1);
+/// How often a replica that hears from no leader asks whether it is still a member.
+const MEMBERSHIP_CHECK: Duration = Duration::from_secs(2);
 
 /// Why this node is no longer a member of its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +198,58 @@ impl Core {
         });
     }
 
+    /// `shard`'s members, if this node leads its group (the answer to [`Request::Members`]).
+    pub(crate) fn members_as_leader(&self, shard: u32) -> Reply {
+        let Some(local) = self.local.pin().get(&shard).cloned() else {
+            return Reply::Refused(Refusal::NotHosted);
+        };
+        let group = &local.group;
+        if !group.is_leader() {
+            return Reply::Refused(Refusal::NotLeader {
+                leader: group.leader(),
+            });
+        }
+        let (at, mut members) = group.read(|a| {
+            let at = a.membership.log_id().map_or(0, |l| l.index);
+            let members: BTreeSet<NodeId> = a
+                .membership
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            (at, members)
+        });
+        // A newer membership not committed yet (a node being added) counts too.
+        let effective = group.raft().metrics().borrow().membership_config.clone();
+        members.extend(effective.membership().nodes().map(|(id, _)| *id));
+        Reply::Members {
+            at,
+            members: members.into_iter().collect(),
+        }
+    }
+
+    /// Whether the leader of `shard` says this node is not a member of its group, by a
+    /// committed membership newer than the one this node has (recorded at index `since`).
+    async fn removed_from(&self, shard: u32, since: u64) -> bool {
+        let request = Request::Members { shard };
+        let asks = self
+            .directory
+            .nodes()
+            .into_iter()
+            .filter(|n| n.id != self.me && n.state.is_member() && self.peers.is_connected(n.id))
+            .map(|n| {
+                let request = &request;
+                async move { self.peers.call(n.id, request, MEMBERSHIP_CHECK).await }
+            });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .any(|answer| match answer {
+                Ok(Reply::Members { at, members }) => at > since && !members.contains(&self.me),
+                _ => false,
+            })
+    }
+
     /// Checks this node's own record: lost or removed means it departed.
     pub(crate) fn check_standing(&self) {
         let members = || {
@@ -349,5 +404,52 @@ impl LinkService {
             }
         }
         Ok(())
+    }
+}
+
+/// Deletes the replicas of shard groups this node was removed from while it was away.
+///
+/// The leader that removes a member tells it to release its replica (see
+/// `cluster::driver`), but a member that is down or cut off then never hears it. It would
+/// keep a replica that no leader replicates to, serve its ever older links, and stand for
+/// election forever, refused by the members' newer logs (found by the chaos tests' `long`
+/// profile, seed 7: docs/RELIABILITY.md). So every two seconds each replica here that
+/// knows no leader asks the other nodes who leads its group, and is deleted when that
+/// leader's committed membership, newer than its own, leaves this node out. An empty
+/// replica waiting to be added as a learner (no membership yet) is left alone.
+pub(crate) async fn drop_removed_replicas(core: Weak<Core>) {
+    metrics::counter!("raft_stale_replicas_dropped_total").increment(0);
+    let mut tick = tokio::time::interval(MEMBERSHIP_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if core.cancel.is_cancelled() {
+            return;
+        }
+        let leaderless: Vec<(u32, u64)> = core
+            .local
+            .pin()
+            .iter()
+            .filter_map(|(shard, local)| {
+                let m = local.group.raft().metrics();
+                let m = m.borrow();
+                let since = m.membership_config.log_id().as_ref()?.index;
+                m.current_leader.is_none().then_some((*shard, since))
+            })
+            .collect();
+        for (shard, since) in leaderless {
+            if !core.removed_from(shard, since).await {
+                continue;
+            }
+            tracing::warn!(
+                shard,
+                "this node was removed from the shard's group while it was away; deleting its replica"
+            );
+            metrics::counter!("raft_stale_replicas_dropped_total").increment(1);
+            if let Err(e) = core.release(shard).await {
+                tracing::warn!(shard, error = %e, "could not delete this node's old replica");
+            }
+        }
     }
 }

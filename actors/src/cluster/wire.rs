@@ -114,6 +114,15 @@ pub enum Request {
         /// Cluster addresses of active members, to join through.
         members: Vec<String>,
     },
+    // New variants go last: the wire format numbers them, and nodes of two versions
+    // talk during a rolling upgrade.
+    /// Shard `shard`'s members, as its leader knows them: asked by a node that holds a
+    /// replica but hears from no leader, to find out whether it was removed from the group
+    /// while it was away (and so was never told to release its replica).
+    Members {
+        /// The shard.
+        shard: u32,
+    },
 }
 
 /// Where replicas may be placed, as the meta group's node states say: what the placement
@@ -218,4 +227,13 @@ pub enum Reply {
     Tally(crate::clicks::rollup::Tally),
     /// Not done, and why.
     Refused(Refusal),
+    /// `Members`, answered by the shard's leader: its last applied (so committed)
+    /// membership was recorded at log index `at`; `members` are that membership's nodes
+    /// and those of any newer one it is committing (voters and learners).
+    Members {
+        /// Log index of the committed membership.
+        at: u64,
+        /// Every node the group has or is adding.
+        members: Vec<NodeId>,
+    },
 }
