@@ -911,11 +911,13 @@ impl Core {
             return Ok(());
         };
         local.serving.store(false, Ordering::Release);
+        // Raft first, then the actor, which waits for the writes it handed to Raft. A write
+        // this node proposed as the group's leader that the group will never apply here (the
+        // node was removed before the entry committed) is answered only when Raft stops:
+        // stopping the actor first waited for it forever, holding `hosting` (chaos `long`).
+        let removed = self.node.remove_group(shard_group(shard)).await;
         local.stop_actor().await;
-        self.node
-            .remove_group(shard_group(shard))
-            .await
-            .map_err(|e| e.to_string())?;
+        removed.map_err(|e| e.to_string())?;
         tracing::info!(shard, "released this node's replica");
         Ok(())
     }
@@ -1877,21 +1879,36 @@ impl LinkService {
         self.core.directory.by_hash(&ApiKeyHash::of(clear))
     }
 
-    /// Whether this node can serve: it is an active member, the meta group has a leader,
-    /// and every replica it holds has caught up (is a voter) and knows its leader.
-    pub fn is_ready(&self) -> bool {
+    /// Whether this node is ready for traffic: it is active, the meta group has a leader,
+    /// and every replica it holds serves reads and knows its leader. If not, why.
+    pub fn readiness(&self) -> Result<(), String> {
         let core = &self.core;
-        let active = core
-            .directory
-            .node(core.me)
-            .is_some_and(|n| n.state == NodeState::Active);
-        active
-            && core.meta.leader().is_some()
-            && core
-                .local
-                .pin()
-                .values()
-                .all(|l| l.is_serving() && l.group.leader().is_some())
+        match core.directory.node(core.me) {
+            Some(n) if n.state == NodeState::Active => {}
+            Some(n) => return Err(format!("this node is {}", n.state.name())),
+            None => return Err("this node is not in the cluster's directory yet".into()),
+        }
+        if core.meta.leader().is_none() {
+            return Err("the meta group has no leader".into());
+        }
+        let mut shards: Vec<(u32, Arc<LocalShard>)> = core
+            .local
+            .pin()
+            .iter()
+            .map(|(s, l)| (*s, l.clone()))
+            .collect();
+        shards.sort_by_key(|(s, _)| *s);
+        for (shard, local) in shards {
+            if !local.is_serving() {
+                return Err(format!(
+                    "shard {shard}: this node's replica is not a caught-up voter"
+                ));
+            }
+            if local.group.leader().is_none() {
+                return Err(format!("shard {shard} has no leader"));
+            }
+        }
+        Ok(())
     }
 
     /// How many nodes are in each state, as this node's copy of the meta group says.
@@ -2289,7 +2306,8 @@ fn generated_code(request: RequestId, attempt: u32, len: usize) -> ShortCode {
 
 #[cfg(test)]
 mod tests {
-    use super::lost_leader;
+    use super::*;
+    use linkrift_raft::openraft::BasicNode;
 
     #[test]
     fn a_voter_stands_once_per_lost_leader() {
@@ -2304,5 +2322,95 @@ mod tests {
         assert_eq!(lost_leader(Some(3), false, Some(1)), Some(3));
         // A leader this node reaches (or is) is left alone.
         assert_eq!(lost_leader(Some(1), true, None), None);
+    }
+
+    /// A replica whose leader holds a write the group can no longer commit is released all
+    /// the same, and the write is answered (with an error). Found by the chaos tests: a
+    /// leader that moved its own replica away, with a write appended after the change,
+    /// never finished releasing and blocked every later host and release on the node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_with_a_write_that_cannot_commit_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = LinkService::open(ServiceConfig {
+            data_dir: dir.path().to_path_buf(),
+            peer_addr: "127.0.0.1:0".parse().unwrap(),
+            cluster_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let core = service.core.clone();
+        // Draining, so that the placement driver leaves the shard's membership alone.
+        let drain = MetaCommand::SetNodeState {
+            id: core.me,
+            state: NodeState::Draining,
+            at: now_ms(),
+        };
+        core.meta_command(drain).await.unwrap();
+        let local = core
+            .local_shard(0)
+            .expect("a single node holds every shard");
+        let raft = local.group.raft().clone();
+        // Two voters that do not exist: from the joint configuration on, nothing commits.
+        for id in [2, 3] {
+            raft.add_learner(id, BasicNode::new("127.0.0.1:9"), false)
+                .await
+                .unwrap();
+        }
+        let stuck = raft.clone();
+        let change = tokio::spawn(async move { stuck.change_membership([1, 2, 3], false).await });
+        let mut metrics = raft.metrics();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            metrics.wait_for(|m| m.membership_config.membership().get_joint_config().len() > 1),
+        )
+        .await
+        .expect("the joint configuration is appended")
+        .unwrap();
+        let code = (0..)
+            .map(|i| format!("stuck{i}"))
+            .find(|c| crate::shard::shard_of(c, core.shard_count) == 0)
+            .unwrap();
+        let command = ShardCommand::Delete {
+            request: 1,
+            at: now_ms(),
+            code: ShortCode::parse(&code).unwrap(),
+            expected_version: None,
+        };
+        let before = raft.metrics().borrow().last_log_index;
+        let writer = local.clone();
+        let write =
+            tokio::spawn(async move { writer.propose(command, Duration::from_secs(600)).await });
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            metrics.wait_for(|m| m.last_log_index > before),
+        )
+        .await
+        .expect("the write is appended")
+        .unwrap();
+        drop(local);
+
+        tokio::time::timeout(Duration::from_secs(10), core.release(0))
+            .await
+            .expect("released within 10 s")
+            .unwrap();
+        assert!(core.local_shard(0).is_none());
+        let answer = tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("the write is answered")
+            .unwrap();
+        assert!(answer.is_err(), "{answer:?}");
+        let change = tokio::time::timeout(Duration::from_secs(10), change)
+            .await
+            .expect("the membership change is answered")
+            .unwrap();
+        assert!(change.is_err(), "{change:?}");
+        // Hosting is not blocked: the node takes the shard again (an empty replica).
+        tokio::time::timeout(Duration::from_secs(10), core.host(0))
+            .await
+            .expect("hosted within 10 s")
+            .unwrap();
+        drop(core);
+        service.shutdown().await;
     }
 }
