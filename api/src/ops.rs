@@ -16,15 +16,11 @@ pub async fn healthz() -> Response {
 /// 200 once every group on this node has a leader; 503 before.
 #[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.service.is_ready() {
-        axum::Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "some groups on this node have no leader yet",
-        )
-        .into_response()
+    match state.service.readiness() {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(why) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).into_response()
+        }
     }
 }
 

@@ -316,28 +316,48 @@ impl Cluster {
     pub async fn wait_settled(&self, indexes: &[usize], within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let mut ready = true;
+            // What is not settled yet: unready nodes with their reasons, then groups.
+            let mut waiting = Vec::new();
             for &i in indexes {
-                let r = self.http.get(self.nodes[i - 1].url("/readyz")).send().await;
-                ready &= r.is_ok_and(|r| r.status() == 200);
-            }
-            if ready {
-                if let Some(s) = self.status().await {
-                    let groups = s["groups"].as_array().cloned().unwrap_or_default();
-                    let settled = !groups.is_empty()
-                        && groups.iter().all(|g| {
-                            // The meta group keeps nodes past its voter count as learners.
-                            !g["leader"].is_null()
-                                && (g["group"] == 0
-                                    || g["learners"].as_array().is_none_or(|l| l.is_empty()))
-                        });
-                    if settled {
-                        return Ok(());
+                match self.http.get(self.nodes[i - 1].url("/readyz")).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => {
+                        let body: Value = r.json().await.unwrap_or_default();
+                        let why = body["error"]["message"].as_str().unwrap_or("?");
+                        waiting.push(format!("node {i} not ready: {why}"));
                     }
+                    Err(e) => waiting.push(format!("node {i} not answering: {e}")),
                 }
             }
+            if waiting.is_empty() {
+                match self.status().await {
+                    Some(s) => {
+                        let groups = s["groups"].as_array().cloned().unwrap_or_default();
+                        if groups.is_empty() {
+                            waiting.push("the status lists no group".into());
+                        }
+                        for g in groups {
+                            // The meta group keeps nodes past its voter count as learners.
+                            let learners = g["learners"].as_array().is_some_and(|l| !l.is_empty());
+                            if g["leader"].is_null() || (g["group"] != 0 && learners) {
+                                waiting.push(format!(
+                                    "group {}: leader {}, learners {}",
+                                    g["group"], g["leader"], g["learners"]
+                                ));
+                            }
+                        }
+                    }
+                    None => waiting.push("no node answers /admin/status".into()),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
             if Instant::now() >= deadline {
-                bail!("nodes {indexes:?} not ready and settled within {within:?}");
+                bail!(
+                    "nodes {indexes:?} not ready and settled within {within:?}: {}",
+                    waiting.join("; ")
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -97,6 +97,9 @@ pub struct FaultRecord {
     /// Whether, once it was undone, every node was ready and every group led again within
     /// the deadline.
     pub settled: bool,
+    /// If not, what was still waiting at the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsettled: Option<String>,
     /// Nodes killed abruptly (SIGKILL or abort) and when: clicks they had queued are lost.
     pub crashes: Vec<(usize, u64)>,
 }

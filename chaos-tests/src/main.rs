@@ -269,8 +269,9 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
     }
     for f in faults.iter().filter(|f| !f.settled) {
         anomalies.push(format!(
-            "the cluster did not settle within 120 s after {}",
-            f.name
+            "the cluster did not settle within 120 s after {}: {}",
+            f.name,
+            f.unsettled.as_deref().unwrap_or("?")
         ));
     }
     anomalies.extend(env.cluster.panics());

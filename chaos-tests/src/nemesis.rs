@@ -186,6 +186,7 @@ impl Env {
             fired: done.fired,
             detail: done.detail,
             settled: settled.is_ok(),
+            unsettled: settled.err().map(|e| e.to_string()),
             crashes: done.crashes,
         }
     }
