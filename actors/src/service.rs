@@ -847,6 +847,18 @@ impl Core {
         self.local.pin().get(&shard).cloned()
     }
 
+    /// Every replica this node holds, by shard.
+    fn local_shards(&self) -> Vec<(u32, Arc<LocalShard>)> {
+        let mut shards: Vec<(u32, Arc<LocalShard>)> = self
+            .local
+            .pin()
+            .iter()
+            .map(|(s, l)| (*s, l.clone()))
+            .collect();
+        shards.sort_by_key(|(s, _)| *s);
+        shards
+    }
+
     /// Starts hosting a replica of `shard` (an empty one, unless this node has its data).
     pub(crate) async fn host(self: &Arc<Self>, shard: u32) -> Result<(), OpenError> {
         let _serial = self.hosting.lock().await;
@@ -1353,14 +1365,7 @@ impl Core {
             .then(|| self.mirror.watermark(-1))
             .flatten();
         let mut out = vec![meta];
-        let mut shards: Vec<(u32, Arc<LocalShard>)> = self
-            .local
-            .pin()
-            .iter()
-            .map(|(s, l)| (*s, l.clone()))
-            .collect();
-        shards.sort_by_key(|(s, _)| *s);
-        out.extend(shards.into_iter().map(|(s, l)| {
+        out.extend(self.local_shards().into_iter().map(|(s, l)| {
             let mut status = group_status(format!("shard {s}"), &l.group);
             if l.group.is_leader() {
                 status.mirrored = self.mirror.watermark(s as i32);
@@ -1891,14 +1896,7 @@ impl LinkService {
         if core.meta.leader().is_none() {
             return Err("the meta group has no leader".into());
         }
-        let mut shards: Vec<(u32, Arc<LocalShard>)> = core
-            .local
-            .pin()
-            .iter()
-            .map(|(s, l)| (*s, l.clone()))
-            .collect();
-        shards.sort_by_key(|(s, _)| *s);
-        for (shard, local) in shards {
+        for (shard, local) in core.local_shards() {
             if !local.is_serving() {
                 return Err(format!(
                     "shard {shard}: this node's replica is not a caught-up voter"
