@@ -188,7 +188,7 @@ pub struct LinkSpec {
 }
 
 /// What the node remembers about itself, in `<data>/linkrift.json`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Identity {
     node_id: u64,
     shard_count: u32,
@@ -202,13 +202,18 @@ struct Identity {
     /// starts.
     #[serde(default)]
     drained_for_shutdown: bool,
+    /// Set while this node creates a new cluster: written before anything else, so that a
+    /// crash part-way leaves a directory that finishes the creation when it starts again.
+    #[serde(default)]
+    bootstrapping: bool,
 }
 
 fn admitted_by_default() -> bool {
     true
 }
 
-const IDENTITY: &str = "linkrift.json";
+/// The identity file's name in the data directory.
+pub const IDENTITY_FILE: &str = "linkrift.json";
 /// Generated-code attempts before giving up on a crowded code space.
 const CODE_ATTEMPTS: u32 = 8;
 /// How many times a write or read is passed on between nodes before it must be served.
@@ -230,6 +235,8 @@ pub(crate) struct LocalShard {
     actor_task: Mutex<Option<JoinHandle<()>>>,
     /// The replica is a voter: it has caught up and may answer reads.
     serving: Arc<AtomicBool>,
+    /// The node's storage fault latch: once tripped, no replica here serves.
+    fault: linkrift_raft::StorageFault,
 }
 
 impl LocalShard {
@@ -251,8 +258,10 @@ impl LocalShard {
         }
     }
 
+    /// Whether this replica may answer reads: a caught-up voter, on a node whose storage
+    /// has not failed (a replica that can no longer write cannot keep current).
     fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire)
+        self.serving.load(Ordering::Acquire) && !self.fault.is_tripped()
     }
 
     async fn propose(
@@ -337,7 +346,7 @@ pub fn now_ms() -> i64 {
 }
 
 fn read_identity(dir: &Path) -> Result<Option<Identity>, OpenError> {
-    let path = dir.join(IDENTITY);
+    let path = dir.join(IDENTITY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -350,16 +359,50 @@ fn read_identity(dir: &Path) -> Result<Option<Identity>, OpenError> {
     }
 }
 
+/// Writes the identity file so that a crash leaves the old one or the new one, synced to
+/// the device (file and directory) before it returns.
 fn write_identity(dir: &Path, identity: &Identity) -> Result<(), OpenError> {
-    let io = |context: String| move |source| OpenError::Io { context, source };
-    let path = dir.join(IDENTITY);
-    let tmp = dir.join(format!("{IDENTITY}.tmp"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(identity).expect("identity encodes"),
+    let path = dir.join(IDENTITY_FILE);
+    linkrift_raft::durable::write_atomically(
+        &path,
+        &serde_json::to_vec_pretty(identity).expect("identity encodes"),
     )
-    .map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
+    .map_err(|source| OpenError::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })
+}
+
+/// Refuses a data directory that holds data but no identity file: it is not a new node (its
+/// data would be taken for a new cluster's, or a new member's), and not one this program
+/// can tell the identity of. A crash while a new node is created leaves nothing but its
+/// identity's temporary file, which does not count.
+fn refuse_data_without_identity(dir: &Path) -> Result<(), OpenError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(OpenError::Io {
+                context: format!("reading {}", dir.display()),
+                source,
+            })
+        }
+    };
+    let found: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| *name != format!("{IDENTITY_FILE}.tmp") && name != "lost+found")
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(OpenError::Config(format!(
+        "{} holds data ({}) but no {IDENTITY_FILE}: it is not a new node's directory, and which node it \
+         belonged to is unknown. If it was a member, restore its identity file; otherwise \
+         empty the directory (or use a new one) and join the cluster as a new node",
+        dir.display(),
+        found.join(", ")
+    )))
 }
 
 impl LinkService {
@@ -395,6 +438,9 @@ impl LinkService {
             )))?;
 
         let existing = read_identity(&config.data_dir)?;
+        if existing.is_none() {
+            refuse_data_without_identity(&config.data_dir)?;
+        }
         let fresh = existing.is_none();
         let joining = fresh && config.join.is_some();
         let identity = match existing {
@@ -407,9 +453,11 @@ impl LinkService {
                     admitted: true,
                     token: 0,
                     drained_for_shutdown: false,
+                    bootstrapping: true,
                 },
             },
         };
+        let bootstrapping = identity.bootstrapping;
         if identity.shard_count != config.shard_count && !joining {
             tracing::warn!(
                 configured = config.shard_count,
@@ -417,7 +465,8 @@ impl LinkService {
                 "shard_count is fixed when the cluster is created; using the cluster's"
             );
         }
-        if joining {
+        if fresh {
+            // Before anything else is written: a directory with data always says whose.
             write_identity(&config.data_dir, &identity)?;
         }
         let me = identity.node_id;
@@ -434,7 +483,7 @@ impl LinkService {
             peer: node.addr().to_string(),
             cluster: peers.addr().to_string(),
         };
-        if fresh && !joining {
+        if bootstrapping {
             let members = BTreeMap::from([(me, node.addr().to_string())]);
             let ids = std::iter::once(META).chain((0..identity.shard_count).map(shard_group));
             for id in ids {
@@ -443,8 +492,8 @@ impl LinkService {
                     None => node.create_group(id).await?,
                 };
                 if let Err(e) = group.initialize(members.clone()).await {
-                    // A crash between creating groups and writing the identity file leaves
-                    // groups that are already initialised; that is fine.
+                    // A crash while creating the cluster leaves groups that are already
+                    // initialised; that is fine.
                     tracing::debug!(group = %id, error = %e, "group already initialised");
                 }
             }
@@ -475,7 +524,7 @@ impl LinkService {
         })?;
         peers.announce(me);
         let rollups = crate::clicks::rollup::Rollups::open(
-            node.db(),
+            node.durable_db(),
             &config.data_dir.join("click-wal"),
             config.click_spool_max_bytes,
         )
@@ -498,8 +547,9 @@ impl LinkService {
             }
             None => None,
         };
-        let clicks = crate::clicks::Clicks::start(sink, config.click_ip, countries)
-            .map_err(|e| OpenError::Config(format!("opening the click spool: {e}")))?;
+        let clicks =
+            crate::clicks::Clicks::start(sink, config.click_ip, countries, node.fault().clone())
+                .map_err(|e| OpenError::Config(format!("opening the click spool: {e}")))?;
         let core = Arc::new(Core {
             clicks,
             rollups,
@@ -531,7 +581,7 @@ impl LinkService {
                 core.host((id.0 - 1) as u32).await?;
             }
         }
-        if fresh && !joining {
+        if bootstrapping {
             let now = now_ms();
             let first = NodeRecord {
                 id: me,
@@ -547,7 +597,13 @@ impl LinkService {
             })
             .await
             .map_err(|e| OpenError::Config(format!("recording the new cluster: {e}")))?;
-            write_identity(&config.data_dir, &identity)?;
+            write_identity(
+                &config.data_dir,
+                &Identity {
+                    bootstrapping: false,
+                    ..identity.clone()
+                },
+            )?;
             tracing::info!(shards = identity.shard_count, dir = %config.data_dir.display(), "created a new single-node cluster");
         }
         if !identity.admitted {
@@ -612,6 +668,7 @@ async fn register(
                 admitted: false,
                 token,
                 drained_for_shutdown: false,
+                bootstrapping: false,
             })
         }
         Ok(Reply::Refused(r)) => Err(OpenError::Join(format!("{seed} refused: {r}"))),
@@ -911,6 +968,7 @@ impl Core {
                 actor,
                 actor_task: Mutex::new(Some(actor_task)),
                 serving,
+                fault: self.node.fault().clone(),
             }),
         );
         Ok(())
@@ -1888,6 +1946,9 @@ impl LinkService {
     /// and every replica it holds serves reads and knows its leader. If not, why.
     pub fn readiness(&self) -> Result<(), String> {
         let core = &self.core;
+        if let Some(reason) = core.node.fault().reason() {
+            return Err(format!("storage failed ({reason}); this node is stopping"));
+        }
         match core.directory.node(core.me) {
             Some(n) if n.state == NodeState::Active => {}
             Some(n) => return Err(format!("this node is {}", n.state.name())),
@@ -2068,6 +2129,12 @@ impl LinkService {
     /// The ClickHouse click store, when one is configured.
     pub fn clickhouse(&self) -> Option<&crate::clicks::clickhouse::ClickHouse> {
         self.core.clickhouse.as_ref()
+    }
+
+    /// The node's storage fault latch: tripped by the first storage error (Raft log,
+    /// snapshots, click spool or roll-up log), after which the node must exit.
+    pub fn storage_fault(&self) -> linkrift_raft::StorageFault {
+        self.core.node.fault().clone()
     }
 
     /// Watches for this node learning that it is no longer a member of its cluster.

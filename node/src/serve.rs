@@ -128,6 +128,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         service.peer_addr(),
         service.cluster_addr()
     );
+    tokio::spawn(fail_stop(service.storage_fault()));
     let mut departures = service.departure();
     let departure = std::sync::Arc::new(std::sync::Mutex::new(None::<Departure>));
     let stop = {
@@ -186,8 +187,14 @@ fn rejoin(config: &Config, members: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("this node was replaced, and no active member is known to join through");
     };
     let dir = &config.data_dir;
+    // The identity file goes last: a crash part-way leaves a directory that still says
+    // whose it is (and learns again that it was replaced), never data without an identity.
+    let identity = dir.join(linkrift_actors::service::IDENTITY_FILE);
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
+        if path == identity {
+            continue;
+        }
         let removed = if path.is_dir() {
             std::fs::remove_dir_all(&path)
         } else {
@@ -195,6 +202,9 @@ fn rejoin(config: &Config, members: &[String]) -> anyhow::Result<()> {
         };
         removed.with_context(|| format!("wiping {}", path.display()))?;
     }
+    linkrift_raft::durable::sync_dir(dir).with_context(|| format!("wiping {}", dir.display()))?;
+    std::fs::remove_file(&identity).with_context(|| format!("wiping {}", identity.display()))?;
+    linkrift_raft::durable::sync_dir(dir).with_context(|| format!("wiping {}", dir.display()))?;
     println!(
         "this node was replaced while it was away; its data is wiped, and it joins again through {seed}"
     );
@@ -229,6 +239,24 @@ async fn wait_for_sole_owner<T>(mut shared: Arc<T>) -> anyhow::Result<T> {
             Err(_) => anyhow::bail!("HTTP connections still held the service 10 s after shutdown"),
         }
     }
+}
+
+/// How long a node whose storage failed goes on answering (not ready, reads and writes
+/// passed to other nodes) before it exits: long enough for in-flight requests to be
+/// answered and for a probe to see `/readyz` fail with the reason.
+const FAIL_STOP_GRACE: Duration = Duration::from_secs(1);
+/// The exit status of a node whose storage failed (`EX_IOERR`).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
+/// Exits the process once the node's storage has failed: sled keeps failing after its first
+/// I/O error and openraft has stopped the group that met it, so only a restart (on a
+/// healthy disk) recovers. Nothing is flushed on the way out: nothing written can be
+/// trusted to have reached the disk, and everything acknowledged already has.
+async fn fail_stop(fault: linkrift_raft::StorageFault) {
+    let reason = fault.tripped().await;
+    tokio::time::sleep(FAIL_STOP_GRACE).await;
+    eprintln!("linkrift: storage failed ({reason}); exiting with status {EXIT_STORAGE_FAILED} so that a supervisor restarts this node");
+    std::process::exit(EXIT_STORAGE_FAILED);
 }
 
 /// Resolves when the node learns it is no longer a member.

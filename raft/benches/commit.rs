@@ -183,11 +183,13 @@ async fn main() {
 
     // Baseline: the same writers doing sled insert + flush (group commit) on one node.
     let base_dir = tempfile::tempdir().unwrap();
-    let db = sled::open(base_dir.path()).unwrap();
-    let flusher = linkrift_raft::flush::Flusher::start(db.clone());
+    let durable = linkrift_raft::DurableDb::open(&base_dir.path().join("raft.sled"), 64 << 20)
+        .expect("sled opens");
+    let db = durable.db().clone();
+    let flusher = linkrift_raft::flush::Flusher::start(durable, Default::default());
     let value = vec![b'v'; args.value_bytes];
     let baseline = drive(
-        "baseline: sled insert + flush, 1 node",
+        "baseline: sled insert + sync, 1 node",
         args.writers,
         args.seconds,
         move |w, i| {

@@ -2,13 +2,21 @@
 //! feature, which release builds never enable; without it [`crash_if_armed`] is empty.
 //!
 //! A test arms a point through the `FAILPOINTS` environment variable (the `fail` crate's
-//! syntax, e.g. `raft.after_flush=200*off->return`): when it fires, the node says so on
-//! its log and aborts, as a power cut would stop it at that line.
+//! syntax, e.g. `raft.after_flush=200*off->return`). A crash point, when it fires, says so
+//! on the log and aborts, as a power cut would stop the node at that line; an error point
+//! ([`error_if_armed`]) makes the I/O it stands in front of fail, as a full or failing disk
+//! would.
 
 /// Just before the node's sled flush: the batch's entries are written but not durable.
 pub const BEFORE_FLUSH: &str = "raft.before_flush";
 /// Just after the flush, before any waiter learns that its entries are durable.
 pub const AFTER_FLUSH: &str = "raft.after_flush";
+/// Instead of the node's sync: the sync fails with an I/O error (a full or failing disk).
+pub const FLUSH_ERROR: &str = "raft.flush_error";
+/// Instead of writing a snapshot file: the write fails with an I/O error.
+pub const SNAPSHOT_ERROR: &str = "raft.snapshot_error";
+/// Instead of writing a click batch to the spool or the roll-up log: the write fails.
+pub const CLICK_WRITE_ERROR: &str = "clicks.write_error";
 /// At the start of applying committed entries to a group's state machine.
 pub const APPLY: &str = "raft.apply";
 
@@ -22,4 +30,18 @@ pub fn crash_if_armed(name: &str) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// Fails with an I/O error when the failpoint `name` is armed and fires; the error's text
+/// is the failpoint's value (`raft.flush_error=return(No space left on device)`), if any.
+#[inline]
+pub fn error_if_armed(name: &str) -> std::io::Result<()> {
+    #[cfg(feature = "failpoints")]
+    if let Some(text) = fail::eval(name, |value| value) {
+        let text = text.unwrap_or_else(|| format!("failpoint {name}"));
+        return Err(std::io::Error::other(text));
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    Ok(())
 }

@@ -1,16 +1,21 @@
-//! Group commit for the whole node: one sled flush makes the writes of every group durable.
+//! Group commit for the whole node: one sync makes the writes of every group durable.
 //!
 //! sled writes to disk in the background every 500 ms, so a write is only durable after a
-//! flush. Each group asks the [`Flusher`] to flush after it has written; the flusher task
-//! takes every request that arrived while the previous flush ran and answers them all with
-//! a single `flush_async`. A request is answered only by a flush that *started* after the
-//! request was made, so every write made before asking is covered.
+//! sync ([`DurableDb::sync`]: sled's flush, then an `fdatasync` of its file). Each group
+//! asks the [`Flusher`] after it has written; the flusher task takes every request that
+//! arrived while the previous sync ran and answers them all with a single sync. A request
+//! is answered only by a sync that *started* after the request was made, so every write
+//! made before asking is covered. A failed sync trips the node's [`StorageFault`]: sled
+//! keeps failing after its first I/O error, so the node must stop.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+
+use crate::durable::DurableDb;
+use crate::fault::StorageFault;
 
 /// Times the flusher lets other ready tasks run before it flushes.
 const GATHER_ROUNDS: usize = 2;
@@ -30,13 +35,14 @@ pub struct Flusher {
 pub struct FlushStats {
     /// Flush requests made by groups.
     pub requests: AtomicU64,
-    /// Flushes actually performed.
+    /// Syncs actually performed.
     pub flushes: AtomicU64,
 }
 
 impl Flusher {
-    /// Starts the flusher task for `db`. It ends once every handle is dropped.
-    pub fn start(db: sled::Db) -> Self {
+    /// Starts the flusher task for `db`, reporting a failed sync to `fault`. It ends once
+    /// every handle is dropped.
+    pub fn start(db: DurableDb, fault: StorageFault) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushDone>();
         let stats = Arc::new(FlushStats::default());
         let task_stats = stats.clone();
@@ -54,11 +60,14 @@ impl Flusher {
                     }
                 }
                 crate::failpoint::crash_if_armed(crate::failpoint::BEFORE_FLUSH);
-                let result = db.flush_async().await.map(|_| ()).map_err(sled_to_io);
+                let started = std::time::Instant::now();
+                let result = sync(&db).await;
+                metrics::histogram!("raft_sync_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 crate::failpoint::crash_if_armed(crate::failpoint::AFTER_FLUSH);
                 task_stats.flushes.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = &result {
-                    tracing::error!(error = %e, "sled flush failed");
+                    fault.report("raft_log_sync", e);
                 }
                 for done in batch.drain(..) {
                     done(match &result {
@@ -101,6 +110,15 @@ impl Flusher {
     }
 }
 
+/// Syncs `db` on a blocking thread, or fails as the flush failpoint says.
+async fn sync(db: &DurableDb) -> io::Result<()> {
+    crate::failpoint::error_if_armed(crate::failpoint::FLUSH_ERROR)?;
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.sync())
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(format!("the sync task failed: {e}"))))
+}
+
 /// sled's errors as I/O errors, keeping the kind when sled has one.
 pub fn sled_to_io(e: sled::Error) -> io::Error {
     match e {
@@ -116,8 +134,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_share_flushes_and_each_is_answered_after_one() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let flusher = Flusher::start(db.clone());
+        let durable = DurableDb::open(dir.path(), 1 << 20).unwrap();
+        let db = durable.db().clone();
+        let flusher = Flusher::start(durable, StorageFault::default());
         let mut waiters = tokio::task::JoinSet::new();
         for i in 0..200u32 {
             db.insert(i.to_be_bytes(), vec![1u8; 64]).unwrap();

@@ -3,8 +3,11 @@
 //! A node hosts many Raft groups (one per shard, plus the meta group). This crate runs them:
 //!
 //! - [`log_store`]: the Raft log of every group in one sled `Db`, behind our own
-//!   [`log_store::GroupLog`] trait; appends and votes reach the disk before openraft hears
-//!   they are durable, and the flushes of all groups are batched by one [`flush::Flusher`].
+//!   [`log_store::GroupLog`] trait; appends and votes are synced to the device
+//!   ([`durable::DurableDb`]) before openraft hears they are durable, and the syncs of all
+//!   groups are batched by one [`flush::Flusher`].
+//! - [`fault`]: the node's [`StorageFault`] latch; a storage error anywhere trips it, and the
+//!   node stops serving and exits (fail-stop).
 //! - [`state_machine`]: the application's [`StateMachine`] (apply, snapshot, restore) wrapped
 //!   for openraft, with snapshots kept as files in the node's data directory.
 //! - [`transport`]: the peer port. One authenticated TCP connection per peer, shared by all
@@ -22,16 +25,21 @@
 
 pub mod codec;
 pub mod config;
+pub mod durable;
 pub mod failpoint;
+pub mod fault;
 pub mod flush;
 pub mod log_store;
 pub mod node;
 pub mod proposer;
+mod snapshot_file;
 pub mod state_machine;
 pub mod transport;
 mod types;
 
 pub use config::RaftConfig;
+pub use durable::DurableDb;
+pub use fault::StorageFault;
 pub use node::{Group, GroupError, RaftNode};
 pub use openraft;
 pub use state_machine::StateMachine;

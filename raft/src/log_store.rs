@@ -5,9 +5,10 @@
 //! trees of the node's single sled `Db` (`g/<id>/log`, keyed by big-endian index so sled's
 //! order is log order, and `g/<id>/meta`). [`LogStore`] adapts any `GroupLog` to openraft.
 //!
-//! Durability: openraft is told an append is complete (`LogFlushed`) and `save_vote`
-//! returns only after a flush that covers the write. Purge records the new purge point
-//! before deleting entries, so a crash between the two leaves a consistent log state.
+//! Durability: openraft is told an append is complete (`LogFlushed`), and `save_vote` and
+//! `truncate` return, only after a sync to the device that covers the write. Purge syncs the
+//! new purge point before deleting entries, so a crash between the two leaves a consistent
+//! log state.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -18,6 +19,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, RaftLogReader, StorageError, Vote};
 
 use crate::codec;
+use crate::fault::StorageFault;
 use crate::flush::{sled_to_io, FlushDone, Flusher};
 use crate::types::{GroupId, NodeId, TypeConfig};
 
@@ -73,6 +75,15 @@ impl SledGroupLog {
 
     fn tree_names(group: GroupId) -> (String, String) {
         (format!("g/{}/log", group.0), format!("g/{}/meta", group.0))
+    }
+
+    /// The group a tree of this store belongs to, from the tree's name.
+    pub fn group_of_tree(name: &str) -> Option<GroupId> {
+        let rest = name.strip_prefix("g/")?;
+        let (id, kind) = rest.split_once('/')?;
+        matches!(kind, "log" | "meta")
+            .then(|| id.parse().ok().map(GroupId))
+            .flatten()
     }
 }
 
@@ -146,16 +157,35 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// Adapts a [`GroupLog`] to openraft's log storage API.
+/// Adapts a [`GroupLog`] to openraft's log storage API. Every storage error it returns is
+/// also reported to the node's [`StorageFault`]: openraft stops the group for good on one.
 #[derive(Clone)]
 pub struct LogStore<L> {
     log: L,
+    fault: StorageFault,
 }
 
 impl<L: GroupLog> LogStore<L> {
-    /// Wraps `log`.
-    pub fn new(log: L) -> Self {
-        Self { log }
+    /// Wraps `log`, reporting its errors to `fault`.
+    pub fn new(log: L, fault: StorageFault) -> Self {
+        Self { log, fault }
+    }
+
+    /// Turns an I/O error into openraft's storage error, reporting it to the fault latch.
+    fn err(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+    ) -> impl FnOnce(io::Error) -> StorageError<NodeId> + '_ {
+        move |e| {
+            let e = StorageError::from_io_error(subject, verb, e);
+            self.fault.report("raft_log", &e);
+            e
+        }
+    }
+
+    fn logs_err(&self, verb: ErrorVerb) -> impl FnOnce(io::Error) -> StorageError<NodeId> + '_ {
+        self.err(ErrorSubject::Logs, verb)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -166,11 +196,11 @@ impl<L: GroupLog> LogStore<L> {
         let bytes = self
             .log
             .get_meta(key)
-            .map_err(|e| StorageError::from_io_error(subject.clone(), ErrorVerb::Read, e))?;
+            .map_err(self.err(subject.clone(), ErrorVerb::Read))?;
         bytes
             .map(|b| codec::decode(&b))
             .transpose()
-            .map_err(|e| StorageError::from_io_error(subject, ErrorVerb::Read, e.into()))
+            .map_err(|e| self.err(subject, ErrorVerb::Read)(e.into()))
     }
 
     fn write_meta<T: serde::Serialize>(
@@ -181,7 +211,7 @@ impl<L: GroupLog> LogStore<L> {
     ) -> Result<(), StorageError<NodeId>> {
         self.log
             .put_meta(key, codec::encode(value))
-            .map_err(|e| StorageError::from_io_error(subject, ErrorVerb::Write, e))
+            .map_err(self.err(subject, ErrorVerb::Write))
     }
 
     fn decode_entries(
@@ -189,17 +219,9 @@ impl<L: GroupLog> LogStore<L> {
         raw: Vec<Vec<u8>>,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         raw.iter()
-            .map(|b| {
-                codec::decode(b).map_err(|e| {
-                    StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Read, e.into())
-                })
-            })
+            .map(|b| codec::decode(b).map_err(|e| self.logs_err(ErrorVerb::Read)(e.into())))
             .collect()
     }
-}
-
-fn logs_err(verb: ErrorVerb) -> impl FnOnce(io::Error) -> StorageError<NodeId> {
-    move |e| StorageError::from_io_error(ErrorSubject::Logs, verb, e)
 }
 
 impl<L: GroupLog> RaftLogReader<TypeConfig> for LogStore<L> {
@@ -220,7 +242,7 @@ impl<L: GroupLog> RaftLogReader<TypeConfig> for LogStore<L> {
         let raw = self
             .log
             .range(start, end)
-            .map_err(logs_err(ErrorVerb::Read))?;
+            .map_err(self.logs_err(ErrorVerb::Read))?;
         self.decode_entries(raw)
     }
 }
@@ -230,11 +252,10 @@ impl<L: GroupLog> RaftLogStorage<TypeConfig> for LogStore<L> {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
-        let last = match self.log.last().map_err(logs_err(ErrorVerb::Read))? {
+        let last = match self.log.last().map_err(self.logs_err(ErrorVerb::Read))? {
             Some(bytes) => {
-                let entry: Entry<TypeConfig> = codec::decode(&bytes).map_err(|e| {
-                    StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Read, e.into())
-                })?;
+                let entry: Entry<TypeConfig> =
+                    codec::decode(&bytes).map_err(|e| self.logs_err(ErrorVerb::Read)(e.into()))?;
                 Some(entry.log_id)
             }
             None => last_purged,
@@ -254,7 +275,7 @@ impl<L: GroupLog> RaftLogStorage<TypeConfig> for LogStore<L> {
         self.log
             .flush()
             .await
-            .map_err(|e| StorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+            .map_err(self.err(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -291,7 +312,7 @@ impl<L: GroupLog> RaftLogStorage<TypeConfig> for LogStore<L> {
             .collect();
         self.log
             .append(encoded)
-            .map_err(logs_err(ErrorVerb::Write))?;
+            .map_err(self.logs_err(ErrorVerb::Write))?;
         self.log
             .flush_then(Box::new(move |result| callback.log_io_completed(result)));
         Ok(())
@@ -300,15 +321,24 @@ impl<L: GroupLog> RaftLogStorage<TypeConfig> for LogStore<L> {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.log
             .truncate_from(log_id.index)
-            .map_err(logs_err(ErrorVerb::Delete))?;
+            .map_err(self.logs_err(ErrorVerb::Delete))?;
         // Flushed so that a restart never resurrects entries a new leader replaced.
-        self.log.flush().await.map_err(logs_err(ErrorVerb::Delete))
+        self.log
+            .flush()
+            .await
+            .map_err(self.logs_err(ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // The purge point is synced before any entry goes, so no crash leaves a log that
+        // starts later than its recorded purge point says.
         self.write_meta(LAST_PURGED, &log_id, ErrorSubject::Logs)?;
         self.log
+            .flush()
+            .await
+            .map_err(self.logs_err(ErrorVerb::Write))?;
+        self.log
             .purge_through(log_id.index)
-            .map_err(logs_err(ErrorVerb::Delete))
+            .map_err(self.logs_err(ErrorVerb::Delete))
     }
 }

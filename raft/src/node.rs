@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec;
 use crate::config::RaftConfig;
+use crate::durable::{self, DurableDb};
+use crate::fault::StorageFault;
 use crate::flush::{sled_to_io, Flusher};
 use crate::log_store::{LogStore, SledGroupLog};
 use crate::proposer::Proposer;
@@ -231,8 +233,10 @@ pub struct RaftNode<S: StateMachine> {
     addr: SocketAddr,
     openraft: Arc<openraft::Config>,
     db: sled::Db,
+    durable: DurableDb,
     hosted: sled::Tree,
     flusher: Flusher,
+    fault: StorageFault,
     router: GroupRouter,
     pool: PeerPool,
     factory: StateFactory<S>,
@@ -250,17 +254,15 @@ impl<S: StateMachine> RaftNode<S> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(io_err(format!("creating {}", options.data_dir.display())))?;
         let db_path = options.data_dir.join("raft.sled");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(options.raft.log_cache_bytes)
-            .open()
-            .map_err(sled_to_io)
+        let durable = DurableDb::open(&db_path, options.raft.log_cache_bytes)
             .map_err(io_err(format!("opening {}", db_path.display())))?;
+        let db = durable.db().clone();
         let hosted = db
             .open_tree(HOSTED)
             .map_err(sled_to_io)
             .map_err(io_err("opening the group list"))?;
-        let flusher = Flusher::start(db.clone());
+        let fault = StorageFault::default();
+        let flusher = Flusher::start(durable.clone(), fault.clone());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let router = GroupRouter::default();
@@ -294,8 +296,10 @@ impl<S: StateMachine> RaftNode<S> {
             options,
             openraft,
             db,
+            durable,
             hosted,
             flusher,
+            fault,
             router,
             pool,
             factory,
@@ -303,16 +307,9 @@ impl<S: StateMachine> RaftNode<S> {
             shutdown,
             tasks,
         };
-        for key in node.hosted.iter().keys() {
-            let key = key
-                .map_err(sled_to_io)
-                .map_err(io_err("reading the group list"))?;
-            let id = GroupId(u64::from_be_bytes(key.as_ref().try_into().map_err(
-                |_| NodeError::Io {
-                    context: "reading the group list".into(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad group key"),
-                },
-            )?));
+        let hosted = node.hosted_ids()?;
+        node.remove_leftovers(&hosted)?;
+        for id in hosted {
             node.open_group(id).await?;
         }
         tracing::info!(node = node.options.node_id, addr = %node.addr, groups = node.group_ids().len(), "raft node started");
@@ -337,6 +334,75 @@ impl<S: StateMachine> RaftNode<S> {
     /// The sled database, for size accounting.
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The sled database with its sync, for other durable state kept in it.
+    pub fn durable_db(&self) -> &DurableDb {
+        &self.durable
+    }
+
+    /// The node's storage fault latch: tripped by the first storage error of any group.
+    pub fn fault(&self) -> &StorageFault {
+        &self.fault
+    }
+
+    /// The groups the durable group list says this node hosts.
+    fn hosted_ids(&self) -> Result<Vec<GroupId>, NodeError> {
+        let mut ids = Vec::new();
+        for key in self.hosted.iter().keys() {
+            let key = key
+                .map_err(sled_to_io)
+                .map_err(io_err("reading the group list"))?;
+            let bytes: [u8; 8] = key.as_ref().try_into().map_err(|_| NodeError::Io {
+                context: "reading the group list".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad group key"),
+            })?;
+            ids.push(GroupId(u64::from_be_bytes(bytes)));
+        }
+        Ok(ids)
+    }
+
+    /// Deletes what a crash in the middle of [`RaftNode::remove_group`] left of groups that
+    /// are no longer hosted (their trees, their snapshot directory), so that hosting one of
+    /// them again starts from nothing.
+    fn remove_leftovers(&self, hosted: &[GroupId]) -> Result<(), NodeError> {
+        let hosted_names: std::collections::HashSet<String> =
+            hosted.iter().map(|id| format!("g{}", id.0)).collect();
+        let mut removed = false;
+        for name in self.db.tree_names() {
+            let Some(id) = SledGroupLog::group_of_tree(&String::from_utf8_lossy(&name)) else {
+                continue;
+            };
+            if !hosted.contains(&id) {
+                tracing::info!(group = %id, "deleting the log of a replica released before a crash");
+                SledGroupLog::destroy(&self.db, id)
+                    .map_err(io_err(format!("deleting the old log of {id}")))?;
+                removed = true;
+            }
+        }
+        let groups = self.options.data_dir.join(GROUPS);
+        let entries = match std::fs::read_dir(&groups) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(format!("reading {}", groups.display()))(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(format!("reading {}", groups.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !hosted_names.contains(&name) {
+                tracing::info!(dir = %entry.path().display(), "deleting the files of a replica released before a crash");
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(io_err(format!("deleting {}", entry.path().display())))?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.durable
+                .sync()
+                .and_then(|()| durable::sync_dir(&groups))
+                .map_err(io_err("deleting the files of released replicas"))?;
+        }
+        Ok(())
     }
 
     /// Ids of the hosted groups, in order.
@@ -371,6 +437,17 @@ impl<S: StateMachine> RaftNode<S> {
         if self.group(id).is_some() {
             return Err(NodeError::AlreadyHosted(id));
         }
+        // A new replica starts from nothing: whatever an earlier replica of this group left
+        // here (a crash while it was released) must not come back as its state.
+        SledGroupLog::destroy(&self.db, id)
+            .map_err(io_err(format!("deleting the old log of {id}")))?;
+        let dir = self.group_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(format!("deleting {}", dir.display()))(e))
+            }
+            _ => {}
+        }
         self.hosted
             .insert(id.0.to_be_bytes(), &[])
             .map_err(sled_to_io)
@@ -387,10 +464,9 @@ impl<S: StateMachine> RaftNode<S> {
             .map_err(io_err(format!("opening the log of {id}")))?;
         let state = (self.factory)(id);
         let dir = self.group_dir(id);
-        let sm = GroupStateMachine::open(&dir, state).map_err(io_err(format!(
-            "opening the snapshot of {id} in {}",
-            dir.display()
-        )))?;
+        let sm = GroupStateMachine::open(&dir, state, self.fault.clone()).map_err(io_err(
+            format!("opening the snapshot of {id} in {}", dir.display()),
+        ))?;
         let reader = sm.reader();
         let network = GroupNetworkFactory::new(
             self.pool.clone(),
@@ -402,7 +478,7 @@ impl<S: StateMachine> RaftNode<S> {
             self.options.node_id,
             self.openraft.clone(),
             network,
-            LogStore::new(log),
+            LogStore::new(log, self.fault.clone()),
             sm,
         )
         .await
@@ -411,6 +487,8 @@ impl<S: StateMachine> RaftNode<S> {
             reason: e.to_string(),
         })?;
         self.router.insert(id, raft.clone());
+        self.tasks
+            .spawn(report_fatal(id, raft.metrics(), self.fault.clone()));
         let proposer = Proposer::start(raft.clone(), self.shutdown.child_token(), &self.tasks);
         let group = Group {
             id,
@@ -447,6 +525,7 @@ impl<S: StateMachine> RaftNode<S> {
             .flush()
             .await
             .map_err(io_err("forgetting the group"))?;
+        // A crash from here on leaves files that start-up and `create_group` delete.
         let dir = self.group_dir(id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -495,7 +574,30 @@ impl<S: StateMachine> RaftNode<S> {
     }
 }
 
+/// The directory of the groups' snapshot directories, in the data directory.
+const GROUPS: &str = "groups";
+
 /// Where a group's snapshot files live.
 pub fn group_dir(data_dir: &Path, id: GroupId) -> PathBuf {
-    data_dir.join("groups").join(format!("g{}", id.0))
+    data_dir.join(GROUPS).join(format!("g{}", id.0))
+}
+
+/// Reports a group that openraft stopped for good (a storage error, or a bug) other than by
+/// being shut down: the node cannot keep that replica, so it must stop.
+async fn report_fatal(
+    id: GroupId,
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    fault: StorageFault,
+) {
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                fault.report("raft_group", &format!("group {id} stopped: {fatal}"));
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }

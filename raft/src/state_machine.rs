@@ -5,14 +5,15 @@
 //! decodes commands, tracks the last applied log id and membership, and keeps the group's
 //! latest snapshot as `current.snap` in the group's own directory.
 //!
-//! A snapshot file is self-describing: a big-endian `u32` header length, the header
-//! (openraft's `SnapshotMeta`), then the application's bytes. The whole file is what a
-//! leader streams to a follower, so the follower's copy is the same file. A snapshot is
-//! written to a temporary file, synced and renamed into place, and never replaces a newer
-//! one, so after a crash `current.snap` is always a complete snapshot.
+//! A snapshot file is self-describing and checksummed ([`crate::snapshot_file`]). The whole
+//! file is what a leader streams to a follower, so the follower's copy is the same file,
+//! checked before it is restored. A snapshot is written to a temporary file, synced and
+//! renamed into place (the directory synced after), and never replaces a newer one, so
+//! after a crash `current.snap` is always a complete snapshot. A snapshot that cannot be
+//! written or installed trips the node's [`StorageFault`].
 
 use std::fs;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -20,13 +21,15 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder,
-    SnapshotMeta, StorageError, StoredMembership,
+    StorageError, StoredMembership,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::codec;
+use crate::fault::StorageFault;
 use crate::proposer::Batch;
+use crate::snapshot_file;
 use crate::types::{NodeId, Payload, TypeConfig};
 
 /// What the application replicates. `apply` must be deterministic: every replica applies
@@ -53,7 +56,7 @@ pub trait StateMachine: Send + Sync + 'static {
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
 }
 
-type Meta = SnapshotMeta<NodeId, BasicNode>;
+use snapshot_file::Meta;
 
 const CURRENT: &str = "current.snap";
 const INCOMING: &str = "incoming.part";
@@ -74,6 +77,7 @@ struct Shared<S> {
     /// Metadata of `current.snap`; held while replacing or opening it.
     current: Mutex<Option<Meta>>,
     seq: AtomicU64,
+    fault: StorageFault,
 }
 
 /// Read access to a group's applied state.
@@ -105,19 +109,31 @@ impl<S> Clone for GroupStateMachine<S> {
     }
 }
 
-fn sm_err(verb: ErrorVerb) -> impl FnOnce(io::Error) -> StorageError<NodeId> {
-    move |e| StorageError::from_io_error(ErrorSubject::StateMachine, verb, e)
+fn sm_err(
+    fault: &StorageFault,
+    verb: ErrorVerb,
+) -> impl FnOnce(io::Error) -> StorageError<NodeId> + '_ {
+    move |e| {
+        let e = StorageError::from_io_error(ErrorSubject::StateMachine, verb, e);
+        fault.report("snapshot", &e);
+        e
+    }
 }
 
-fn snap_err(
+fn snap_err<'a>(
+    fault: &'a StorageFault,
     meta: Option<&Meta>,
     verb: ErrorVerb,
-) -> impl FnOnce(io::Error) -> StorageError<NodeId> {
+) -> impl FnOnce(io::Error) -> StorageError<NodeId> + 'a {
     let subject = match meta {
         Some(m) => ErrorSubject::Snapshot(Some(m.signature())),
         None => ErrorSubject::Snapshot(None),
     };
-    move |e| StorageError::from_io_error(subject, verb, e)
+    move |e| {
+        let e = StorageError::from_io_error(subject, verb, e);
+        fault.report("snapshot", &e);
+        e
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -132,8 +148,15 @@ impl<S: StateMachine> GroupStateMachine<S> {
     /// Opens the state machine of a group whose files live in `dir`: `state` is restored
     /// from the latest snapshot there, if any, and leftovers of interrupted transfers are
     /// removed.
-    pub fn open(dir: &Path, mut state: S) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+    ///
+    /// Snapshots that cannot be written or installed later are reported to `fault`.
+    pub fn open(dir: &Path, mut state: S, fault: StorageFault) -> io::Result<Self> {
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                crate::durable::sync_dir(parent)?;
+            }
+        }
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             if path.file_name().is_some_and(|n| n != CURRENT) {
@@ -143,9 +166,8 @@ impl<S: StateMachine> GroupStateMachine<S> {
         let current = dir.join(CURRENT);
         let mut applied_meta = None;
         if current.exists() {
-            let mut input = BufReader::new(fs::File::open(&current)?);
-            let meta = read_header(&mut input)?;
-            state.restore(&mut input)?;
+            let (meta, mut body) = snapshot_file::open_verified(&current)?;
+            state.restore(&mut body)?;
             state.advance(meta.last_log_id.map_or(0, |l| l.index));
             applied_meta = Some(meta);
         }
@@ -163,6 +185,7 @@ impl<S: StateMachine> GroupStateMachine<S> {
                 dir: dir.to_path_buf(),
                 current: Mutex::new(applied_meta),
                 seq: AtomicU64::new(0),
+                fault,
             }),
         })
     }
@@ -215,28 +238,6 @@ impl<S> Shared<S> {
     }
 }
 
-fn write_header(out: &mut impl Write, meta: &Meta) -> io::Result<()> {
-    let header = codec::encode(meta);
-    let len = u32::try_from(header.len()).map_err(io::Error::other)?;
-    out.write_all(&len.to_be_bytes())?;
-    out.write_all(&header)
-}
-
-fn read_header(input: &mut impl Read) -> io::Result<Meta> {
-    let mut len = [0u8; 4];
-    input.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > 64 * 1024 * 1024 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "snapshot header too large",
-        ));
-    }
-    let mut header = vec![0u8; len];
-    input.read_exact(&mut header)?;
-    Ok(codec::decode(&header)?)
-}
-
 /// Builds snapshots of a group in the background while it keeps applying.
 pub struct GroupSnapshotBuilder<S> {
     shared: Arc<Shared<S>>,
@@ -257,24 +258,24 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder<S
                         shared.seq.fetch_add(1, Ordering::Relaxed),
                     ),
                 };
-                let mut out = BufWriter::new(fs::File::create(&tmp)?);
-                write_header(&mut out, &meta)?;
-                applied.state.snapshot(&mut out)?;
-                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                snapshot_file::write(&tmp, &meta, |out| applied.state.snapshot(out))?;
                 meta
             };
             shared.promote(&tmp, &meta)?;
             Ok(meta)
         })
         .await
-        .map_err(sm_err(ErrorVerb::Write))?;
+        .map_err(sm_err(&self.shared.fault, ErrorVerb::Write))?;
         tracing::debug!(snapshot = %meta.snapshot_id, "built snapshot");
-        let snapshot = self
-            .shared
-            .open_current()
-            .map_err(snap_err(Some(&meta), ErrorVerb::Read))?;
+        let snapshot = self.shared.open_current().map_err(snap_err(
+            &self.shared.fault,
+            Some(&meta),
+            ErrorVerb::Read,
+        ))?;
         snapshot.ok_or_else(|| {
-            snap_err(Some(&meta), ErrorVerb::Read)(io::Error::other("snapshot vanished"))
+            snap_err(&self.shared.fault, Some(&meta), ErrorVerb::Read)(io::Error::other(
+                "snapshot vanished",
+            ))
         })
     }
 }
@@ -365,7 +366,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             .truncate(true)
             .open(self.shared.dir.join(INCOMING))
             .await
-            .map_err(snap_err(None, ErrorVerb::Write))?;
+            .map_err(snap_err(&self.shared.fault, None, ErrorVerb::Write))?;
         Ok(Box::new(file))
     }
 
@@ -374,7 +375,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         meta: &Meta,
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
-        let err = |verb| snap_err(Some(meta), verb);
+        let fault = self.shared.fault.clone();
+        let err = |verb| snap_err(&fault, Some(meta), verb);
         // Copy whatever handle we were given into a file of our own, then check it
         // describes the snapshot openraft says it is before applying it.
         let tmp = self.shared.temp_path();
@@ -396,8 +398,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         let shared = self.shared.clone();
         let expected = meta.clone();
         blocking(move || {
-            let mut input = BufReader::new(fs::File::open(&tmp)?);
-            let header = read_header(&mut input)?;
+            // The whole body is checked against its checksum before any of it is applied.
+            let (header, mut input) = snapshot_file::open_verified(&tmp)?;
             if header != expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -431,6 +433,6 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         self.shared
             .open_current()
-            .map_err(snap_err(None, ErrorVerb::Read))
+            .map_err(snap_err(&self.shared.fault, None, ErrorVerb::Read))
     }
 }

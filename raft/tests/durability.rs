@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use linkrift_raft::flush::{FlushDone, Flusher};
 use linkrift_raft::log_store::{GroupLog, LogStore, SledGroupLog};
-use linkrift_raft::{GroupId, NodeId, TypeConfig};
+use linkrift_raft::{DurableDb, GroupId, NodeId, StorageFault, TypeConfig};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 
@@ -94,13 +94,19 @@ async fn still_waiting<T>(task: &mut tokio::task::JoinHandle<T>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_and_votes_complete_only_after_their_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
+    let durable = DurableDb::open(&dir.path().join("raft.sled"), 1 << 20).unwrap();
+    let db = durable.db().clone();
     let log = GatedLog {
-        inner: SledGroupLog::open(&db, Flusher::start(db.clone()), GroupId(1)).unwrap(),
+        inner: SledGroupLog::open(
+            &db,
+            Flusher::start(durable, StorageFault::default()),
+            GroupId(1),
+        )
+        .unwrap(),
         held: Arc::default(),
     };
 
-    let mut store = LogStore::new(log.clone());
+    let mut store = LogStore::new(log.clone(), StorageFault::default());
     let mut append = tokio::spawn(async move { store.blocking_append([entry(1), entry(2)]).await });
     eventually("the append to ask for a flush", || log.held() == 1).await;
     // The flush is held: the append must still be waiting for it.
@@ -114,7 +120,7 @@ async fn appends_and_votes_complete_only_after_their_flush() {
         .unwrap()
         .expect("append completes once flushed");
 
-    let mut store = LogStore::new(log.clone());
+    let mut store = LogStore::new(log.clone(), StorageFault::default());
     let mut vote = tokio::spawn(async move {
         let v: Vote<NodeId> = Vote::new(2, 1);
         store.save_vote(&v).await
@@ -127,7 +133,7 @@ async fn appends_and_votes_complete_only_after_their_flush() {
     log.open_gate();
     vote.await.unwrap().expect("vote saved once flushed");
 
-    let mut store = LogStore::new(log.clone());
+    let mut store = LogStore::new(log.clone(), StorageFault::default());
     assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id.map(|l| l.index), Some(2));

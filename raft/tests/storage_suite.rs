@@ -5,7 +5,7 @@ mod support;
 use linkrift_raft::flush::Flusher;
 use linkrift_raft::log_store::{LogStore, SledGroupLog};
 use linkrift_raft::state_machine::GroupStateMachine;
-use linkrift_raft::{GroupId, NodeId, TypeConfig};
+use linkrift_raft::{DurableDb, GroupId, NodeId, StorageFault, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use support::Kv;
@@ -26,15 +26,21 @@ impl StoreBuilder<TypeConfig, LogStore<SledGroupLog>, GroupStateMachine<Kv>, tem
         StorageError<NodeId>,
     > {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::open(dir.path().join("raft.sled")).expect("sled opens");
+        let durable = DurableDb::open(&dir.path().join("raft.sled"), 1 << 20).expect("sled opens");
+        let db = durable.db().clone();
+        let flusher = Flusher::start(durable, StorageFault::default());
         // Two groups in one Db, as on a real node: the suite's group must not see the other.
-        let other = SledGroupLog::open(&db, Flusher::start(db.clone()), GroupId(2)).expect("log");
+        let other = SledGroupLog::open(&db, flusher.clone(), GroupId(2)).expect("log");
         linkrift_raft::log_store::GroupLog::append(&other, vec![(1, b"not ours".to_vec())])
             .expect("append");
-        let log = SledGroupLog::open(&db, Flusher::start(db.clone()), GroupId(1)).expect("log");
-        let sm =
-            GroupStateMachine::open(&dir.path().join("g1"), Kv::default()).expect("state machine");
-        Ok((dir, LogStore::new(log), sm))
+        let log = SledGroupLog::open(&db, flusher, GroupId(1)).expect("log");
+        let sm = GroupStateMachine::open(
+            &dir.path().join("g1"),
+            Kv::default(),
+            StorageFault::default(),
+        )
+        .expect("state machine");
+        Ok((dir, LogStore::new(log, StorageFault::default()), sm))
     }
 }
 

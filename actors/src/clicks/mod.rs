@@ -106,10 +106,14 @@ enum Writer {
 
 impl Clicks {
     /// Starts the click actor (and, for ClickHouse, its shipper) writing to `sink`.
+    ///
+    /// A batch that cannot be written (to the roll-up log or the spool) trips `fault`: the
+    /// node stops, rather than go on dropping every click.
     pub fn start(
         sink: ClickSink,
         ip: IpPolicy,
         countries: Option<Countries>,
+        fault: linkrift_raft::StorageFault,
     ) -> std::io::Result<Self> {
         // Every series exists from the start, so rates and alerts see zeros, not gaps.
         metrics::counter!("clicks_enqueued_total").increment(0);
@@ -149,6 +153,7 @@ impl Clicks {
             flush_rx,
             writer,
             Describer::new(ip, countries),
+            fault,
         ));
         Ok(Self {
             queue,
@@ -201,6 +206,7 @@ async fn run(
     mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     writer: Writer,
     mut describer: Describer,
+    fault: linkrift_raft::StorageFault,
 ) {
     let mut batch: Vec<ClickEvent> = Vec::with_capacity(BATCH);
     let mut taken: Vec<RawClick> = Vec::new();
@@ -231,6 +237,7 @@ async fn run(
                 write(
                     &writer,
                     std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+                    &fault,
                 )
                 .await;
                 written = tokio::time::Instant::now();
@@ -240,6 +247,7 @@ async fn run(
             write(
                 &writer,
                 std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
+                &fault,
             )
             .await;
             written = tokio::time::Instant::now();
@@ -250,7 +258,7 @@ async fn run(
     }
 }
 
-async fn write(writer: &Writer, events: Vec<ClickEvent>) {
+async fn write(writer: &Writer, events: Vec<ClickEvent>, fault: &linkrift_raft::StorageFault) {
     let n = events.len() as u64;
     let written = match writer {
         Writer::Embedded(rollups) => {
@@ -291,6 +299,11 @@ async fn write(writer: &Writer, events: Vec<ClickEvent>) {
         Err(e) => {
             tracing::error!(error = %e, clicks = n, "could not store clicks");
             metrics::counter!("clicks_dropped_total", "reason" => "store_error").increment(n);
+            let source = match writer {
+                Writer::Embedded(_) => "click_log",
+                Writer::Spool { .. } => "click_spool",
+            };
+            fault.report(source, &e);
         }
     }
 }

@@ -267,6 +267,7 @@ impl InMemory {
 #[derive(Clone)]
 pub struct Rollups {
     hours: sled::Tree,
+    durable: linkrift_raft::DurableDb,
     memory: Arc<Mutex<InMemory>>,
     log: Arc<Mutex<Spool>>,
 }
@@ -278,7 +279,12 @@ fn io_error(e: std::io::Error) -> sled::Error {
 impl Rollups {
     /// Opens (or creates) the store: its tree in `db`, its write-ahead log in `log_dir`
     /// (at most `max_log_bytes`), whose batches not yet merged are added up again.
-    pub fn open(db: &sled::Db, log_dir: &Path, max_log_bytes: u64) -> sled::Result<Self> {
+    pub fn open(
+        durable: &linkrift_raft::DurableDb,
+        log_dir: &Path,
+        max_log_bytes: u64,
+    ) -> sled::Result<Self> {
+        let db = durable.db();
         // The trees of the first format (a write per dimension per click), before any
         // release: not read any more.
         for old in ["click_rollups", "click_visitors"] {
@@ -323,6 +329,7 @@ impl Rollups {
         }
         Ok(Self {
             hours,
+            durable: durable.clone(),
             memory: Arc::new(Mutex::new(memory)),
             log: Arc::new(Mutex::new(log)),
         })
@@ -452,8 +459,9 @@ impl Rollups {
             }
             memory.oldest_unmerged()
         };
-        // The merged roll-ups must be on disk before the log that could rebuild them goes.
-        self.hours.flush()?;
+        // The merged roll-ups must be on the device before the log that could rebuild them
+        // goes.
+        self.durable.sync().map_err(io_error)?;
         match forget_before {
             Some(0) => Ok(()),
             Some(first) => log.remove_through(first - 1).map_err(io_error),
@@ -542,7 +550,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         {
-            let db = sled::open(dir.path().join("db")).unwrap();
+            let db = linkrift_raft::DurableDb::open(&dir.path().join("db"), 1 << 20).unwrap();
             let r = Rollups::open(&db, &log, 1 << 30).unwrap();
             assert!(r.record(&clicks("a", 10, H, CHROME)).unwrap());
             r.merge().unwrap();
@@ -555,10 +563,10 @@ mod tests {
             let t = r.tally("a", H, H, Bots::Include).unwrap();
             assert_eq!(t.hours, BTreeMap::from([(H, 10)]), "one hour only");
             assert_eq!(t.dims["country"], BTreeMap::from([("BR".to_string(), 10)]));
-            db.flush().unwrap();
+            db.sync().unwrap();
         }
         // Reopened (as after a crash): the batch only in memory comes back from the log.
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = linkrift_raft::DurableDb::open(&dir.path().join("db"), 1 << 20).unwrap();
         let r = Rollups::open(&db, &log, 1 << 30).unwrap();
         assert_eq!(total(&r, "a", Bots::Include), (15, 6));
         r.merge().unwrap();
@@ -575,7 +583,7 @@ mod tests {
     fn a_partial_merge_and_a_restart_count_every_click_once() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = linkrift_raft::DurableDb::open(&dir.path().join("db"), 1 << 20).unwrap();
         {
             let r = Rollups::open(&db, &log, 1 << 30).unwrap();
             for code in ["a", "b", "c"] {
@@ -606,7 +614,7 @@ mod tests {
     fn a_full_log_is_merged_and_the_batch_taken() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = linkrift_raft::DurableDb::open(&dir.path().join("db"), 1 << 20).unwrap();
         let batch = clicks("a", 50, H, CHROME);
         let size = {
             let probe = tempfile::tempdir().unwrap();
@@ -629,7 +637,7 @@ mod tests {
     fn a_batch_merged_but_still_in_the_log_is_not_counted_twice() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = linkrift_raft::DurableDb::open(&dir.path().join("db"), 1 << 20).unwrap();
         let batch = clicks("a", 4, H, CHROME);
         {
             let r = Rollups::open(&db, &log, 1 << 30).unwrap();

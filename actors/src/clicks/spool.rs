@@ -133,6 +133,7 @@ impl Spool {
     /// Writes a batch (synced) behind the others. `Ok(false)`: the spool is full, and the
     /// batch was not written.
     pub fn push(&mut self, batch: &[ClickEvent]) -> io::Result<bool> {
+        linkrift_raft::failpoint::error_if_armed(linkrift_raft::failpoint::CLICK_WRITE_ERROR)?;
         let bytes = encode(batch)?;
         if self.bytes() + bytes.len() as u64 > self.max_bytes {
             return Ok(false);
