@@ -1114,6 +1114,13 @@ impl Core {
                 Err(Refusal::Failed(e)) => return Err(ServiceError::Internal(e)),
                 Err(r) => r,
             };
+            if let Some(reason) = self.node.fault().reason() {
+                // This node is about to exit; the client retries elsewhere sooner than
+                // this node could find the shard's leader for it.
+                return Err(ServiceError::Unavailable(format!(
+                    "this node's storage failed ({reason}); try another node"
+                )));
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ServiceError::Unavailable(format!("shard {shard}: {last}")));

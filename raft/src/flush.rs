@@ -123,6 +123,9 @@ async fn sync(db: &DurableDb) -> io::Result<()> {
 pub fn sled_to_io(e: sled::Error) -> io::Error {
     match e {
         sled::Error::Io(e) => e,
+        corrupt @ sled::Error::Corruption { .. } => {
+            io::Error::new(io::ErrorKind::InvalidData, corrupt.to_string())
+        }
         other => io::Error::other(other.to_string()),
     }
 }

@@ -73,6 +73,20 @@ pub enum NodeError {
         /// openraft's reason.
         reason: String,
     },
+    /// What is on disk is damaged (a checksum or a decode failed, or sled found its files
+    /// corrupt): the node's copy cannot be trusted.
+    #[error(
+        "{what} is damaged ({detail}). Do not repair this data directory by hand: start the \
+         node on an empty data directory with --join to rejoin the cluster as a new node, and \
+         the cluster re-creates its replicas from the others (docs/OPERATIONS.md, \"Restoring \
+         a node\")"
+    )]
+    Damaged {
+        /// What was being read.
+        what: String,
+        /// What was wrong with it.
+        detail: std::io::Error,
+    },
     /// The group is already hosted here.
     #[error("group {0} is already hosted on this node")]
     AlreadyHosted(GroupId),
@@ -84,6 +98,21 @@ pub enum NodeError {
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     let context = context.into();
     move |source| NodeError::Io { context, source }
+}
+
+/// Like [`io_err`], but damaged data (`InvalidData`) is [`NodeError::Damaged`].
+fn read_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| match source.kind() {
+        std::io::ErrorKind::InvalidData => NodeError::Damaged {
+            what,
+            detail: source,
+        },
+        _ => NodeError::Io {
+            context: format!("reading {what}"),
+            source,
+        },
+    }
 }
 
 /// Why a proposal or membership change on a group failed.
@@ -254,8 +283,9 @@ impl<S: StateMachine> RaftNode<S> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(io_err(format!("creating {}", options.data_dir.display())))?;
         let db_path = options.data_dir.join("raft.sled");
-        let durable = DurableDb::open(&db_path, options.raft.log_cache_bytes)
-            .map_err(io_err(format!("opening {}", db_path.display())))?;
+        let durable = DurableDb::open(&db_path, options.raft.log_cache_bytes).map_err(read_err(
+            format!("the Raft log store {}", db_path.display()),
+        ))?;
         let db = durable.db().clone();
         let hosted = db
             .open_tree(HOSTED)
@@ -464,8 +494,8 @@ impl<S: StateMachine> RaftNode<S> {
             .map_err(io_err(format!("opening the log of {id}")))?;
         let state = (self.factory)(id);
         let dir = self.group_dir(id);
-        let sm = GroupStateMachine::open(&dir, state, self.fault.clone()).map_err(io_err(
-            format!("opening the snapshot of {id} in {}", dir.display()),
+        let sm = GroupStateMachine::open(&dir, state, self.fault.clone()).map_err(read_err(
+            format!("the snapshot of {id} in {}", dir.display()),
         ))?;
         let reader = sm.reader();
         let network = GroupNetworkFactory::new(

@@ -252,6 +252,72 @@ async fn removed_group_leaves_no_data_and_stays_gone_after_restart() {
     nodes[0].stop().await;
 }
 
+/// Copies the files of `from` into `to` (a directory tree of plain files).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A crash inside `remove_group`, after the group left the durable group list but before
+/// its snapshot directory was deleted, left `current.snap` behind; hosting the shard again
+/// restored the old replica's state and membership from it (issue 17, item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_hosted_again_after_a_crash_inside_its_removal_starts_empty() {
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = vec![TestNode::start(root.path(), 1, test_config()).await];
+    let id = linkrift_raft::GroupId(1);
+    let group = nodes[0].node().create_group(id).await.unwrap();
+    group
+        .initialize(BTreeMap::from([(1, nodes[0].addr.to_string())]))
+        .await
+        .unwrap();
+    wait_leader(&nodes, 1, LONG).await;
+    write(&nodes, 1, set("k", "old incarnation"), LONG).await;
+    group.raft().trigger().snapshot().await.unwrap();
+    let dir = linkrift_raft::node::group_dir(&nodes[0].dir, id);
+    wait_for("the snapshot file", LONG, || {
+        dir.join("current.snap").exists().then_some(())
+    })
+    .await;
+    let kept = root.path().join("kept");
+    copy_tree(&dir, &kept);
+    drop(group);
+
+    nodes[0].node().remove_group(id).await.unwrap();
+    nodes[0].stop().await;
+    // As if the process had died after the flush and before the directory was deleted.
+    copy_tree(&kept, &dir);
+    nodes[0].restart().await;
+    assert!(nodes[0].node().group_ids().is_empty());
+    assert!(
+        !dir.exists(),
+        "start-up deletes the directory of a group it does not host"
+    );
+
+    // And should a leftover appear anyway, hosting the group again starts from nothing.
+    copy_tree(&kept, &dir);
+    let again = nodes[0].node().create_group(id).await.unwrap();
+    again.read(|a| {
+        assert_eq!(a.last_applied, None, "the new replica applied nothing");
+        assert!(
+            a.state.map.is_empty(),
+            "old state came back: {:?}",
+            a.state.map
+        );
+        assert_eq!(a.membership.membership().voter_ids().count(), 0);
+    });
+    nodes[0].stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_and_each_gets_its_own_response() {
     support::init_tracing();
