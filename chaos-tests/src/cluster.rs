@@ -93,6 +93,21 @@ impl Node {
         }
     }
 
+    /// How the process ended, for a report: its exit status or signal, or that it was
+    /// never started (or already reaped).
+    pub fn exit_description(&mut self) -> String {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => match (status.code(), status.signal()) {
+                (_, Some(signal)) => format!("killed by signal {signal}"),
+                (Some(code), _) => format!("exited with status {code}"),
+                _ => status.to_string(),
+            },
+            Some(Ok(None)) => "still running".into(),
+            Some(Err(e)) => format!("status unknown: {e}"),
+            None => "not started".into(),
+        }
+    }
+
     /// Starts the process and waits for its serving line (its id).
     pub fn start(&mut self, bin: &Path, launch: &Launch) -> Result<()> {
         let log = std::fs::OpenOptions::new()
@@ -383,12 +398,25 @@ impl Cluster {
         Ok(text)
     }
 
-    /// Lines of the nodes' logs that report a panic.
-    pub fn panics(&self) -> Vec<String> {
+    /// Lines of the nodes' logs that report a death or a fatal error: a panic, a failed
+    /// allocation (Rust's allocation-failure abort), a fatal runtime error or stack
+    /// overflow, a storage fail-stop. A failpoint's own abort says "failpoint ... fired"
+    /// instead and is planned.
+    pub fn deaths_in_logs(&self) -> Vec<String> {
+        const MARKERS: [&str; 5] = [
+            "panicked",
+            "memory allocation of",
+            "fatal runtime error",
+            "has overflowed its stack",
+            "storage failed",
+        ];
         let mut found = Vec::new();
         for n in &self.nodes {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            for line in text.lines().filter(|l| l.contains("panicked")) {
+            for line in text
+                .lines()
+                .filter(|l| MARKERS.iter().any(|m| l.contains(m)))
+            {
                 found.push(format!("node {}: {line}", n.index));
             }
         }

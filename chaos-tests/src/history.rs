@@ -100,6 +100,11 @@ pub struct FaultRecord {
     /// If not, what was still waiting at the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsettled: Option<String>,
+    /// Members found not running once the fault was over, which the fault had not
+    /// stopped for good (every fault restarts what it stops): each an unplanned exit, with
+    /// its status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplanned_exits: Vec<String>,
     /// Nodes killed abruptly (SIGKILL or abort) and when: clicks they had queued are lost.
     pub crashes: Vec<(usize, u64)>,
 }

@@ -274,7 +274,12 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
             f.unsettled.as_deref().unwrap_or("?")
         ));
     }
-    anomalies.extend(env.cluster.panics());
+    for f in &faults {
+        for exit in &f.unplanned_exits {
+            anomalies.push(format!("after {}: {exit}", f.name));
+        }
+    }
+    anomalies.extend(env.cluster.deaths_in_logs());
     anomalies.extend(unexpected.lock().unwrap().iter().take(20).cloned());
 
     let count = |f: &dyn Fn(&Op) -> bool| history.iter().filter(|o| f(o)).count();

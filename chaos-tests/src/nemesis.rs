@@ -162,12 +162,20 @@ impl Env {
                 crashes: vec![],
             },
         };
-        // Whatever happened, nothing stays broken for the next fault.
+        // Whatever happened, nothing stays broken for the next fault. Every fault starts
+        // again what it stopped, so a member that is not running died by itself (an
+        // abort, a signal, a fail-stop, a start that failed): an anomaly, never hidden by
+        // the restart.
         let _ = self.net.heal();
+        let mut unplanned_exits = Vec::new();
         for &i in &self.members.clone() {
             let node = self.cluster.node(i);
             node.signal("CONT");
             if !node.is_running() {
+                unplanned_exits.push(format!(
+                    "node {i} was not running after the fault ({})",
+                    node.exit_description()
+                ));
                 let _ = self.cluster.start(i, &Launch::default());
             }
         }
@@ -187,6 +195,7 @@ impl Env {
             detail: done.detail,
             settled: settled.is_ok(),
             unsettled: settled.err().map(|e| e.to_string()),
+            unplanned_exits,
             crashes: done.crashes,
         }
     }
