@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::disk::PowerDisk;
+
 /// The admin key every node of a run shares.
 pub const ADMIN_KEY: &str = "chaos-admin-key-0123456789";
 const SECRET: &str = "chaos-cluster-secret";
@@ -60,11 +62,15 @@ pub struct Node {
     /// Whether it was started with `--join` (only read with an empty data directory).
     join: Option<String>,
     common: Vec<String>,
+    /// The mount its data directory is on, which a power cut acts on.
+    disk: Option<PowerDisk>,
 }
 
 /// The nodes of a run, and what they share.
 pub struct Cluster {
     pub bin: PathBuf,
+    /// The `faultfs` program, if each node's data is to be on a mount of its own.
+    faultfs: Option<PathBuf>,
     pub root: PathBuf,
     pub nodes: Vec<Node>,
     base_port: u16,
@@ -191,6 +197,17 @@ impl Node {
         Some(status.signal() == Some(signal))
     }
 
+    /// A power cut: SIGKILL, then every write it did not sync is forgotten. Returns whether
+    /// it was running, and how many unsynced bytes were lost.
+    pub fn power_cut(&mut self) -> Result<(bool, u64)> {
+        let killed = self.kill();
+        let disk = self
+            .disk
+            .as_mut()
+            .context("this node's data is not on a faultfs mount")?;
+        Ok((killed, disk.cut()?))
+    }
+
     /// Kills it and deletes its data (its log file stays): it starts anew, joining `seed`.
     pub fn wipe(&mut self, seed: String) {
         self.kill();
@@ -227,16 +244,19 @@ fn free_ports(n: u16, seed: u64) -> u16 {
 
 impl Cluster {
     /// Nodes 1..=`count` (not started); node 1 bootstraps, the others join it.
+    /// With `faultfs`, each node's data directory is on a mount of its own.
     pub fn new(
         bin: PathBuf,
+        faultfs: Option<PathBuf>,
         root: PathBuf,
         count: usize,
         common: Vec<String>,
         seed: u64,
-    ) -> Cluster {
+    ) -> Result<Cluster> {
         let base_port = free_ports(3 * 16, seed);
         let mut cluster = Cluster {
             bin,
+            faultfs,
             root,
             nodes: Vec::new(),
             base_port,
@@ -248,16 +268,32 @@ impl Cluster {
                 .unwrap(),
         };
         for _ in 0..count {
-            cluster.add();
+            cluster.add()?;
         }
-        cluster
+        Ok(cluster)
+    }
+
+    /// Whether the nodes' data directories are on `faultfs` mounts (power cuts work).
+    pub fn has_power_disks(&self) -> bool {
+        self.faultfs.is_some()
     }
 
     /// Declares one more node (not started), joining node 1.
-    pub fn add(&mut self) -> usize {
+    pub fn add(&mut self) -> Result<usize> {
         let index = self.nodes.len() + 1;
         let port = self.base_port + 3 * index as u16;
         let join = (index > 1).then(|| self.nodes[0].cluster_addr());
+        let disk = match &self.faultfs {
+            Some(bin) => Some(PowerDisk::mount(
+                bin,
+                self.root.join(format!("n{index}.disk")),
+            )?),
+            None => None,
+        };
+        let dir = match &disk {
+            Some(disk) => disk.mount.join("data"),
+            None => self.root.join(format!("n{index}")),
+        };
         self.nodes.push(Node {
             index,
             id: 0,
@@ -265,13 +301,14 @@ impl Cluster {
             http: port,
             peer: port + 1,
             cluster: port + 2,
-            dir: self.root.join(format!("n{index}")),
+            dir,
             log: self.root.join(format!("n{index}.log")),
             child: None,
             join,
             common: self.common.clone(),
+            disk,
         });
-        index
+        Ok(index)
     }
 
     pub fn node(&mut self, index: usize) -> &mut Node {

@@ -10,6 +10,7 @@ mod check;
 #[path = "../../node/tests/support/clickhouse.rs"]
 mod clickhouse;
 mod cluster;
+mod disk;
 mod history;
 mod nemesis;
 mod net;
@@ -57,6 +58,13 @@ struct Args {
     /// The `linkrift` binary, built with the `failpoints` feature.
     #[arg(long, env = "LINKRIFT_CHAOS_BIN")]
     binary: PathBuf,
+    /// The `faultfs` program: each node's data directory goes on a mount of its own, and
+    /// the rounds include power cuts (one member, and every member at once).
+    #[arg(long, env = "LINKRIFT_CHAOS_FAULTFS")]
+    faultfs: Option<PathBuf>,
+    /// Only these faults (by the name the run prints, e.g. `PowerCutAll`); repeatable.
+    #[arg(long)]
+    only: Vec<String>,
     /// Where runs keep their directories.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
@@ -152,7 +160,11 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
         ch.url.clone(),
     ];
     let binary = args.binary.canonicalize().context("the linkrift binary")?;
-    let mut cluster = Cluster::new(binary, root.clone(), count, common, seed);
+    let faultfs = match &args.faultfs {
+        Some(path) => Some(path.canonicalize().context("the faultfs binary")?),
+        None => None,
+    };
+    let mut cluster = Cluster::new(binary, faultfs, root.clone(), count, common, seed)?;
     for i in 1..=count {
         cluster.start(i, &Launch::default())?;
         if i == 1 {
@@ -196,7 +208,12 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
     let mut faults = Vec::new();
     let until = t0 + Duration::from_secs(minutes(args) * 60);
     loop {
-        let round = Fault::round(&mut env.rng, matches!(args.profile, Profile::Long));
+        let mut round = Fault::round(
+            &mut env.rng,
+            matches!(args.profile, Profile::Long),
+            env.cluster.has_power_disks(),
+        );
+        round.retain(|f| args.only.is_empty() || args.only.contains(&f.name()));
         for fault in round {
             let record = env.run(fault).await;
             println!(

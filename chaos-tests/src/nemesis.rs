@@ -35,11 +35,16 @@ pub enum Fault {
     PostgresDown,
     ClickHouseDown,
     Failpoint(&'static str),
+    /// A member loses power: SIGKILL, and every write it did not sync is forgotten.
+    PowerCut,
+    /// Every member loses power at once.
+    PowerCutAll,
 }
 
 impl Fault {
-    /// The faults of one round, in an order drawn from `rng` (a join always before its leave).
-    pub fn round(rng: &mut StdRng, rejoin: bool) -> Vec<Fault> {
+    /// The faults of one round, in an order drawn from `rng` (a join always before its leave);
+    /// power cuts only with `power` (the nodes' data on faultfs mounts).
+    pub fn round(rng: &mut StdRng, rejoin: bool, power: bool) -> Vec<Fault> {
         use linkrift_raft::failpoint::{AFTER_FLUSH, APPLY, BEFORE_FLUSH};
         let mut faults = vec![
             Fault::KillMinority,
@@ -59,6 +64,9 @@ impl Fault {
         ];
         if rejoin {
             faults.push(Fault::RemoveWipeRejoin);
+        }
+        if power {
+            faults.extend([Fault::PowerCut, Fault::PowerCutAll]);
         }
         faults.shuffle(rng);
         let at = rng.gen_range(0..=faults.len());
@@ -139,6 +147,35 @@ impl Env {
         })
     }
 
+    /// Cuts the power of `nodes` at once, holds, and starts them again.
+    async fn power_cut(&mut self, nodes: Vec<usize>) -> Result<Done> {
+        let at = micros(self.t0);
+        let mut fired = true;
+        let mut lost = Vec::new();
+        // Every process first, then every disk: the cut is one moment for all of them.
+        let mut killed = Vec::new();
+        for &k in &nodes {
+            killed.push(self.cluster.node(k).kill());
+        }
+        for &k in &nodes {
+            let (_, bytes) = self.cluster.node(k).power_cut()?;
+            lost.push(format!("node {k} {bytes} bytes"));
+        }
+        fired &= killed.iter().all(|&k| k);
+        tokio::time::sleep(self.hold).await;
+        for &k in &nodes {
+            self.cluster.start(k, &Launch::default())?;
+        }
+        Ok(Done {
+            fired,
+            detail: format!(
+                "power cut (SIGKILL, unsynced writes forgotten: {}), restarted",
+                lost.join(", ")
+            ),
+            crashes: nodes.iter().map(|&k| (k, at)).collect(),
+        })
+    }
+
     async fn partition(&mut self, pairs: Vec<(String, String)>, what: String) -> Result<Done> {
         self.net.drop_between(&pairs)?;
         let rules = self.net.rules()?;
@@ -202,6 +239,11 @@ impl Env {
 
     async fn inflict(&mut self, fault: Fault) -> Result<Done> {
         match fault {
+            Fault::PowerCut => {
+                let k = self.any_member();
+                self.power_cut(vec![k]).await
+            }
+            Fault::PowerCutAll => self.power_cut(self.members.clone()).await,
             Fault::KillMinority => {
                 let k = self.any_member();
                 self.kill_and_restart(k).await
@@ -298,7 +340,7 @@ impl Env {
                 let k = match self.spare {
                     Some(k) => k,
                     None => {
-                        let k = self.cluster.add();
+                        let k = self.cluster.add()?;
                         self.spare = Some(k);
                         k
                     }
@@ -527,8 +569,11 @@ mod tests {
     #[test]
     fn a_round_has_every_fault_and_joins_before_leaving() {
         for seed in 0..50 {
-            let round = Fault::round(&mut StdRng::seed_from_u64(seed), false);
+            let round = Fault::round(&mut StdRng::seed_from_u64(seed), false, false);
             assert_eq!(round.len(), 16);
+            let powered = Fault::round(&mut StdRng::seed_from_u64(seed), false, true);
+            assert_eq!(powered.len(), 18);
+            assert!(powered.contains(&Fault::PowerCut) && powered.contains(&Fault::PowerCutAll));
             let join = round
                 .iter()
                 .position(|f| *f == Fault::JoinKilledMidMove)
