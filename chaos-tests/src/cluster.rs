@@ -208,6 +208,14 @@ impl Node {
         Ok((killed, disk.cut()?))
     }
 
+    /// Once it has exited by itself: its exit code (`None` inside when a signal ended it);
+    /// reaps it.
+    pub fn exit_code(&mut self) -> Option<Option<i32>> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code())
+    }
+
     /// Kills it and deletes its data (its log file stays): it starts anew, joining `seed`.
     pub fn wipe(&mut self, seed: String) {
         self.kill();
@@ -437,8 +445,8 @@ impl Cluster {
 
     /// Lines of the nodes' logs that report a death or a fatal error: a panic, a failed
     /// allocation (Rust's allocation-failure abort), a fatal runtime error or stack
-    /// overflow, a storage fail-stop. A failpoint's own abort says "failpoint ... fired"
-    /// instead and is planned.
+    /// overflow, a storage fail-stop. What a failpoint caused names the failpoint (its abort
+    /// says "failpoint ... fired", its I/O error is "failpoint NAME") and is planned.
     pub fn deaths_in_logs(&self) -> Vec<String> {
         const MARKERS: [&str; 5] = [
             "panicked",

@@ -35,6 +35,9 @@ pub enum Fault {
     PostgresDown,
     ClickHouseDown,
     Failpoint(&'static str),
+    /// A member restarts with an I/O error failpoint armed (its disk fails after a while):
+    /// it must fail-stop (exit 74), and recover when started again on a healthy disk.
+    DiskError(&'static str),
     /// A member loses power: SIGKILL, and every write it did not sync is forgotten.
     PowerCut,
     /// Every member loses power at once.
@@ -45,7 +48,9 @@ impl Fault {
     /// The faults of one round, in an order drawn from `rng` (a join always before its leave);
     /// power cuts only with `power` (the nodes' data on faultfs mounts).
     pub fn round(rng: &mut StdRng, rejoin: bool, power: bool) -> Vec<Fault> {
-        use linkrift_raft::failpoint::{AFTER_FLUSH, APPLY, BEFORE_FLUSH};
+        use linkrift_raft::failpoint::{
+            AFTER_FLUSH, APPLY, BEFORE_FLUSH, CLICK_WRITE_ERROR, FLUSH_ERROR,
+        };
         let mut faults = vec![
             Fault::KillMinority,
             Fault::KillShardLeader,
@@ -61,6 +66,8 @@ impl Fault {
             Fault::Failpoint(BEFORE_FLUSH),
             Fault::Failpoint(AFTER_FLUSH),
             Fault::Failpoint(APPLY),
+            Fault::DiskError(FLUSH_ERROR),
+            Fault::DiskError(CLICK_WRITE_ERROR),
         ];
         if rejoin {
             faults.push(Fault::RemoveWipeRejoin);
@@ -79,6 +86,7 @@ impl Fault {
     pub fn name(&self) -> String {
         match self {
             Fault::Failpoint(name) => format!("failpoint {name}"),
+            Fault::DiskError(name) => format!("disk error {name}"),
             other => format!("{other:?}"),
         }
     }
@@ -244,6 +252,36 @@ impl Env {
                 self.power_cut(vec![k]).await
             }
             Fault::PowerCutAll => self.power_cut(self.members.clone()).await,
+            Fault::DiskError(name) => {
+                let k = self.any_member();
+                let at = micros(self.t0);
+                self.cluster.node(k).kill();
+                // The error may come before the node says where it serves.
+                let _ = self.cluster.start(k, &Launch::failpoint(name, 5));
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut status = None;
+                while status.is_none() && Instant::now() < deadline {
+                    status = self.cluster.node(k).exit_code();
+                    if status.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                let stopped = micros(self.t0);
+                let log =
+                    std::fs::read_to_string(&self.cluster.nodes[k - 1].log).unwrap_or_default();
+                let said =
+                    log.contains("storage failed") && log.contains(&format!("failpoint {name}"));
+                self.cluster.node(k).kill();
+                self.cluster.start(k, &Launch::default())?;
+                Ok(Done {
+                    fired: status == Some(Some(74)) && said,
+                    detail: format!(
+                        "node {k} armed {name}: exit status {:?} (74 is a storage fail-stop), logged {said}; restarted",
+                        status.flatten()
+                    ),
+                    crashes: vec![(k, at), (k, stopped)],
+                })
+            }
             Fault::KillMinority => {
                 let k = self.any_member();
                 self.kill_and_restart(k).await
@@ -570,9 +608,9 @@ mod tests {
     fn a_round_has_every_fault_and_joins_before_leaving() {
         for seed in 0..50 {
             let round = Fault::round(&mut StdRng::seed_from_u64(seed), false, false);
-            assert_eq!(round.len(), 16);
+            assert_eq!(round.len(), 18);
             let powered = Fault::round(&mut StdRng::seed_from_u64(seed), false, true);
-            assert_eq!(powered.len(), 18);
+            assert_eq!(powered.len(), round.len() + 2);
             assert!(powered.contains(&Fault::PowerCut) && powered.contains(&Fault::PowerCutAll));
             let join = round
                 .iter()

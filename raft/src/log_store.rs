@@ -77,6 +77,24 @@ impl SledGroupLog {
         (format!("g/{}/log", group.0), format!("g/{}/meta", group.0))
     }
 
+    /// The vote this log holds, as a tombstone for its replica's release: the same term
+    /// and candidate, never committed (a new replica must not take itself for a leader).
+    pub fn released_vote(&self) -> io::Result<Option<Vote<NodeId>>> {
+        let Some(bytes) = self.get_meta(VOTE)? else {
+            return Ok(None);
+        };
+        let vote: Vote<NodeId> = codec::decode(&bytes)?;
+        Ok(Some(Vote {
+            leader_id: vote.leader_id,
+            committed: false,
+        }))
+    }
+
+    /// Gives a new, empty log `vote` as its vote (not durable until flushed).
+    pub fn seed_vote(&self, vote: &Vote<NodeId>) -> io::Result<()> {
+        self.put_meta(VOTE, codec::encode(vote))
+    }
+
     /// The group a tree of this store belongs to, from the tree's name.
     pub fn group_of_tree(name: &str) -> Option<GroupId> {
         let rest = name.strip_prefix("g/")?;

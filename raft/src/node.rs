@@ -264,6 +264,8 @@ pub struct RaftNode<S: StateMachine> {
     db: sled::Db,
     durable: DurableDb,
     hosted: sled::Tree,
+    /// The last vote of each group whose replica this node released.
+    tombstones: sled::Tree,
     flusher: Flusher,
     fault: StorageFault,
     router: GroupRouter,
@@ -275,6 +277,7 @@ pub struct RaftNode<S: StateMachine> {
 }
 
 const HOSTED: &str = "groups";
+const TOMBSTONES: &str = "released_votes";
 
 impl<S: StateMachine> RaftNode<S> {
     /// Opens the node's data, starts the peer listener and reopens every group it hosted.
@@ -291,6 +294,10 @@ impl<S: StateMachine> RaftNode<S> {
             .open_tree(HOSTED)
             .map_err(sled_to_io)
             .map_err(io_err("opening the group list"))?;
+        let tombstones = db
+            .open_tree(TOMBSTONES)
+            .map_err(sled_to_io)
+            .map_err(io_err("opening the votes of released replicas"))?;
         let fault = StorageFault::default();
         let flusher = Flusher::start(durable.clone(), fault.clone());
         let shutdown = CancellationToken::new();
@@ -305,6 +312,7 @@ impl<S: StateMachine> RaftNode<S> {
                 options.peer_addr
             )))?;
         let listener = PeerListener::start(
+            options.node_id,
             listener,
             router.clone(),
             secret.clone(),
@@ -328,6 +336,7 @@ impl<S: StateMachine> RaftNode<S> {
             db,
             durable,
             hosted,
+            tombstones,
             flusher,
             fault,
             router,
@@ -374,6 +383,19 @@ impl<S: StateMachine> RaftNode<S> {
     /// The node's storage fault latch: tripped by the first storage error of any group.
     pub fn fault(&self) -> &StorageFault {
         &self.fault
+    }
+
+    /// The last vote of a released replica of `id`, if this node ever released one.
+    fn tombstone(&self, id: GroupId) -> Result<Option<openraft::Vote<NodeId>>, NodeError> {
+        let bytes = self
+            .tombstones
+            .get(id.0.to_be_bytes())
+            .map_err(sled_to_io)
+            .map_err(io_err("reading the votes of released replicas"))?;
+        bytes
+            .map(|b| codec::decode(&b))
+            .transpose()
+            .map_err(|e| read_err(format!("the last vote of released {id}"))(e.into()))
     }
 
     /// The groups the durable group list says this node hosts.
@@ -468,9 +490,16 @@ impl<S: StateMachine> RaftNode<S> {
             return Err(NodeError::AlreadyHosted(id));
         }
         // A new replica starts from nothing: whatever an earlier replica of this group left
-        // here (a crash while it was released) must not come back as its state.
+        // here (a crash while it was released) must not come back as its state. Only the
+        // vote an earlier replica gave is kept (its tombstone), so that this node never
+        // votes again in a term where it already has.
         SledGroupLog::destroy(&self.db, id)
             .map_err(io_err(format!("deleting the old log of {id}")))?;
+        if let Some(vote) = self.tombstone(id)? {
+            SledGroupLog::open(&self.db, self.flusher.clone(), id)
+                .and_then(|log| log.seed_vote(&vote))
+                .map_err(io_err(format!("restoring the last vote of {id}")))?;
+        }
         let dir = self.group_dir(id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -546,6 +575,25 @@ impl<S: StateMachine> RaftNode<S> {
             tracing::warn!(group = %id, error = ?e, "group did not shut down cleanly");
         }
         drop(group);
+        // The vote outlives the replica (see `create_group`); kept in the same sync as the
+        // removal, so no crash loses it.
+        let vote = SledGroupLog::open(&self.db, self.flusher.clone(), id)
+            .and_then(|log| log.released_vote())
+            .map_err(read_err(format!("the vote of {id}")))?;
+        let kept = match (self.tombstone(id)?, vote) {
+            (Some(old), Some(new)) => Some(if new.leader_id.term >= old.leader_id.term {
+                new
+            } else {
+                old
+            }),
+            (old, new) => new.or(old),
+        };
+        if let Some(vote) = kept {
+            self.tombstones
+                .insert(id.0.to_be_bytes(), codec::encode(&vote))
+                .map_err(sled_to_io)
+                .map_err(io_err("keeping the last vote of the group"))?;
+        }
         self.hosted
             .remove(id.0.to_be_bytes())
             .map_err(sled_to_io)

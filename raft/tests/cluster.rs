@@ -318,6 +318,115 @@ async fn a_group_hosted_again_after_a_crash_inside_its_removal_starts_empty() {
     nodes[0].stop().await;
 }
 
+/// A snapshot that cannot be written is a storage error like any other: the node's fault
+/// latch trips (and `linkrift serve` exits), rather than the group dying unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_cannot_be_written_trips_the_storage_fault() {
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = vec![TestNode::start(root.path(), 1, test_config()).await];
+    let id = linkrift_raft::GroupId(1);
+    let group = nodes[0].node().create_group(id).await.unwrap();
+    group
+        .initialize(BTreeMap::from([(1, nodes[0].addr.to_string())]))
+        .await
+        .unwrap();
+    wait_leader(&nodes, 1, LONG).await;
+    write(&nodes, 1, set("k", "v"), LONG).await;
+    assert!(!nodes[0].node().fault().is_tripped());
+    // The group's directory becomes a file: the snapshot's temporary file cannot be made.
+    let dir = linkrift_raft::node::group_dir(&nodes[0].dir, id);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    group.raft().trigger().snapshot().await.unwrap();
+    let reason = wait_for("the storage fault", LONG, || {
+        nodes[0].node().fault().reason()
+    })
+    .await;
+    assert!(reason.starts_with("snapshot: "), "{reason}");
+    drop(group);
+    nodes[0].stop().await;
+}
+
+/// Releasing a replica deleted its vote, and a new, empty replica granted any vote (openraft
+/// 0.9 checks no membership when voting): a stale node could be elected with its help and
+/// truncate committed entries (issue 17, item 4). Now the vote outlives the replica, and a
+/// replica with no membership yet refuses to vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_hosted_again_after_release_keeps_its_vote_and_does_not_vote_while_empty() {
+    use linkrift_raft::transport::client::{Lane, PeerPool};
+    use linkrift_raft::transport::frame::FrameKind;
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, 1, test_config()).await;
+    write(&nodes, 1, set("k", "v"), LONG).await;
+    let leader = wait_leader(&nodes, 1, LONG).await;
+    let released = nodes.iter().position(|n| n.id != leader).unwrap();
+    let gone = nodes[released].id;
+    let lead = nodes.iter().find(|n| n.id == leader).unwrap().group(1);
+    let stay: std::collections::BTreeSet<_> = nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id != gone)
+        .collect();
+    lead.raft().change_membership(stay, false).await.unwrap();
+    let vote = nodes[released].group(1).raft().metrics().borrow().vote;
+    assert!(vote.leader_id.term > 0);
+
+    let id = linkrift_raft::GroupId(1);
+    nodes[released].node().remove_group(id).await.unwrap();
+    let again = nodes[released].node().create_group(id).await.unwrap();
+    // (The metrics show the stored vote once the new replica's Raft core has started.)
+    let kept = wait_for(
+        "the new replica to keep the released one's vote",
+        LONG,
+        || {
+            let v = again.raft().metrics().borrow().vote;
+            (v.leader_id == vote.leader_id).then_some(v)
+        },
+    )
+    .await;
+    assert!(!kept.committed);
+
+    // A candidate asks the empty replica for its vote, in a term above the kept one.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let pool = PeerPool::new(
+        99,
+        "127.0.0.9".parse().unwrap(),
+        support::SECRET.into(),
+        &test_config(),
+        shutdown.clone(),
+        tokio_util::task::TaskTracker::new(),
+    );
+    let request = openraft::raft::VoteRequest::<linkrift_raft::NodeId> {
+        vote: openraft::Vote::new(vote.leader_id.term + 5, 99),
+        last_log_id: None,
+    };
+    let reply = pool
+        .peer(&nodes[released].addr.to_string())
+        .call(
+            1,
+            gone,
+            FrameKind::Vote,
+            linkrift_raft::codec::encode(&request),
+            Lane::Control,
+            LONG,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.kind,
+        FrameKind::Failure,
+        "the empty replica answered the vote"
+    );
+    assert!(String::from_utf8_lossy(&reply.payload).contains("no membership yet"));
+    shutdown.cancel();
+    drop((lead, again));
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_and_each_gets_its_own_response() {
     support::init_tracing();

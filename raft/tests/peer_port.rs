@@ -114,6 +114,7 @@ async fn bad_peer_input_closes_only_that_connection() {
     let mut s = authenticated(&nodes).await;
     let frame = encode_frame(&Frame {
         group: 1,
+        target: 2,
         kind: FrameKind::Vote,
         request_id: 1,
         payload: vec![7; 64],
@@ -135,6 +136,7 @@ async fn bad_peer_input_closes_only_that_connection() {
     let mut s = authenticated(&nodes).await;
     let bad = Frame {
         group: 1,
+        target: 2,
         kind: FrameKind::Vote,
         request_id: 5,
         payload: vec![0xff; 3],
@@ -147,6 +149,7 @@ async fn bad_peer_input_closes_only_that_connection() {
     assert_eq!((frame.kind, frame.request_id), (FrameKind::Failure, 5));
     let unknown = Frame {
         group: 42,
+        target: 2,
         kind: FrameKind::Vote,
         request_id: 6,
         payload: vec![],
@@ -158,6 +161,26 @@ async fn bad_peer_input_closes_only_that_connection() {
         .unwrap();
     assert_eq!((frame.kind, frame.request_id), (FrameKind::Failure, 6));
     assert!(String::from_utf8_lossy(&frame.payload).contains("not hosted"));
+
+    // A request for another node id (the address was reused) is refused, not served.
+    let misaddressed = Frame {
+        group: 1,
+        target: 7,
+        kind: FrameKind::Vote,
+        request_id: 7,
+        payload: vec![],
+    };
+    s.write_all(&encode_frame(&misaddressed)).await.unwrap();
+    let frame = linkrift_raft::transport::frame::read_frame(&mut s, 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((frame.kind, frame.request_id), (FrameKind::Failure, 7));
+    assert!(
+        String::from_utf8_lossy(&frame.payload).contains("this is node 2, not node 7"),
+        "{}",
+        String::from_utf8_lossy(&frame.payload)
+    );
 
     still_serving(&nodes, "after-everything").await;
     for n in &mut nodes {
@@ -185,6 +208,7 @@ async fn outbound_connections_come_from_the_nodes_own_address() {
     let call = tokio::spawn(async move {
         peer.call(
             1,
+            6,
             FrameKind::Vote,
             vec![],
             Lane::Control,

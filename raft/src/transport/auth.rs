@@ -76,6 +76,7 @@ async fn send<W: AsyncWrite + Unpin>(
 ) -> Result<(), HandshakeError> {
     let frame = Frame {
         group: 0,
+        target: 0,
         kind,
         request_id: 0,
         payload,

@@ -135,10 +135,12 @@ impl Live {
 }
 
 impl Peer {
-    /// Sends a request for `group` and waits up to `timeout` for its reply frame.
+    /// Sends a request for `group` on node `target` and waits up to `timeout` for its
+    /// reply frame.
     pub async fn call(
         &self,
         group: u64,
+        target: NodeId,
         kind: FrameKind,
         payload: Vec<u8>,
         lane: Lane,
@@ -153,6 +155,7 @@ impl Peer {
             .insert(request_id, tx);
         let bytes = encode_frame(&Frame {
             group,
+            target,
             kind,
             request_id,
             payload,

@@ -11,6 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub struct Frame {
     /// The Raft group the frame is for (0 during the handshake).
     pub group: u64,
+    /// The node a request is for (0 in the handshake and in replies). A node serves only
+    /// requests addressed to it: an address now used by another node (a replaced node, a
+    /// reused pod name) must not take traffic meant for the old one.
+    pub target: u64,
     /// What the payload is.
     pub kind: FrameKind,
     /// Pairs a reply with its request; chosen by the requester.
@@ -114,6 +118,7 @@ mod tests {
 
     fn frame(payload: Vec<u8>) -> Frame {
         Frame {
+            target: 2,
             group: 7,
             kind: FrameKind::AppendEntries,
             request_id: 42,

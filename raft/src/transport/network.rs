@@ -89,7 +89,14 @@ impl GroupNetwork {
     {
         let reply = self
             .peer
-            .call(self.group.0, kind, codec::encode(req), lane, timeout)
+            .call(
+                self.group.0,
+                self.target,
+                kind,
+                codec::encode(req),
+                lane,
+                timeout,
+            )
             .await
             .map_err(|e| match e {
                 TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),

@@ -35,8 +35,10 @@ pub struct PeerListener {
 }
 
 impl PeerListener {
-    /// Starts serving on `listener` until `shutdown` fires. Tasks are tracked by `tasks`.
+    /// Starts serving on `listener` for node `me` until `shutdown` fires. Tasks are tracked
+    /// by `tasks`.
     pub fn start(
+        me: NodeId,
         listener: TcpListener,
         router: GroupRouter,
         secret: Arc<[u8]>,
@@ -59,6 +61,7 @@ impl PeerListener {
                     },
                 };
                 let conn = Connection {
+                    me,
                     router: router.clone(),
                     secret: secret.clone(),
                     max_frame,
@@ -83,6 +86,7 @@ impl PeerListener {
 }
 
 struct Connection {
+    me: NodeId,
     router: GroupRouter,
     secret: Arc<[u8]>,
     max_frame: u32,
@@ -140,8 +144,9 @@ impl Connection {
             };
             let router = self.router.clone();
             let tx = tx.clone();
+            let me = self.me;
             tasks.spawn(async move {
-                let reply = handle(&router, peer, frame).await;
+                let reply = handle(&router, me, peer, frame).await;
                 let _ = tx.send(reply).await;
                 drop(permit);
             });
@@ -158,10 +163,24 @@ impl Connection {
 }
 
 /// Serves one request frame and builds its reply.
-async fn handle(router: &GroupRouter, peer: NodeId, frame: Frame) -> Frame {
+async fn handle(router: &GroupRouter, me: NodeId, peer: NodeId, frame: Frame) -> Frame {
     let group = GroupId(frame.group);
     let result = match router.get(group) {
+        _ if frame.target != me => {
+            metrics::counter!("raft_frames_refused_total", "reason" => "wrong_node").increment(1);
+            Err(format!(
+                "this is node {me}, not node {}: its address now belongs to another node",
+                frame.target
+            ))
+        }
         None => Err(format!("group {group} is not hosted on this node")),
+        Some(raft) if frame.kind == FrameKind::Vote && !has_membership(&raft) => {
+            metrics::counter!("raft_frames_refused_total", "reason" => "no_membership")
+                .increment(1);
+            Err(format!(
+                "this node's replica of {group} has no membership yet and does not vote"
+            ))
+        }
         Some(raft) => match frame.kind {
             FrameKind::AppendEntries => {
                 match codec::decode::<AppendEntriesRequest<TypeConfig>>(&frame.payload) {
@@ -189,6 +208,7 @@ async fn handle(router: &GroupRouter, peer: NodeId, frame: Frame) -> Frame {
     match result {
         Ok(payload) => Frame {
             group: frame.group,
+            target: 0,
             kind: FrameKind::Reply,
             request_id: frame.request_id,
             payload,
@@ -197,10 +217,25 @@ async fn handle(router: &GroupRouter, peer: NodeId, frame: Frame) -> Frame {
             tracing::debug!(peer, %group, %reason, "refusing peer request");
             Frame {
                 group: frame.group,
+                target: 0,
                 kind: FrameKind::Failure,
                 request_id: frame.request_id,
                 payload: reason.into_bytes(),
             }
         }
     }
+}
+
+/// Whether this replica knows a voter set. A new, empty replica has none until its group's
+/// leader replicates the membership to it; openraft 0.9 checks no membership before
+/// granting a vote, and an empty replica (whose log any candidate's is at least as long
+/// as) could help elect a stale one, which could truncate committed entries.
+fn has_membership(raft: &crate::Raft) -> bool {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .next()
+        .is_some()
 }

@@ -143,14 +143,14 @@ async fn start_node(id: NodeId, dir: &Path, addr: SocketAddr, raft: RaftConfig) 
 }
 
 /// Starts `n` nodes (ids 1..=n), hosts groups `1..=groups` on each and forms every group
-/// with all of them as voters.
+/// with all of them as voters: formed on node 1 alone, then the others added as learners
+/// and made voters, as Linkrift forms groups (a replica with no membership yet does not
+/// vote, so a group cannot be initialised with several empty members at once).
 pub async fn cluster(root: &Path, n: u64, groups: u64, config: RaftConfig) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for id in 1..=n {
         nodes.push(TestNode::start(root, id, config.clone()).await);
     }
-    let members: BTreeMap<NodeId, String> =
-        nodes.iter().map(|n| (n.id, n.addr.to_string())).collect();
     for g in 1..=groups {
         for n in &nodes {
             n.node()
@@ -158,11 +158,25 @@ pub async fn cluster(root: &Path, n: u64, groups: u64, config: RaftConfig) -> Ve
                 .await
                 .expect("create group");
         }
-        nodes[0]
+        let first = &nodes[0];
+        first
             .group(g)
-            .initialize(members.clone())
+            .initialize(BTreeMap::from([(first.id, first.addr.to_string())]))
             .await
             .expect("initialize");
+        wait_leader(&nodes[..1], g, Duration::from_secs(20)).await;
+        for n in &nodes[1..] {
+            first
+                .group(g)
+                .add_learner(n.id, n.addr.to_string())
+                .await
+                .expect("add learner");
+        }
+        first
+            .group(g)
+            .change_voters(nodes.iter().map(|n| n.id))
+            .await
+            .expect("make every node a voter");
     }
     for g in 1..=groups {
         wait_leader(&nodes, g, Duration::from_secs(20)).await;
