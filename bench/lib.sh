@@ -62,6 +62,7 @@ status() { curl -sf -H "Authorization: Bearer $key" http://127.0.0.1:18080/admin
 # Whether every shard's voters are exactly its rendezvous replicas over the active nodes
 # (as actors/src/placement.rs computes them), with a leader and no learner or joint change.
 placed() {
+  python3 -c 'import xxhash' 2>/dev/null || python3 -m pip install -q xxhash >/dev/null
   status | python3 -c '
 import json, sys, xxhash
 s = json.load(sys.stdin)
