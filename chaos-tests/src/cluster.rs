@@ -458,10 +458,9 @@ impl Cluster {
         let mut found = Vec::new();
         for n in &self.nodes {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            for line in text
-                .lines()
-                .filter(|l| MARKERS.iter().any(|m| l.contains(m)))
-            {
+            let death =
+                |l: &&str| MARKERS.iter().any(|m| l.contains(m)) && !l.contains("failpoint");
+            for line in text.lines().filter(death) {
                 found.push(format!("node {}: {line}", n.index));
             }
         }
@@ -475,5 +474,44 @@ impl Drop for Cluster {
             n.signal("CONT");
             n.kill();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deaths_in_the_logs_are_found_and_what_a_failpoint_caused_is_not() {
+        let root = tempfile::tempdir().unwrap();
+        let cluster = Cluster::new(
+            "linkrift".into(),
+            None,
+            root.path().to_path_buf(),
+            2,
+            Vec::new(),
+            1,
+        )
+        .unwrap();
+        std::fs::write(
+            &cluster.nodes[0].log,
+            "INFO fine\n\
+             ERROR linkrift_raft::fault: storage failed: source=raft_log_sync error=failpoint raft.flush_error\n\
+             failpoint raft.apply fired: aborting\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &cluster.nodes[1].log,
+            "thread 'tokio-runtime-worker' panicked at raft/src/node.rs:1:1\n\
+             memory allocation of 1125899906842624 bytes failed\n\
+             ERROR linkrift_raft::fault: storage failed: source=flush error=No space left on device\n",
+        )
+        .unwrap();
+        let found = cluster.deaths_in_logs();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found.iter().all(|l| l.starts_with("node 2: ")),
+            "{found:#?}"
+        );
     }
 }

@@ -71,6 +71,13 @@ fn entry(result: Result<Attr, i32>, req: &Request<'_>, reply: ReplyEntry) {
     }
 }
 
+fn attr(result: Result<Attr, i32>, req: &Request<'_>, reply: ReplyAttr) {
+    match result {
+        Ok(a) => reply.attr(&TTL, &file_attr(a, req)),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn empty(result: Result<(), i32>, reply: ReplyEmpty) {
     match result {
         Ok(()) => reply.ok(),
@@ -89,10 +96,7 @@ impl Filesystem for Fs {
     }
 
     fn getattr(&mut self, req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.disk().attr(ino) {
-            Ok(a) => reply.attr(&TTL, &file_attr(a, req)),
-            Err(e) => reply.error(e),
-        }
+        attr(self.disk().attr(ino), req, reply);
     }
 
     fn setattr(
@@ -123,10 +127,7 @@ impl Filesystem for Fs {
             }
             disk.attr(ino)
         })();
-        match result {
-            Ok(a) => reply.attr(&TTL, &file_attr(a, req)),
-            Err(e) => reply.error(e),
-        }
+        attr(result, req, reply);
     }
 
     fn mkdir(

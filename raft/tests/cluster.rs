@@ -252,6 +252,27 @@ async fn removed_group_leaves_no_data_and_stays_gone_after_restart() {
     nodes[0].stop().await;
 }
 
+/// Node 1 alone, hosting and leading group 1, with `k` set to `value`.
+async fn one_node_group(
+    root: &std::path::Path,
+    value: &str,
+) -> (Vec<TestNode>, linkrift_raft::Group<support::Kv>) {
+    support::init_tracing();
+    let nodes = vec![TestNode::start(root, 1, test_config()).await];
+    let group = nodes[0]
+        .node()
+        .create_group(linkrift_raft::GroupId(1))
+        .await
+        .unwrap();
+    group
+        .initialize(BTreeMap::from([(1, nodes[0].addr.to_string())]))
+        .await
+        .unwrap();
+    wait_leader(&nodes, 1, LONG).await;
+    write(&nodes, 1, set("k", value), LONG).await;
+    (nodes, group)
+}
+
 /// Copies the files of `from` into `to` (a directory tree of plain files).
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -271,17 +292,9 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// restored the old replica's state and membership from it (issue 17, item 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_hosted_again_after_a_crash_inside_its_removal_starts_empty() {
-    support::init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = vec![TestNode::start(root.path(), 1, test_config()).await];
     let id = linkrift_raft::GroupId(1);
-    let group = nodes[0].node().create_group(id).await.unwrap();
-    group
-        .initialize(BTreeMap::from([(1, nodes[0].addr.to_string())]))
-        .await
-        .unwrap();
-    wait_leader(&nodes, 1, LONG).await;
-    write(&nodes, 1, set("k", "old incarnation"), LONG).await;
+    let (mut nodes, group) = one_node_group(root.path(), "old incarnation").await;
     group.raft().trigger().snapshot().await.unwrap();
     let dir = linkrift_raft::node::group_dir(&nodes[0].dir, id);
     wait_for("the snapshot file", LONG, || {
@@ -322,17 +335,9 @@ async fn a_group_hosted_again_after_a_crash_inside_its_removal_starts_empty() {
 /// latch trips (and `linkrift serve` exits), rather than the group dying unnoticed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_cannot_be_written_trips_the_storage_fault() {
-    support::init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = vec![TestNode::start(root.path(), 1, test_config()).await];
     let id = linkrift_raft::GroupId(1);
-    let group = nodes[0].node().create_group(id).await.unwrap();
-    group
-        .initialize(BTreeMap::from([(1, nodes[0].addr.to_string())]))
-        .await
-        .unwrap();
-    wait_leader(&nodes, 1, LONG).await;
-    write(&nodes, 1, set("k", "v"), LONG).await;
+    let (mut nodes, group) = one_node_group(root.path(), "v").await;
     assert!(!nodes[0].node().fault().is_tripped());
     // The group's directory becomes a file: the snapshot's temporary file cannot be made.
     let dir = linkrift_raft::node::group_dir(&nodes[0].dir, id);
