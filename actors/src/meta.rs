@@ -33,6 +33,12 @@ pub enum MetaCommand {
         /// The first node (id 1), active at once.
         node: NodeRecord,
     },
+    /// The meta log index each node is known to hold durably: its leader's match index for
+    /// it. Only ever raised. A node starting on data older than this was rolled back.
+    RecordAcknowledged {
+        /// (node, index) pairs.
+        through: Vec<(u64, u64)>,
+    },
     /// A node asks to join: give it the next id and record it as joining. A retry with the
     /// same `token` gets the same id.
     RegisterNode {
@@ -194,6 +200,8 @@ pub enum MetaOutcome {
     NodeNotFound,
     /// The node cannot make that move (see [`NodeState::may_become`]).
     Refused(String),
+    /// Acknowledged indexes recorded.
+    Recorded,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -201,6 +209,17 @@ struct Keys {
     by_id: BTreeMap<String, ApiKeyRecord>,
     #[serde(skip)]
     by_hash: HashMap<ApiKeyHash, String>,
+    nodes: BTreeMap<u64, NodeRecord>,
+    shard_count: u32,
+    /// See [`MetaCommand::RecordAcknowledged`].
+    acknowledged: BTreeMap<u64, u64>,
+}
+
+/// The meta state as snapshots before `acknowledged` stored it (bincode has no optional
+/// trailing fields): still read.
+#[derive(Deserialize)]
+struct KeysWithoutAcknowledged {
+    by_id: BTreeMap<String, ApiKeyRecord>,
     nodes: BTreeMap<u64, NodeRecord>,
     shard_count: u32,
 }
@@ -212,6 +231,16 @@ pub struct MetaReader {
 }
 
 impl MetaReader {
+    /// The meta log index `node` is recorded to have acknowledged.
+    pub fn acknowledged(&self, node: u64) -> Option<u64> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .acknowledged
+            .get(&node)
+            .copied()
+    }
+
     /// Every node, by id.
     pub fn nodes(&self) -> Vec<NodeRecord> {
         self.keys
@@ -335,6 +364,13 @@ impl MetaState {
                     shard_count: keys.shard_count,
                 }
             }
+            MetaCommand::RecordAcknowledged { through } => {
+                for (node, index) in through {
+                    let recorded = keys.acknowledged.entry(node).or_default();
+                    *recorded = (*recorded).max(index);
+                }
+                MetaOutcome::Recorded
+            }
             MetaCommand::RegisterNode { token, addrs, at } => {
                 if let Some(existing) = keys.nodes.values().find(|n| n.token == token) {
                     return MetaOutcome::Node(existing.clone());
@@ -392,7 +428,19 @@ impl MetaState {
     pub fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let mut restored: Keys = linkrift_raft::codec::decode(&bytes)?;
+        let mut restored: Keys = match linkrift_raft::codec::decode(&bytes) {
+            Ok(keys) => keys,
+            Err(e) => match linkrift_raft::codec::decode::<KeysWithoutAcknowledged>(&bytes) {
+                Ok(old) => Keys {
+                    by_id: old.by_id,
+                    by_hash: HashMap::new(),
+                    nodes: old.nodes,
+                    shard_count: old.shard_count,
+                    acknowledged: BTreeMap::new(),
+                },
+                Err(_) => return Err(e.into()),
+            },
+        };
         restored.by_hash = restored
             .by_id
             .values()
@@ -488,5 +536,39 @@ mod tests {
         meta.apply(MetaCommand::ActivateNode { id: 1 });
         assert_eq!(meta.reader().node(1).unwrap().state, NodeState::Lost);
         assert!(!NodeState::Lost.is_member());
+    }
+
+    #[test]
+    fn acknowledged_indexes_only_rise_and_old_snapshots_still_restore() {
+        let mut meta = MetaState::default();
+        meta.apply(MetaCommand::RecordAcknowledged {
+            through: vec![(1, 10), (2, 7)],
+        });
+        meta.apply(MetaCommand::RecordAcknowledged {
+            through: vec![(1, 4), (2, 9)],
+        });
+        assert_eq!(meta.reader().acknowledged(1), Some(10));
+        assert_eq!(meta.reader().acknowledged(2), Some(9));
+        assert_eq!(meta.reader().acknowledged(3), None);
+
+        // A snapshot written before the field existed.
+        #[derive(Serialize)]
+        struct Before {
+            by_id: BTreeMap<String, ApiKeyRecord>,
+            nodes: BTreeMap<u64, NodeRecord>,
+            shard_count: u32,
+        }
+        let old = linkrift_raft::codec::encode(&Before {
+            by_id: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            shard_count: 16,
+        });
+        let mut restored = MetaState::default();
+        restored.restore(&mut &old[..]).unwrap();
+        assert_eq!(restored.reader().acknowledged(1), None);
+        let mut again = Vec::new();
+        meta.write_snapshot(&mut again).unwrap();
+        restored.restore(&mut &again[..]).unwrap();
+        assert_eq!(restored.reader().acknowledged(1), Some(10));
     }
 }

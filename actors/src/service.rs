@@ -162,6 +162,9 @@ pub enum OpenError {
     /// Joining the cluster failed.
     #[error("joining the cluster: {0}")]
     Join(String),
+    /// The data directory is older than the cluster's record of this node.
+    #[error("{0}")]
+    RolledBack(String),
 }
 
 impl From<linkrift_raft::node::NodeError> for OpenError {
@@ -226,6 +229,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// session that died without closing, must not use up the whole write timeout.
 const HOP_TIMEOUT: Duration = Duration::from_secs(3);
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often (in `keep_in_touch` ticks of 250 ms) the meta leader records what each member
+/// has acknowledged: every 5 s.
+const RECORD_ACKNOWLEDGED_TICKS: u64 = 20;
 
 /// A shard this node holds a replica of.
 pub(crate) struct LocalShard {
@@ -618,6 +624,9 @@ impl LinkService {
             tracing::info!(node = me, "joined the cluster");
         }
         core.connect_to_peers(Duration::from_secs(5)).await;
+        if !fresh {
+            refuse_rolled_back(&core).await?;
+        }
         let mut tasks = vec![
             tokio::spawn(crate::cluster::driver::run(Arc::downgrade(&core))),
             tokio::spawn(keep_in_touch(Arc::downgrade(&core), addrs)),
@@ -637,6 +646,33 @@ impl LinkService {
             )));
         }
         Ok(Self { core, tasks })
+    }
+}
+
+/// Refuses to go on when this node's meta log ends before the index the cluster recorded
+/// that it acknowledged: its data directory is an older copy of itself (a restored volume,
+/// or a disk that lost synced writes). Going on would roll a Raft member back in every
+/// group it holds. The record is committed, so no healthy node is ever behind it. When no
+/// other node answers (the whole cluster starting), it cannot tell, and says so.
+async fn refuse_rolled_back(core: &Core) -> Result<(), OpenError> {
+    let local = core.node.last_log_index(META)?.unwrap_or(0);
+    let ask = Request::Acknowledged { node: core.me };
+    match core.peers.call_any(&ask, CALL_TIMEOUT).await {
+        Ok(Reply::Acknowledged(Some(recorded))) if recorded > local => {
+            Err(OpenError::RolledBack(format!(
+                "this data directory is older than the cluster's record of node {me}: its meta \
+                 log ends at index {local}, and node {me} acknowledged index {recorded}. It is an \
+                 old copy (a restored volume) or lost synced writes; starting it would lose \
+                 committed writes. Start this node on an empty data directory with --join to \
+                 rejoin as a new node (docs/OPERATIONS.md, \"Restoring a node\")",
+                me = core.me
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not ask another node whether this data directory is current");
+            Ok(())
+        }
     }
 }
 
@@ -715,11 +751,16 @@ async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
     let mut recorded = false;
     let mut lost = LostLeaders::default();
     let mut handover = Handover::default();
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
         let Some(core) = core.upgrade() else { return };
         if core.cancel.is_cancelled() {
             return;
+        }
+        ticks += 1;
+        if ticks % RECORD_ACKNOWLEDGED_TICKS == 0 {
+            core.record_acknowledged().await;
         }
         core.peers.maintain(core.me, &core.cluster_addrs()).await;
         core.check_standing();
@@ -1254,6 +1295,36 @@ impl Core {
         }
     }
 
+    /// As the meta group's leader: records the meta log index each member holds durably
+    /// (its match index), where it grew by more than the last record's own entry, so an idle
+    /// cluster writes nothing. A node whose data is older than its record was rolled back
+    /// ([`refuse_rolled_back`]).
+    async fn record_acknowledged(&self) {
+        if !self.meta.is_leader() {
+            return;
+        }
+        let replication = self.meta.raft().metrics().borrow().replication.clone();
+        let Some(replication) = replication else {
+            return;
+        };
+        let through: Vec<(NodeId, u64)> = replication
+            .iter()
+            .filter_map(|(&node, matched)| {
+                let index = matched.as_ref()?.index;
+                let recorded = self.directory.acknowledged(node).unwrap_or(0);
+                (index > recorded + 1).then_some((node, index))
+            })
+            .collect();
+        if !through.is_empty() {
+            if let Err(e) = self
+                .meta_command(MetaCommand::RecordAcknowledged { through })
+                .await
+            {
+                tracing::debug!(error = %e, "could not record the members' acknowledged indexes");
+            }
+        }
+    }
+
     /// Proposes `command` to the meta group; this node must lead it.
     pub(crate) async fn meta_command(
         &self,
@@ -1538,6 +1609,9 @@ impl Handler for Core {
                 }
             }
             Request::Groups => Reply::Groups(self.group_statuses()),
+            Request::Acknowledged { node } => {
+                Reply::Acknowledged(self.directory.acknowledged(node))
+            }
             Request::Digest { shard } => match self.replica_digest(shard) {
                 Some(d) => Reply::Digest(d),
                 None => Reply::Refused(Refusal::NotHosted),
@@ -2278,7 +2352,11 @@ impl LinkService {
         let rf = core
             .replication_factor
             .min(core.directory.active_nodes().len().max(1));
-        ClusterStatus::new(core.me, core.shard_count, rf, groups, nodes)
+        let mut status = ClusterStatus::new(core.me, core.shard_count, rf, groups, nodes);
+        for node in &mut status.nodes {
+            node.meta_acknowledged = core.directory.acknowledged(node.id);
+        }
+        status
     }
 
     /// Every replica of `shard` that a member node holds, summed up (for checking that the

@@ -64,6 +64,9 @@ pub struct NodeStatus {
     pub leads: usize,
     /// Groups it holds a replica of.
     pub replicas: usize,
+    /// The meta log index it is recorded to have acknowledged (see
+    /// [`crate::meta::MetaCommand::RecordAcknowledged`]).
+    pub meta_acknowledged: Option<u64>,
 }
 
 /// One replica of a shard, as its node reports it (see [`crate::shard::ShardReader::digest`]).
@@ -142,6 +145,7 @@ impl ClusterStatus {
                         .iter()
                         .filter(|g| g.voters.contains(&id) || g.learners.contains(&id))
                         .count(),
+                    meta_acknowledged: None,
                 }
             })
             .collect();

@@ -11,18 +11,23 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::cluster::{admin_status, member, trio, Root};
 use support::{Node, ADMIN_KEY};
 
-/// Runs `linkrift serve` on `dir` until it exits by itself (within 60 s); its status and
+/// Runs `linkrift serve` on `dir` with `flags` (loopback addresses the OS picks, unless
+/// given) and the test's keys, until it exits by itself (within 60 s); its status and
 /// standard error.
 fn serve_until_exit(dir: &Path, flags: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linkrift"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--http", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
-        .args(["--cluster", "127.0.0.1:0"])
-        .args(flags)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_linkrift"));
+    command.args(["serve", "--data-dir"]).arg(dir).args(flags);
+    for flag in ["--http", "--peer", "--cluster"] {
+        if !flags.contains(&flag) {
+            command.args([flag, "127.0.0.1:0"]);
+        }
+    }
+    let mut child = command
         .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
+        .env("LINKRIFT_CLUSTER_SECRET", support::cluster::SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -261,4 +266,86 @@ async fn a_full_disk_fail_stops_the_node_and_it_recovers_once_space_is_back() {
         );
     }
     assert!(node.terminate().success());
+}
+
+/// Copies the files of `from` into `to` (a directory tree of plain files).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The highest meta log index any of `nodes` reports.
+async fn meta_last_log(nodes: &[&Node]) -> u64 {
+    let mut last = 0;
+    for node in nodes {
+        let status = admin_status(node).await;
+        last = last.max(status["groups"][0]["last_log"].as_u64().unwrap());
+    }
+    last
+}
+
+/// A node started on an old copy of its own data directory (a restored volume snapshot)
+/// would roll a Raft member back in every group it holds (issue 17, item 4): it refuses,
+/// once the cluster has recorded that the node acknowledged more than the copy holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_on_an_old_copy_of_its_data_refuses_and_says_to_rejoin() {
+    let root = Root::new();
+    let ([n1, _n2, n3], _) = trio(root.path(), &[]).await;
+    let (id3, peer3, dir3) = (n3.node_id, n3.peer.clone(), n3.dir.clone());
+    let copied_through = meta_last_log(&[&n1, &n3]).await;
+    assert!(n3.terminate().success());
+    let copy = root.path().join("n3-copy");
+    copy_tree(&dir3, &copy);
+
+    let n3 = member(root.path(), 3, None, &["--peer", &peer3]);
+    n3.wait_ready().await;
+    // Meta writes the copy does not hold, until the cluster records that node 3 has them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        n1.new_key(&["links:read"]).await;
+        let status = admin_status(&n1).await;
+        let recorded = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id3)
+            .and_then(|n| n["meta_acknowledged"].as_u64());
+        if recorded.is_some_and(|r| r > copied_through) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not record node 3's progress past {copied_through}: {recorded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(n3.terminate().success());
+
+    std::fs::remove_dir_all(&dir3).unwrap();
+    std::fs::rename(&copy, &dir3).unwrap();
+    let (status, stderr) = serve_until_exit(
+        &dir3,
+        &[
+            "--http",
+            "127.0.0.3:0",
+            "--cluster",
+            "127.0.0.3:0",
+            "--peer",
+            &peer3,
+        ],
+    );
+    assert!(!status.success(), "it started on an old copy: {stderr}");
+    assert!(
+        stderr.contains("older than the cluster's record of node")
+            && stderr.contains("rejoin as a new node"),
+        "{stderr}"
+    );
 }

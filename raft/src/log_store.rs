@@ -95,6 +95,18 @@ impl SledGroupLog {
         self.put_meta(VOTE, codec::encode(vote))
     }
 
+    /// The index of the last entry this log holds durably-or-not (its purge point when it
+    /// holds none), read from the store itself rather than from openraft's metrics.
+    pub fn last_index(&self) -> io::Result<Option<u64>> {
+        if let Some(bytes) = self.last()? {
+            let entry: Entry<TypeConfig> = codec::decode(&bytes)?;
+            return Ok(Some(entry.log_id.index));
+        }
+        let purged = self.get_meta(LAST_PURGED)?;
+        let purged: Option<LogId<NodeId>> = purged.map(|b| codec::decode(&b)).transpose()?;
+        Ok(purged.map(|l| l.index))
+    }
+
     /// The group a tree of this store belongs to, from the tree's name.
     pub fn group_of_tree(name: &str) -> Option<GroupId> {
         let rest = name.strip_prefix("g/")?;

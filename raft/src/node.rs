@@ -385,6 +385,13 @@ impl<S: StateMachine> RaftNode<S> {
         &self.fault
     }
 
+    /// The index of the last entry in the local log of `id` (its purge point when empty).
+    pub fn last_log_index(&self, id: GroupId) -> Result<Option<u64>, NodeError> {
+        SledGroupLog::open(&self.db, self.flusher.clone(), id)
+            .and_then(|log| log.last_index())
+            .map_err(read_err(format!("the log of {id}")))
+    }
+
     /// The last vote of a released replica of `id`, if this node ever released one.
     fn tombstone(&self, id: GroupId) -> Result<Option<openraft::Vote<NodeId>>, NodeError> {
         let bytes = self

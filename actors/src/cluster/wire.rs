@@ -83,6 +83,12 @@ pub enum Request {
     },
     /// The Raft view of every group this node hosts.
     Groups,
+    /// The meta log index `node` is recorded to have acknowledged (a node starting asks,
+    /// to find out whether its data directory was rolled back).
+    Acknowledged {
+        /// The node.
+        node: NodeId,
+    },
     /// This node's replica of shard `shard`: applied index, link count and digest.
     Digest {
         /// The shard.
@@ -225,6 +231,8 @@ pub enum Reply {
     Digest(ReplicaDigest),
     /// A node's clicks of a link.
     Tally(crate::clicks::rollup::Tally),
+    /// `Acknowledged`: the recorded index, if any.
+    Acknowledged(Option<u64>),
     /// Not done, and why.
     Refused(Refusal),
     /// `Members`, answered by the shard's leader: its last applied (so committed)
