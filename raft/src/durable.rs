@@ -62,7 +62,7 @@ impl DurableDb {
     }
 
     /// Wraps a database sled opened at `path`.
-    pub fn wrap(db: sled::Db, path: &Path) -> io::Result<Self> {
+    fn wrap(db: sled::Db, path: &Path) -> io::Result<Self> {
         let log = File::open(path.join(SLED_LOG))?;
         // sled writes its configuration once, when it creates the database, and never
         // syncs it.

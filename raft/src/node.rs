@@ -261,7 +261,6 @@ pub struct RaftNode<S: StateMachine> {
     options: NodeOptions,
     addr: SocketAddr,
     openraft: Arc<openraft::Config>,
-    db: sled::Db,
     durable: DurableDb,
     hosted: sled::Tree,
     /// The last vote of each group whose replica this node released.
@@ -333,7 +332,6 @@ impl<S: StateMachine> RaftNode<S> {
             addr: listener.local_addr(),
             options,
             openraft,
-            db,
             durable,
             hosted,
             tombstones,
@@ -372,7 +370,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// The sled database, for size accounting.
     pub fn db(&self) -> &sled::Db {
-        &self.db
+        self.durable.db()
     }
 
     /// The sled database with its sync, for other durable state kept in it.
@@ -387,7 +385,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// The index of the last entry in the local log of `id` (its purge point when empty).
     pub fn last_log_index(&self, id: GroupId) -> Result<Option<u64>, NodeError> {
-        SledGroupLog::open(&self.db, self.flusher.clone(), id)
+        SledGroupLog::open(self.durable.db(), self.flusher.clone(), id)
             .and_then(|log| log.last_index())
             .map_err(read_err(format!("the log of {id}")))
     }
@@ -428,13 +426,13 @@ impl<S: StateMachine> RaftNode<S> {
         let hosted_names: std::collections::HashSet<String> =
             hosted.iter().map(|id| format!("g{}", id.0)).collect();
         let mut removed = false;
-        for name in self.db.tree_names() {
+        for name in self.durable.db().tree_names() {
             let Some(id) = SledGroupLog::group_of_tree(&String::from_utf8_lossy(&name)) else {
                 continue;
             };
             if !hosted.contains(&id) {
                 tracing::info!(group = %id, "deleting the log of a replica released before a crash");
-                SledGroupLog::destroy(&self.db, id)
+                SledGroupLog::destroy(self.durable.db(), id)
                     .map_err(io_err(format!("deleting the old log of {id}")))?;
                 removed = true;
             }
@@ -500,10 +498,10 @@ impl<S: StateMachine> RaftNode<S> {
         // here (a crash while it was released) must not come back as its state. Only the
         // vote an earlier replica gave is kept (its tombstone), so that this node never
         // votes again in a term where it already has.
-        SledGroupLog::destroy(&self.db, id)
+        SledGroupLog::destroy(self.durable.db(), id)
             .map_err(io_err(format!("deleting the old log of {id}")))?;
         if let Some(vote) = self.tombstone(id)? {
-            SledGroupLog::open(&self.db, self.flusher.clone(), id)
+            SledGroupLog::open(self.durable.db(), self.flusher.clone(), id)
                 .and_then(|log| log.seed_vote(&vote))
                 .map_err(io_err(format!("restoring the last vote of {id}")))?;
         }
@@ -526,7 +524,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     async fn open_group(&self, id: GroupId) -> Result<Group<S>, NodeError> {
-        let log = SledGroupLog::open(&self.db, self.flusher.clone(), id)
+        let log = SledGroupLog::open(self.durable.db(), self.flusher.clone(), id)
             .map_err(io_err(format!("opening the log of {id}")))?;
         let state = (self.factory)(id);
         let dir = self.group_dir(id);
@@ -584,7 +582,7 @@ impl<S: StateMachine> RaftNode<S> {
         drop(group);
         // The vote outlives the replica (see `create_group`); kept in the same sync as the
         // removal, so no crash loses it.
-        let vote = SledGroupLog::open(&self.db, self.flusher.clone(), id)
+        let vote = SledGroupLog::open(self.durable.db(), self.flusher.clone(), id)
             .and_then(|log| log.released_vote())
             .map_err(read_err(format!("the vote of {id}")))?;
         let kept = match (self.tombstone(id)?, vote) {
@@ -605,7 +603,8 @@ impl<S: StateMachine> RaftNode<S> {
             .remove(id.0.to_be_bytes())
             .map_err(sled_to_io)
             .map_err(io_err("forgetting the group"))?;
-        SledGroupLog::destroy(&self.db, id).map_err(io_err(format!("deleting the log of {id}")))?;
+        SledGroupLog::destroy(self.durable.db(), id)
+            .map_err(io_err(format!("deleting the log of {id}")))?;
         self.flusher
             .flush()
             .await
