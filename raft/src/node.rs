@@ -344,10 +344,27 @@ impl<S: StateMachine> RaftNode<S> {
             shutdown,
             tasks,
         };
-        let hosted = node.hosted_ids()?;
-        node.remove_leftovers(&hosted)?;
-        for id in hosted {
-            node.open_group(id).await?;
+        let hosted = node.hosted_replicas()?;
+        let ids: Vec<GroupId> = hosted.iter().map(|(id, _)| *id).collect();
+        node.remove_leftovers(&ids)?;
+        let mut upgraded = false;
+        for (id, incarnation) in hosted {
+            let incarnation = match incarnation {
+                Some(i) => i,
+                None => {
+                    // Recorded by a version without incarnations: this replica's life
+                    // gets one now, before anyone can have seen it.
+                    upgraded = true;
+                    node.record_hosted(id)?
+                }
+            };
+            node.open_group(id, incarnation).await?;
+        }
+        if upgraded {
+            node.flusher
+                .flush()
+                .await
+                .map_err(io_err("recording the incarnations of the replicas"))?;
         }
         tracing::info!(node = node.options.node_id, addr = %node.addr, groups = node.group_ids().len(), "raft node started");
         Ok(node)
@@ -403,20 +420,54 @@ impl<S: StateMachine> RaftNode<S> {
             .map_err(|e| read_err(format!("the last vote of released {id}"))(e.into()))
     }
 
-    /// The groups the durable group list says this node hosts.
-    fn hosted_ids(&self) -> Result<Vec<GroupId>, NodeError> {
-        let mut ids = Vec::new();
-        for key in self.hosted.iter().keys() {
-            let key = key
+    /// The replicas the durable group list says this node hosts, with their incarnations
+    /// (`None` if recorded before incarnations existed).
+    fn hosted_replicas(&self) -> Result<Vec<(GroupId, Option<u64>)>, NodeError> {
+        let damaged = |detail: &str| NodeError::Damaged {
+            what: "the group list".into(),
+            detail: std::io::Error::new(std::io::ErrorKind::InvalidData, detail.to_string()),
+        };
+        let mut replicas = Vec::new();
+        for entry in self.hosted.iter() {
+            let (key, value) = entry
                 .map_err(sled_to_io)
-                .map_err(io_err("reading the group list"))?;
-            let bytes: [u8; 8] = key.as_ref().try_into().map_err(|_| NodeError::Io {
-                context: "reading the group list".into(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad group key"),
-            })?;
-            ids.push(GroupId(u64::from_be_bytes(bytes)));
+                .map_err(read_err("the group list"))?;
+            let key: [u8; 8] = key
+                .as_ref()
+                .try_into()
+                .map_err(|_| damaged("a group key is not 8 bytes"))?;
+            let incarnation = match value.len() {
+                0 => None,
+                8 => Some(u64::from_be_bytes(
+                    value.as_ref().try_into().expect("8 bytes"),
+                )),
+                _ => return Err(damaged("an incarnation is not 8 bytes")),
+            };
+            replicas.push((GroupId(u64::from_be_bytes(key)), incarnation));
         }
-        Ok(ids)
+        Ok(replicas)
+    }
+
+    /// Records `id` as hosted, with a new incarnation, which it returns. Durable at the
+    /// next flush.
+    fn record_hosted(&self, id: GroupId) -> Result<u64, NodeError> {
+        let incarnation = loop {
+            let i: u64 = rand::random();
+            if i != 0 {
+                break i;
+            }
+        };
+        self.hosted
+            .insert(id.0.to_be_bytes(), &incarnation.to_be_bytes())
+            .map_err(sled_to_io)
+            .map_err(io_err("recording the new group"))?;
+        Ok(incarnation)
+    }
+
+    /// The incarnation of this node's replica of `id`, if it hosts one: a random number
+    /// chosen when the replica was created, kept across restarts.
+    pub fn incarnation(&self, id: GroupId) -> Option<u64> {
+        self.router.get(id).map(|h| h.incarnation)
     }
 
     /// Deletes what a crash in the middle of [`RaftNode::remove_group`] left of groups that
@@ -512,18 +563,15 @@ impl<S: StateMachine> RaftNode<S> {
             }
             _ => {}
         }
-        self.hosted
-            .insert(id.0.to_be_bytes(), &[])
-            .map_err(sled_to_io)
-            .map_err(io_err("recording the new group"))?;
+        let incarnation = self.record_hosted(id)?;
         self.flusher
             .flush()
             .await
             .map_err(io_err("recording the new group"))?;
-        self.open_group(id).await
+        self.open_group(id, incarnation).await
     }
 
-    async fn open_group(&self, id: GroupId) -> Result<Group<S>, NodeError> {
+    async fn open_group(&self, id: GroupId, incarnation: u64) -> Result<Group<S>, NodeError> {
         let log = SledGroupLog::open(self.durable.db(), self.flusher.clone(), id)
             .map_err(io_err(format!("opening the log of {id}")))?;
         let state = (self.factory)(id);
@@ -541,7 +589,7 @@ impl<S: StateMachine> RaftNode<S> {
         let raft = Raft::new(
             self.options.node_id,
             self.openraft.clone(),
-            network,
+            network.clone(),
             LogStore::new(log, self.fault.clone()),
             sm,
         )
@@ -550,7 +598,8 @@ impl<S: StateMachine> RaftNode<S> {
             group: id,
             reason: e.to_string(),
         })?;
-        self.router.insert(id, raft.clone());
+        self.tasks.spawn(network.attach(raft.metrics()));
+        self.router.insert(id, raft.clone(), incarnation);
         self.tasks
             .spawn(report_fatal(id, raft.metrics(), self.fault.clone()));
         let proposer = Proposer::start(raft.clone(), self.shutdown.child_token(), &self.tasks);

@@ -273,6 +273,41 @@ async fn one_node_group(
     (nodes, group)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_its_incarnation_across_restarts_and_an_old_record_gets_one() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, group) = one_node_group(root.path(), "v").await;
+    drop(group);
+    let id = linkrift_raft::GroupId(1);
+    let first = nodes[0].node().incarnation(id).expect("hosted");
+    assert_ne!(first, 0);
+    nodes[0].stop().await;
+    nodes[0].restart().await;
+    assert_eq!(nodes[0].node().incarnation(id), Some(first), "kept");
+
+    // A group list written before incarnations existed holds no value for the group.
+    nodes[0].stop().await;
+    {
+        let db = sled::open(nodes[0].dir.join("raft.sled")).unwrap();
+        let hosted = db.open_tree("groups").unwrap();
+        assert_eq!(
+            hosted.get(id.0.to_be_bytes()).unwrap().as_deref(),
+            Some(&first.to_be_bytes()[..])
+        );
+        hosted.insert(id.0.to_be_bytes(), &[]).unwrap();
+        db.flush().unwrap();
+    }
+    nodes[0].restart().await;
+    let given = nodes[0].node().incarnation(id).expect("still hosted");
+    assert!(given != 0 && given != first, "{given:x}");
+    let map = wait_converged(&nodes, 1, LONG).await;
+    assert_eq!(map.get("k").map(String::as_str), Some("v"), "data kept");
+    nodes[0].stop().await;
+    nodes[0].restart().await;
+    assert_eq!(nodes[0].node().incarnation(id), Some(given), "recorded");
+    nodes[0].stop().await;
+}
+
 /// Copies the files of `from` into `to` (a directory tree of plain files).
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -359,7 +394,7 @@ async fn a_snapshot_that_cannot_be_written_trips_the_storage_fault() {
 /// replica with no membership yet refuses to vote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_hosted_again_after_release_keeps_its_vote_and_does_not_vote_while_empty() {
-    use linkrift_raft::transport::client::{Lane, PeerPool};
+    use linkrift_raft::transport::client::{Lane, PeerPool, Replica};
     use linkrift_raft::transport::frame::FrameKind;
     support::init_tracing();
     let root = tempfile::tempdir().unwrap();
@@ -410,8 +445,11 @@ async fn a_replica_hosted_again_after_release_keeps_its_vote_and_does_not_vote_w
     let reply = pool
         .peer(&nodes[released].addr.to_string())
         .call(
-            1,
-            gone,
+            Replica {
+                group: 1,
+                node: gone,
+                incarnation: 0,
+            },
             FrameKind::Vote,
             linkrift_raft::codec::encode(&request),
             Lane::Control,
@@ -427,6 +465,92 @@ async fn a_replica_hosted_again_after_release_keeps_its_vote_and_does_not_vote_w
     assert!(String::from_utf8_lossy(&reply.payload).contains("no membership yet"));
     shutdown.cancel();
     drop((lead, again));
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+/// The value of counter `name` with label `reason` in `snapshotter`'s recorder.
+fn refused(snapshotter: &metrics_util::debugging::Snapshotter, reason: &str) -> u64 {
+    use metrics_util::debugging::DebugValue;
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            let key = key.key();
+            key.name() == "raft_frames_refused_total"
+                && key
+                    .labels()
+                    .any(|l| l.key() == "reason" && l.value() == reason)
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_created_again_under_a_replication_stream_gets_nothing_from_it() {
+    // (Each test runs in its own process under nextest, so the recorder is this test's.)
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("no other recorder");
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, 1, test_config()).await;
+    write(&nodes, 1, set("before", "1"), LONG).await;
+    wait_converged(&nodes, 1, LONG).await;
+    let leader = wait_leader(&nodes, 1, LONG).await;
+    let x = nodes.iter().position(|n| n.id != leader).unwrap();
+    let id = linkrift_raft::GroupId(1);
+    let first = nodes[x].node().incarnation(id).expect("hosted");
+
+    // The replica is deleted and created again while its node is still a voter (which
+    // Linkrift never does: it deletes a replica only after the node left the group). The
+    // leader's stream to it still holds what the deleted replica acknowledged.
+    nodes[x].node().remove_group(id).await.unwrap();
+    nodes[x].node().create_group(id).await.unwrap();
+    let second = nodes[x].node().incarnation(id).expect("hosted again");
+    assert_ne!(first, second, "a new replica is a new incarnation");
+    let others: Vec<_> = (0..nodes.len()).filter(|&i| i != x).collect();
+    for i in 0..5 {
+        write(&nodes, 1, set(format!("after{i}"), "1"), LONG).await;
+    }
+    wait_for("the new replica to refuse the old stream", LONG, || {
+        (refused(&snapshotter, "stale_incarnation") > 0).then_some(())
+    })
+    .await;
+    let applied = nodes[others[0]].group(1).last_applied();
+    wait_for("the two others to apply the writes", LONG, || {
+        (nodes[others[1]].group(1).last_applied() == applied).then_some(())
+    })
+    .await;
+    assert_eq!(
+        nodes[x].node().last_log_index(id).unwrap(),
+        None,
+        "the new replica took entries from a stream that belongs to the old one"
+    );
+
+    // Taking the node out and adding it again, as Linkrift re-hosts a replica, starts a new
+    // stream, which replicates everything to the new incarnation.
+    let lead = nodes.iter().find(|n| n.id == leader).unwrap().group(1);
+    let stay: std::collections::BTreeSet<_> = nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id != nodes[x].id)
+        .collect();
+    lead.raft().change_membership(stay, false).await.unwrap();
+    lead.add_learner(nodes[x].id, nodes[x].addr.to_string())
+        .await
+        .unwrap();
+    lead.change_voters(nodes.iter().map(|n| n.id))
+        .await
+        .unwrap();
+    let map = wait_converged(&nodes, 1, LONG).await;
+    assert_eq!(map.len(), 6, "{map:?}");
+    drop(lead);
     for n in &mut nodes {
         n.stop().await;
     }

@@ -115,6 +115,7 @@ async fn bad_peer_input_closes_only_that_connection() {
     let frame = encode_frame(&Frame {
         group: 1,
         target: 2,
+        incarnation: 0,
         kind: FrameKind::Vote,
         request_id: 1,
         payload: vec![7; 64],
@@ -137,6 +138,7 @@ async fn bad_peer_input_closes_only_that_connection() {
     let bad = Frame {
         group: 1,
         target: 2,
+        incarnation: 0,
         kind: FrameKind::Vote,
         request_id: 5,
         payload: vec![0xff; 3],
@@ -147,9 +149,53 @@ async fn bad_peer_input_closes_only_that_connection() {
         .unwrap()
         .unwrap();
     assert_eq!((frame.kind, frame.request_id), (FrameKind::Failure, 5));
+    let incarnation = frame.incarnation;
+    assert_ne!(
+        incarnation, 0,
+        "a hosted replica answers with its incarnation"
+    );
+
+    // A request for an earlier incarnation of a hosted replica is refused, not served.
+    let stale = Frame {
+        group: 1,
+        target: 2,
+        incarnation: incarnation ^ 1,
+        kind: FrameKind::Vote,
+        request_id: 8,
+        payload: codec_vote(),
+    };
+    s.write_all(&encode_frame(&stale)).await.unwrap();
+    let frame = linkrift_raft::transport::frame::read_frame(&mut s, 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((frame.kind, frame.request_id), (FrameKind::Failure, 8));
+    assert!(
+        String::from_utf8_lossy(&frame.payload).contains("deleted and created again"),
+        "{}",
+        String::from_utf8_lossy(&frame.payload)
+    );
+    // The same request for the incarnation it has is served.
+    let current = Frame {
+        incarnation,
+        request_id: 9,
+        ..stale
+    };
+    s.write_all(&encode_frame(&current)).await.unwrap();
+    let frame = linkrift_raft::transport::frame::read_frame(&mut s, 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (frame.kind, frame.request_id, frame.incarnation),
+        (FrameKind::Reply, 9, incarnation),
+        "{}",
+        String::from_utf8_lossy(&frame.payload)
+    );
     let unknown = Frame {
         group: 42,
         target: 2,
+        incarnation: 0,
         kind: FrameKind::Vote,
         request_id: 6,
         payload: vec![],
@@ -166,6 +212,7 @@ async fn bad_peer_input_closes_only_that_connection() {
     let misaddressed = Frame {
         group: 1,
         target: 7,
+        incarnation: 0,
         kind: FrameKind::Vote,
         request_id: 7,
         payload: vec![],
@@ -190,7 +237,7 @@ async fn bad_peer_input_closes_only_that_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_connections_come_from_the_nodes_own_address() {
-    use linkrift_raft::transport::client::{Lane, PeerPool};
+    use linkrift_raft::transport::client::{Lane, PeerPool, Replica};
     // A bare listener on 127.0.0.6 sees where a dial from "node" 127.0.0.5 comes from.
     // Unbound, the kernel would pick 127.0.0.1 for any loopback destination.
     let listener = tokio::net::TcpListener::bind("127.0.0.6:0").await.unwrap();
@@ -207,8 +254,11 @@ async fn outbound_connections_come_from_the_nodes_own_address() {
     let peer = pool.peer(&addr);
     let call = tokio::spawn(async move {
         peer.call(
-            1,
-            6,
+            Replica {
+                group: 1,
+                node: 6,
+                incarnation: 0,
+            },
             FrameKind::Vote,
             vec![],
             Lane::Control,
@@ -224,4 +274,12 @@ async fn outbound_connections_come_from_the_nodes_own_address() {
     // The bare listener never answers the handshake, so the call fails rather than hangs.
     assert!(call.await.unwrap().is_err());
     shutdown.cancel();
+}
+
+/// An encoded vote request no replica grants (term 0), so serving it changes nothing.
+fn codec_vote() -> Vec<u8> {
+    linkrift_raft::codec::encode(&openraft::raft::VoteRequest::<linkrift_raft::NodeId> {
+        vote: openraft::Vote::new(0, 9),
+        last_log_id: None,
+    })
 }

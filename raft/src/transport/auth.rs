@@ -77,6 +77,7 @@ async fn send<W: AsyncWrite + Unpin>(
     let frame = Frame {
         group: 0,
         target: 0,
+        incarnation: 0,
         kind,
         request_id: 0,
         payload,

@@ -37,6 +37,17 @@ pub enum Lane {
     Bulk,
 }
 
+/// The replica a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replica {
+    /// Its group.
+    pub group: u64,
+    /// The node hosting it.
+    pub node: NodeId,
+    /// Its incarnation, as far as the sender knows (0: not known yet, any will do).
+    pub incarnation: u64,
+}
+
 /// Everything needed to dial peers as this node.
 struct Dialer {
     node_id: NodeId,
@@ -135,12 +146,10 @@ impl Live {
 }
 
 impl Peer {
-    /// Sends a request for `group` on node `target` and waits up to `timeout` for its
-    /// reply frame.
+    /// Sends a request to the replica `to` and waits up to `timeout` for its reply frame.
     pub async fn call(
         &self,
-        group: u64,
-        target: NodeId,
+        to: Replica,
         kind: FrameKind,
         payload: Vec<u8>,
         lane: Lane,
@@ -154,8 +163,9 @@ impl Peer {
             .unwrap_or_else(|p| p.into_inner())
             .insert(request_id, tx);
         let bytes = encode_frame(&Frame {
-            group,
-            target,
+            group: to.group,
+            target: to.node,
+            incarnation: to.incarnation,
             kind,
             request_id,
             payload,

@@ -15,6 +15,11 @@ pub struct Frame {
     /// requests addressed to it: an address now used by another node (a replaced node, a
     /// reused pod name) must not take traffic meant for the old one.
     pub target: u64,
+    /// In a request, the incarnation of the target's replica the sender has been talking
+    /// to (0 before its first answer); in a reply, the incarnation of the replica that
+    /// answered. A replica deleted and hosted again is a new incarnation: a sender whose
+    /// view of it (what it has acknowledged) belongs to the earlier one must not go on.
+    pub incarnation: u64,
     /// What the payload is.
     pub kind: FrameKind,
     /// Pairs a reply with its request; chosen by the requester.
@@ -119,6 +124,7 @@ mod tests {
     fn frame(payload: Vec<u8>) -> Frame {
         Frame {
             target: 2,
+            incarnation: 9,
             group: 7,
             kind: FrameKind::AppendEntries,
             request_id: 42,

@@ -1,9 +1,12 @@
 //! The peer port: Raft traffic between nodes.
 //!
 //! One TCP connection per pair of peers carries the traffic of every group, as
-//! length-prefixed bincode frames `{group, kind, request_id, payload}` ([`frame`]). A
-//! connection opens with a mutual challenge–response on the cluster secret ([`auth`]), so
-//! the secret itself never crosses the wire and a node without it gets nothing served.
+//! length-prefixed bincode frames `{group, target, incarnation, kind, request_id, payload}`
+//! ([`frame`]). A connection opens with a mutual challenge–response on the cluster secret
+//! ([`auth`]), so the secret itself never crosses the wire and a node without it gets
+//! nothing served. A request names the node it is for and the incarnation of the replica
+//! it expects; the listener refuses (and counts) one for another node or another
+//! incarnation.
 //!
 //! [`server::PeerListener`] accepts connections and hands each request to the group it
 //! names through the node's [`GroupRouter`]; requests run concurrently, so a slow snapshot
@@ -23,31 +26,41 @@ use std::sync::{Arc, RwLock};
 use crate::types::GroupId;
 use crate::Raft;
 
+/// A replica this node serves on its peer port.
+#[derive(Clone)]
+pub struct Hosted {
+    /// Its Raft handle.
+    pub raft: Raft,
+    /// Its incarnation: chosen at random when the replica was created, kept across
+    /// restarts, never 0.
+    pub incarnation: u64,
+}
+
 /// The groups this node serves on its peer port, by id.
 #[derive(Clone, Default)]
 pub struct GroupRouter {
-    groups: Arc<RwLock<HashMap<GroupId, Raft>>>,
+    groups: Arc<RwLock<HashMap<GroupId, Hosted>>>,
 }
 
 impl GroupRouter {
-    /// Routes requests for `group` to `raft`.
-    pub fn insert(&self, group: GroupId, raft: Raft) {
+    /// Routes requests for `group` to `raft`, the replica's incarnation `incarnation`.
+    pub fn insert(&self, group: GroupId, raft: Raft, incarnation: u64) {
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(group, raft);
+            .insert(group, Hosted { raft, incarnation });
     }
 
     /// Stops routing requests for `group`.
-    pub fn remove(&self, group: GroupId) -> Option<Raft> {
+    pub fn remove(&self, group: GroupId) -> Option<Hosted> {
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group)
     }
 
-    /// The Raft handle of `group`, if this node hosts it.
-    pub fn get(&self, group: GroupId) -> Option<Raft> {
+    /// The replica of `group`, if this node hosts it.
+    pub fn get(&self, group: GroupId) -> Option<Hosted> {
         self.groups
             .read()
             .unwrap_or_else(|p| p.into_inner())

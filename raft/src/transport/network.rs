@@ -1,7 +1,8 @@
 //! openraft's network traits over the [`PeerPool`]: each group gets a factory that tags
 //! its requests with the group id; all groups share the pool's connections.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -12,10 +13,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId, RaftMetrics};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
-use super::client::{Lane, Peer, PeerPool};
+use super::client::{Lane, Peer, PeerPool, Replica};
 use super::frame::FrameKind;
 use super::TransportError;
 use crate::codec;
@@ -28,6 +30,98 @@ pub struct GroupNetworkFactory {
     group: GroupId,
     request_timeout: Duration,
     snapshot_timeout: Duration,
+    incarnations: Arc<Incarnations>,
+}
+
+/// The incarnation of each target's replica that this group's replica has been talking to.
+///
+/// What a leader knows of a follower (what it has acknowledged, so where to send from and
+/// what counts toward a quorum) belongs to one life of the follower's replica. A replica
+/// deleted and created again is another life, with another incarnation; the leader must
+/// not carry on with it as if it were the old one (openraft panics when a follower it
+/// knows to hold entries says it has none). So every request names the incarnation that
+/// first answered, and the target refuses a request for another.
+///
+/// openraft forgets what it knows of a follower when this replica becomes leader again
+/// and when the follower leaves the membership (Linkrift deletes a replica only after its
+/// node left the group, and adds it back as a new learner). So does this: a new term
+/// forgets every incarnation, a membership without the target forgets the target's.
+#[derive(Default)]
+struct Incarnations {
+    metrics: OnceLock<watch::Receiver<RaftMetrics<NodeId, BasicNode>>>,
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    term: u64,
+    membership: Option<LogId<NodeId>>,
+    by_node: HashMap<NodeId, u64>,
+}
+
+impl Known {
+    /// Forgets what `metrics` (the group's latest) says no longer holds.
+    fn follow(&mut self, metrics: &RaftMetrics<NodeId, BasicNode>) {
+        if metrics.current_term != self.term {
+            self.term = metrics.current_term;
+            self.by_node.clear();
+        }
+        let config = &metrics.membership_config;
+        if config.log_id() != &self.membership {
+            self.membership = *config.log_id();
+            let membership = config.membership();
+            self.by_node
+                .retain(|node, _| membership.get_node(node).is_some());
+        }
+    }
+}
+
+impl Incarnations {
+    /// Brings the remembered incarnations up to date with the group's metrics; false
+    /// before the group has any.
+    fn follow(&self, known: &mut Known) -> bool {
+        match self.metrics.get() {
+            Some(metrics) => {
+                known.follow(&metrics.borrow());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The incarnation to name in a request to `target` (0: none known yet).
+    fn expected(&self, target: NodeId) -> u64 {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.follow(&mut known) {
+            return 0;
+        }
+        known.by_node.get(&target).copied().unwrap_or(0)
+    }
+
+    /// Remembers that `target` answered as `incarnation` (if none is remembered yet).
+    fn answered(&self, target: NodeId, incarnation: u64) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if incarnation != 0 && self.follow(&mut known) {
+            known.by_node.entry(target).or_insert(incarnation);
+        }
+    }
+
+    /// Follows every change of the group's metrics until the group stops, so that no
+    /// membership without a target goes unseen between two requests.
+    async fn watch(self: Arc<Self>) {
+        let Some(mut metrics) = self.metrics.get().cloned() else {
+            return;
+        };
+        loop {
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .follow(&metrics.borrow_and_update());
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl GroupNetworkFactory {
@@ -43,7 +137,19 @@ impl GroupNetworkFactory {
             group,
             request_timeout,
             snapshot_timeout,
+            incarnations: Arc::default(),
         }
+    }
+
+    /// Lets the factory follow the group's term and membership (see [`Incarnations`]):
+    /// until then no incarnation is remembered. The returned future follows them until
+    /// the group stops; spawn it.
+    pub fn attach(
+        &self,
+        metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let _ = self.incarnations.metrics.set(metrics);
+        self.incarnations.clone().watch()
     }
 }
 
@@ -56,6 +162,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             group: self.group,
             target,
             node: node.clone(),
+            incarnations: self.incarnations.clone(),
             request_timeout: self.request_timeout,
             snapshot_timeout: self.snapshot_timeout,
         }
@@ -68,6 +175,7 @@ pub struct GroupNetwork {
     group: GroupId,
     target: NodeId,
     node: BasicNode,
+    incarnations: Arc<Incarnations>,
     request_timeout: Duration,
     snapshot_timeout: Duration,
 }
@@ -90,8 +198,11 @@ impl GroupNetwork {
         let reply = self
             .peer
             .call(
-                self.group.0,
-                self.target,
+                Replica {
+                    group: self.group.0,
+                    node: self.target,
+                    incarnation: self.incarnations.expected(self.target),
+                },
                 kind,
                 codec::encode(req),
                 lane,
@@ -110,6 +221,7 @@ impl GroupNetwork {
             };
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
+        self.incarnations.answered(self.target, reply.incarnation);
         let result: Result<Resp, E> = codec::decode(&reply.payload).map_err(|e| {
             let e = TransportError::BadReply {
                 addr: self.node.addr.clone(),

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::auth;
 use super::frame::{encode_frame, read_frame, Frame, FrameKind};
-use super::GroupRouter;
+use super::{GroupRouter, Hosted};
 use crate::codec;
 use crate::types::{GroupId, NodeId, TypeConfig};
 
@@ -165,7 +165,9 @@ impl Connection {
 /// Serves one request frame and builds its reply.
 async fn handle(router: &GroupRouter, me: NodeId, peer: NodeId, frame: Frame) -> Frame {
     let group = GroupId(frame.group);
-    let result = match router.get(group) {
+    let hosted = router.get(group);
+    let incarnation = hosted.as_ref().map_or(0, |h| h.incarnation);
+    let result = match hosted {
         _ if frame.target != me => {
             metrics::counter!("raft_frames_refused_total", "reason" => "wrong_node").increment(1);
             Err(format!(
@@ -174,14 +176,23 @@ async fn handle(router: &GroupRouter, me: NodeId, peer: NodeId, frame: Frame) ->
             ))
         }
         None => Err(format!("group {group} is not hosted on this node")),
-        Some(raft) if frame.kind == FrameKind::Vote && !has_membership(&raft) => {
+        Some(h) if frame.incarnation != 0 && frame.incarnation != h.incarnation => {
+            metrics::counter!("raft_frames_refused_total", "reason" => "stale_incarnation")
+                .increment(1);
+            Err(format!(
+                "this node's replica of {group} was deleted and created again since the \
+                 sender last talked to it (incarnation {:016x}, not {:016x})",
+                h.incarnation, frame.incarnation
+            ))
+        }
+        Some(h) if frame.kind == FrameKind::Vote && !has_membership(&h.raft) => {
             metrics::counter!("raft_frames_refused_total", "reason" => "no_membership")
                 .increment(1);
             Err(format!(
                 "this node's replica of {group} has no membership yet and does not vote"
             ))
         }
-        Some(raft) => match frame.kind {
+        Some(Hosted { raft, .. }) => match frame.kind {
             FrameKind::AppendEntries => {
                 match codec::decode::<AppendEntriesRequest<TypeConfig>>(&frame.payload) {
                     Ok(req) => Ok(codec::encode(&raft.append_entries(req).await)),
@@ -209,6 +220,7 @@ async fn handle(router: &GroupRouter, me: NodeId, peer: NodeId, frame: Frame) ->
         Ok(payload) => Frame {
             group: frame.group,
             target: 0,
+            incarnation,
             kind: FrameKind::Reply,
             request_id: frame.request_id,
             payload,
@@ -218,6 +230,7 @@ async fn handle(router: &GroupRouter, me: NodeId, peer: NodeId, frame: Frame) ->
             Frame {
                 group: frame.group,
                 target: 0,
+                incarnation,
                 kind: FrameKind::Failure,
                 request_id: frame.request_id,
                 payload: reason.into_bytes(),
