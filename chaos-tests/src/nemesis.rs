@@ -49,7 +49,7 @@ impl Fault {
     /// power cuts only with `power` (the nodes' data on faultfs mounts).
     pub fn round(rng: &mut StdRng, rejoin: bool, power: bool) -> Vec<Fault> {
         use linkrift_raft::failpoint::{
-            AFTER_FLUSH, APPLY, BEFORE_FLUSH, CLICK_WRITE_ERROR, FLUSH_ERROR,
+            AFTER_FLUSH, APPLY, BEFORE_FLUSH, CLICK_WRITE_ERROR, FLUSH_ERROR, SNAPSHOT_ERROR,
         };
         let mut faults = vec![
             Fault::KillMinority,
@@ -68,6 +68,7 @@ impl Fault {
             Fault::Failpoint(APPLY),
             Fault::DiskError(FLUSH_ERROR),
             Fault::DiskError(CLICK_WRITE_ERROR),
+            Fault::DiskError(SNAPSHOT_ERROR),
         ];
         if rejoin {
             faults.push(Fault::RemoveWipeRejoin);
@@ -257,7 +258,16 @@ impl Env {
                 let at = micros(self.t0);
                 self.cluster.node(k).kill();
                 // The error may come before the node says where it serves.
-                let _ = self.cluster.start(k, &Launch::failpoint(name, 5));
+                let mut launch = Launch::failpoint(name, 5);
+                if name == linkrift_raft::failpoint::SNAPSHOT_ERROR {
+                    // Snapshots come every 20,000 entries of a group: far apart in a run.
+                    // With 100, the groups whose log has grown that much since their last
+                    // snapshot build one as soon as the node has replayed them.
+                    launch
+                        .env
+                        .push(("LINKRIFT_SNAPSHOT_AFTER_ENTRIES".into(), "100".into()));
+                }
+                let _ = self.cluster.start(k, &launch);
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let mut status = None;
                 while status.is_none() && Instant::now() < deadline {
@@ -608,7 +618,7 @@ mod tests {
     fn a_round_has_every_fault_and_joins_before_leaving() {
         for seed in 0..50 {
             let round = Fault::round(&mut StdRng::seed_from_u64(seed), false, false);
-            assert_eq!(round.len(), 18);
+            assert_eq!(round.len(), 19);
             let powered = Fault::round(&mut StdRng::seed_from_u64(seed), false, true);
             assert_eq!(powered.len(), round.len() + 2);
             assert!(powered.contains(&Fault::PowerCut) && powered.contains(&Fault::PowerCutAll));
