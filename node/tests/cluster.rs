@@ -228,6 +228,56 @@ async fn a_delete_on_one_node_stops_redirects_on_the_others_at_once() {
     }
 }
 
+/// Reads what the server sends until it closes the connection.
+async fn wait_closed(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
+    })
+    .await
+    .expect("the node closes the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_lengths_on_the_peer_and_cluster_ports_close_the_connection_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().unwrap();
+    let mut n1 = member(root.path(), 1, None, &[]);
+    n1.wait_ready().await;
+
+    // The peer port, before authenticating: a frame whose payload announces 2^50 bytes
+    // (this aborted the process: `memory allocation of 1125899906842624 bytes failed`).
+    let mut s = tokio::net::TcpStream::connect(&n1.peer).await.unwrap();
+    let len = s.read_u32().await.unwrap();
+    let mut challenge = vec![0u8; len as usize];
+    s.read_exact(&mut challenge).await.unwrap();
+    let mut body = vec![0x00, 0x00, 0x00, 0x01, 0x00, 0xfd];
+    body.extend((1u64 << 50).to_le_bytes());
+    s.write_u32(body.len() as u32).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    wait_closed(&mut s).await;
+
+    // The cluster port: a frame length of 2^50, then one of 2^24 (over the limit).
+    for len in [1u64 << 50, 1 << 24 | 1] {
+        let mut s = tokio::net::TcpStream::connect(&n1.cluster).await.unwrap();
+        s.write_u64(len).await.unwrap();
+        s.write_all(&[0; 64]).await.unwrap();
+        wait_closed(&mut s).await;
+    }
+
+    let (status, body) = n1
+        .create(ADMIN_KEY, json!({ "url": "https://still.example/" }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let code = body["code"].as_str().unwrap();
+    assert_eq!(
+        n1.redirect(code).await,
+        (302, Some("https://still.example/".into()))
+    );
+    assert!(n1.is_running());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_wrong_secret_is_refused_and_the_cluster_carries_on() {
     let root = tempfile::tempdir().unwrap();

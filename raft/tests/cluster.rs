@@ -308,6 +308,77 @@ async fn a_replica_keeps_its_incarnation_across_restarts_and_an_old_record_gets_
     nodes[0].stop().await;
 }
 
+/// `(1 << 50)` as a bincode length: a varint marker and eight little-endian bytes.
+fn huge_length() -> Vec<u8> {
+    let mut bytes = vec![0xfd];
+    bytes.extend((1u64 << 50).to_le_bytes());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_entry_announcing_a_huge_length_is_refused_without_allocating_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, group) = one_node_group(root.path(), "v").await;
+    drop(group);
+    nodes[0].stop().await;
+    {
+        // The last entry of the log, rewritten as an entry whose payload announces 2^50
+        // bytes (as one flipped length byte on disk could).
+        let db = sled::open(nodes[0].dir.join("raft.sled")).unwrap();
+        let log = db.open_tree("g/1/log").unwrap();
+        let (key, _) = log.last().unwrap().expect("entries");
+        let index = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+        let entry = openraft::Entry::<linkrift_raft::TypeConfig> {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(linkrift_raft::Payload(vec![7; 3])),
+        };
+        let mut bytes = linkrift_raft::codec::encode(&entry);
+        assert_eq!(bytes[bytes.len() - 4..], [3, 7, 7, 7]);
+        bytes.truncate(bytes.len() - 4);
+        bytes.extend(huge_length());
+        log.insert(key, bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let err = nodes[0]
+        .try_restart()
+        .await
+        .expect_err("a node with a damaged log does not start");
+    assert!(
+        err.to_string().contains("exceeds what the bytes can hold"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_announcing_a_huge_length_is_refused_without_allocating_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, group) = one_node_group(root.path(), "v").await;
+    group.raft().trigger().snapshot().await.unwrap();
+    let path = linkrift_raft::node::group_dir(&nodes[0].dir, linkrift_raft::GroupId(1))
+        .join("current.snap");
+    wait_for("the snapshot file", LONG, || path.exists().then_some(())).await;
+    drop(group);
+    nodes[0].stop().await;
+    // A well-formed file with a correct checksum whose body (the state: a map) holds one
+    // key announcing 2^50 bytes.
+    let file = std::fs::read(&path).unwrap();
+    let header_len = u32::from_be_bytes(file[8..12].try_into().unwrap()) as usize;
+    let mut forged = file[..12 + header_len].to_vec();
+    let mut body = vec![1];
+    body.extend(huge_length());
+    forged.extend((body.len() as u64).to_be_bytes());
+    forged.extend(xxhash_rust::xxh3::xxh3_64(&body).to_be_bytes());
+    forged.extend(body);
+    std::fs::write(&path, forged).unwrap();
+    let err = nodes[0]
+        .try_restart()
+        .await
+        .expect_err("a node with a damaged snapshot does not start");
+    let text = err.to_string();
+    assert!(text.contains("exceeds what the bytes can hold"), "{text}");
+    assert!(text.contains("rejoin"), "{text}");
+}
+
 /// Copies the files of `from` into `to` (a directory tree of plain files).
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();

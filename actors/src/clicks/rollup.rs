@@ -152,8 +152,7 @@ fn encode(hour: &Hour) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> sled::Result<Hour> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(h, _)| h)
+    linkrift_raft::codec::decode(bytes)
         .map_err(|e| sled::Error::Unsupported(format!("a click roll-up does not decode: {e}")))
 }
 

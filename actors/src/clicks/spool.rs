@@ -70,13 +70,7 @@ fn decode(bytes: &[u8]) -> io::Result<Vec<ClickEvent>> {
     if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
         return Err(bad("checksum mismatch"));
     }
-    let (batch, used): (Vec<ClickEvent>, usize) =
-        bincode::serde::decode_from_slice(body, bincode::config::standard())
-            .map_err(|e| bad(&e.to_string()))?;
-    if used != body.len() {
-        return Err(bad("trailing bytes"));
-    }
-    Ok(batch)
+    linkrift_raft::codec::decode(body).map_err(|e| bad(&e.0))
 }
 
 impl Spool {
@@ -312,5 +306,18 @@ mod tests {
         assert_eq!(seq, 1);
         assert!(first.with_extension("bad").exists());
         assert_eq!(spool.events(), 10);
+    }
+
+    #[test]
+    fn a_batch_announcing_a_huge_length_is_refused_without_allocating_it() {
+        // A checksummed batch of one event whose first string announces 2^50 bytes: the
+        // checksum passes (the bytes were written so), the decode must not allocate.
+        let mut body = vec![1, 0xfd];
+        body.extend((1u64 << 50).to_le_bytes());
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
+        bytes.extend(&body);
+        let err = decode(&bytes).unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
     }
 }

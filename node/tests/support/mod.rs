@@ -215,6 +215,11 @@ impl Node {
     }
 
     /// The process id.
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -95,9 +95,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let ours = nonce();
     send(s, FrameKind::Challenge, ours.clone()).await?;
     let hello = expect(s, FrameKind::Hello).await?;
-    let (hello, _): (Hello, usize) =
-        bincode::decode_from_slice(&hello.payload, bincode::config::standard())
-            .map_err(|e| HandshakeError::Protocol(format!("bad hello: {e}")))?;
+    let hello: Hello = crate::codec::decode_native(&hello.payload)
+        .map_err(|e| HandshakeError::Protocol(format!("bad hello: {e}")))?;
     if hello.nonce.len() != NONCE {
         return Err(HandshakeError::Protocol("bad nonce length".into()));
     }

@@ -91,14 +91,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
         _ => FrameError::Io(e),
     })?;
-    let (frame, used) = bincode::decode_from_slice(&body, bincode::config::standard())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(FrameError::Malformed(format!(
-            "{} trailing bytes",
-            body.len() - used
-        )));
-    }
+    let frame = crate::codec::decode_native(&body).map_err(|e| FrameError::Malformed(e.0))?;
     Ok(Some(frame))
 }
 

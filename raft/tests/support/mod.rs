@@ -122,6 +122,21 @@ impl TestNode {
         }
     }
 
+    /// Starts the node again on the same address and data directory, and returns why it
+    /// could not.
+    pub async fn try_restart(&mut self) -> Result<(), linkrift_raft::node::NodeError> {
+        assert!(self.node.is_none(), "restart a stopped node");
+        let options = NodeOptions {
+            node_id: self.id,
+            data_dir: self.dir.clone(),
+            peer_addr: self.addr,
+            cluster_secret: SECRET.to_vec(),
+            raft: self.config.clone(),
+        };
+        self.node = Some(RaftNode::start(options, kv_factory()).await?);
+        Ok(())
+    }
+
     /// Starts the node again on the same address and data directory.
     pub async fn restart(&mut self) {
         assert!(self.node.is_none(), "restart a stopped node");
