@@ -26,7 +26,7 @@ source bench/lib.sh
 need wrk wrk
 trap stop_all EXIT
 cargo build --release -q -p linkrift
-key=bench-admin-key-0123456789
+key=bench-admin-key-0123456789abcdefghij
 
 ch_flags=()
 start_clickhouse() {

@@ -22,7 +22,7 @@ source bench/lib.sh
 need hey hey
 trap stop_all EXIT
 cargo build --release -q -p linkrift
-key=bench-admin-key-0123456789
+key=bench-admin-key-0123456789abcdefghij
 
 
 start_single "$port"

@@ -30,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 cargo build --release -q -p linkrift
 
-key=bench-admin-key-0123456789
+key=bench-admin-key-0123456789abcdefghij
 start_linkrift() { # DIR PORT (runs in a subshell: the PID goes to a file for cleanup)
   if curl -s -o /dev/null "http://127.0.0.1:$2/"; then echo "port $2 is already in use" >&2; exit 1; fi
   LINKRIFT_ADMIN_KEY=$key taskset -c 1 target/release/linkrift serve --data-dir "$1" \

@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::disk::PowerDisk;
 
 /// The admin key every node of a run shares.
-pub const ADMIN_KEY: &str = "chaos-admin-key-0123456789";
-const SECRET: &str = "chaos-cluster-secret";
+pub const ADMIN_KEY: &str = "chaos-admin-key-0123456789abcdefghij";
+const SECRET: &str = "chaos-cluster-secret-0123456789abcdef";
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 /// How one node is started; kept so it can be started again the same way.

@@ -297,6 +297,12 @@ impl Config {
         if config.join.is_some() && config.cluster_secret.is_none() {
             bail!("joining a cluster needs cluster_secret (LINKRIFT_CLUSTER_SECRET), the same on every node");
         }
+        if let Some(secret) = &config.cluster_secret {
+            check_secret("cluster_secret", secret)?;
+        }
+        if let Some(key) = &config.admin_key {
+            check_secret("admin_key", key)?;
+        }
         if let Some(url) = &config.postgres_url {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                 bail!("postgres_url must be a postgres:// URL");
@@ -358,6 +364,37 @@ impl Config {
     }
 }
 
+/// The fewest bytes a secret (the cluster secret, the first admin key) may have.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses a secret that is empty, shorter than [`MIN_SECRET_BYTES`], or a placeholder
+/// from an example (`change-me…`). The message names the setting, never the value.
+pub fn check_secret(name: &str, value: &str) -> anyhow::Result<()> {
+    let folded: String = value
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let placeholder = ["changeme", "replaceme", "yoursecret", "secret", "password"]
+        .iter()
+        .any(|p| folded.starts_with(p));
+    if value.trim().is_empty() {
+        bail!("{name} is empty; make one with `openssl rand -hex 24`");
+    }
+    if value.len() < MIN_SECRET_BYTES {
+        bail!(
+            "{name} has {} bytes, fewer than {MIN_SECRET_BYTES}; make one with `openssl rand -hex 24`",
+            value.len()
+        );
+    }
+    if placeholder {
+        bail!(
+            "{name} is a placeholder from an example; make a real one with `openssl rand -hex 24`"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +412,30 @@ mod tests {
         fields.sort();
         keys.sort();
         assert_eq!(fields, keys, "KEYS must list every Config field");
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_without_showing_them() {
+        let good = "3f9c1e0a7b2d4c6e8f1a3b5c7d9e0f2a4b6c8d0e";
+        assert!(check_secret("cluster_secret", good).is_ok());
+        for (value, why) in [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("short-but-random-Xq9", "fewer than 32"),
+            ("change-me-cluster-secret-0123456789", "placeholder"),
+            ("CHANGE_ME_admin_key_0123456789abcdef", "placeholder"),
+            ("replace-me-with-a-real-secret-please", "placeholder"),
+        ] {
+            let err = check_secret("cluster_secret", value)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(why) && err.contains("cluster_secret"),
+                "{value:?}: {err}"
+            );
+            if !value.trim().is_empty() {
+                assert!(!err.contains(value), "the secret is not shown: {err}");
+            }
+        }
     }
 }

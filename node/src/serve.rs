@@ -78,11 +78,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             snapshot_after_entries: config.snapshot_after_entries,
             ..Default::default()
         },
-        cluster_secret: config
-            .cluster_secret
-            .clone()
-            .unwrap_or_default()
-            .into_bytes(),
+        // A node with no cluster secret is one node alone: nobody can join it (joining needs
+        // the same secret on both sides), so its peer and cluster ports take a random one
+        // that no other process holds, rather than an empty key anyone could use.
+        cluster_secret: match &config.cluster_secret {
+            Some(secret) => secret.clone().into_bytes(),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        },
         shard_count: config.shard_count,
         code_length: config.code_length,
         url_policy: UrlPolicy {

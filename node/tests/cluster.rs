@@ -295,7 +295,10 @@ async fn a_node_with_the_wrong_secret_is_refused_and_the_cluster_carries_on() {
             "127.0.0.5:0",
         ])
         .args(["--join", &n1.cluster, "--log", "warn"])
-        .env("LINKRIFT_CLUSTER_SECRET", "not-the-secret")
+        .env(
+            "LINKRIFT_CLUSTER_SECRET",
+            "not-the-secret-of-this-cluster-0123456789",
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -94,5 +94,13 @@ fn bad_settings_stop_the_node_with_a_reason() {
     assert!(run(&["--code-length", "2"], &[]).contains("code_length must be 4 to 64"));
     assert!(run(&[], &[("LINKRIFT_SHARD_COUNT", "0")]).contains("shard_count must be 1 to 4096"));
     assert!(run(&[], &[("LINKRIFT_LOG_FORMAT", "xml")]).contains("log_format must be text or json"));
-    assert!(run(&[], &[("LINKRIFT_ADMIN_KEY", "short")]).contains("at least 16 characters"));
+    assert!(run(&[], &[("LINKRIFT_ADMIN_KEY", "short")])
+        .contains("admin_key has 5 bytes, fewer than 32"));
+    let placeholder = "change-me-admin-key-0123456789abcdef";
+    let said = run(&[], &[("LINKRIFT_ADMIN_KEY", placeholder)]);
+    assert!(said.contains("admin_key is a placeholder"), "{said}");
+    assert!(!said.contains(placeholder), "the key is not shown: {said}");
+    assert!(run(&[], &[("LINKRIFT_CLUSTER_SECRET", "")]).contains("cluster_secret is empty"));
+    assert!(run(&[], &[("LINKRIFT_CLUSTER_SECRET", "hunter2hunter2")])
+        .contains("cluster_secret has 14 bytes, fewer than 32"));
 }

@@ -127,6 +127,47 @@ fn expressions() -> Vec<(String, String)> {
 }
 
 #[test]
+fn no_deploy_file_ships_a_secret() {
+    // A value in a deploy file is a value someone deploys: secrets are created by the
+    // operator (the files say how), never written into them.
+    let mut all = Vec::new();
+    files(&deploy_dir(), &mut all);
+    for path in all {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let lower = text.to_ascii_lowercase();
+        for placeholder in ["change-me", "changeme", "change_me"] {
+            assert!(
+                !lower.contains(placeholder),
+                "{} holds a placeholder secret ({placeholder})",
+                path.display()
+            );
+        }
+        for line in text.lines() {
+            let line = line.trim();
+            for key in [
+                "LINKRIFT_ADMIN_KEY",
+                "LINKRIFT_CLUSTER_SECRET",
+                "admin_key",
+                "cluster_secret",
+            ] {
+                let rest = [format!("{key}="), format!("{key} = "), format!("{key}: ")]
+                    .iter()
+                    .find_map(|p| line.strip_prefix(p.as_str()));
+                if let Some(rest) = rest {
+                    assert!(
+                        rest.starts_with('$') || rest.is_empty(),
+                        "{} sets {key} to a literal value: {line}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn every_yaml_and_json_file_parses() {
     let yamls = deploy_files(&["yaml", "yml"]);
     assert!(yamls.len() >= 5, "{yamls:?}");

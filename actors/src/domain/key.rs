@@ -55,12 +55,12 @@ impl ApiKey {
         Self(format!("lr_{}", hex::encode(bytes)))
     }
 
-    /// A key the operator chose (for the first admin key); at least 16 characters.
+    /// A key the operator chose (for the first admin key); at least 32 characters.
     pub fn from_operator(s: &str) -> Result<Self, Invalid> {
-        if s.len() < 16 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if s.len() < 32 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Invalid::new(
                 "admin_key",
-                "must be at least 16 characters without spaces",
+                "must be at least 32 characters without spaces",
             ));
         }
         Ok(Self(s.to_string()))

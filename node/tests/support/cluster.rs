@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{Node, ADMIN_KEY};
 
-pub const SECRET: &str = "cluster-test-secret";
+pub const SECRET: &str = "cluster-test-secret-0123456789abcdef";
 
 /// Starts node `i` on 127.0.0.`i` (every port picked by the OS), joining `seed` if given.
 pub fn member(root: &Path, i: u8, seed: Option<&Node>, extra: &[&str]) -> Node {

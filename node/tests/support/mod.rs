@@ -13,7 +13,7 @@ pub mod clickhouse;
 pub mod cluster;
 pub mod postgres;
 
-pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdefghij";
 
 /// A running `linkrift serve`.
 pub struct Node {
