@@ -252,6 +252,35 @@ async fn bad_peer_input_closes_only_that_connection() {
         String::from_utf8_lossy(&frame.payload)
     );
 
+    // One address holding eight connections in their handshake (each has its challenge
+    // and answers nothing) gets no ninth: it is closed before any challenge is sent. The
+    // real peers, on other addresses, go on replicating meanwhile.
+    let dial_from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(nodes[1].addr)
+    };
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = dial_from("127.0.0.99").await.unwrap();
+        let len = s.read_u32().await.unwrap();
+        s.read_exact(&mut vec![0u8; len as usize]).await.unwrap();
+        held.push(s);
+    }
+    let mut ninth = dial_from("127.0.0.99").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(LONG, ninth.read_to_end(&mut got)).await;
+    assert!(
+        got.is_empty(),
+        "the ninth connection was sent a challenge: {got:?}"
+    );
+    wait_logged(&logs, "too many connections in their handshake").await;
+    still_serving(&nodes, "with-eight-held").await;
+    // Another address still gets its challenge.
+    let mut other = dial_from("127.0.0.98").await.unwrap();
+    assert!(other.read_u32().await.unwrap() > 0);
+    drop((held, other));
+
     still_serving(&nodes, "after-everything").await;
     for n in &mut nodes {
         n.stop().await;

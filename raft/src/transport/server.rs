@@ -28,6 +28,86 @@ use crate::types::{GroupId, NodeId, TypeConfig};
 /// Requests one connection may have in flight; reading pauses beyond it.
 const MAX_IN_FLIGHT: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections that may be in their handshake at once; more are closed at once. Real
+/// peers are a few, each opening one connection at a time.
+const MAX_HANDSHAKES: usize = 64;
+/// Connections from one address that may be in their handshake at once, so that one
+/// stranger cannot take every slot from the real peers.
+const MAX_HANDSHAKES_PER_IP: usize = 8;
+
+/// The connections in their handshake, by remote address.
+#[derive(Default)]
+struct InHandshake(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`InHandshake`], given back when dropped.
+struct HandshakeSlot {
+    of: Arc<InHandshake>,
+    ip: std::net::IpAddr,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl InHandshake {
+    fn enter(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        global: &Arc<Semaphore>,
+    ) -> Option<HandshakeSlot> {
+        let mut by_ip = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = by_ip.entry(ip).or_default();
+        if *n >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        let permit = global.clone().try_acquire_owned().ok()?;
+        *n += 1;
+        Some(HandshakeSlot {
+            of: self.clone(),
+            ip,
+            _global: permit,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.of.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+/// At most one warning about failed handshakes per this long (the rest are counted).
+const HANDSHAKE_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Warns of failed handshakes at most once per [`HANDSHAKE_WARN_EVERY`], saying how many
+/// it did not warn of (those are logged at debug level): a stranger (or a scanner)
+/// dialing the port must not flood the log.
+#[derive(Default)]
+struct HandshakeWarnings {
+    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl HandshakeWarnings {
+    fn failed(&self, remote: SocketAddr, reason: &str, kind: &'static str) {
+        metrics::counter!("raft_handshakes_failed_total", "reason" => kind).increment(1);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last
+            .0
+            .is_some_and(|at| now.duration_since(at) < HANDSHAKE_WARN_EVERY)
+        {
+            last.1 += 1;
+            tracing::debug!(%remote, %reason, "closing peer connection: handshake failed");
+            return;
+        }
+        let unlogged = std::mem::take(&mut last.1);
+        last.0 = Some(now);
+        drop(last);
+        tracing::warn!(%remote, %reason, not_warned_of = unlogged, "closing peer connection: handshake failed (for 10 s, further failures are logged at debug level only; raft_handshakes_failed_total counts them all)");
+    }
+}
 
 /// Serves the peer port.
 pub struct PeerListener {
@@ -48,6 +128,9 @@ impl PeerListener {
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let conn_tasks = tasks.clone();
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let in_handshake = Arc::new(InHandshake::default());
+        let warnings = Arc::new(HandshakeWarnings::default());
         tasks.spawn(async move {
             loop {
                 let (stream, remote) = tokio::select! {
@@ -60,12 +143,21 @@ impl PeerListener {
                         }
                     },
                 };
+                let Some(handshake) = in_handshake.enter(remote.ip(), &handshakes) else {
+                    metrics::counter!("raft_connections_refused_total", "reason" => "handshakes")
+                        .increment(1);
+                    warnings.failed(remote, "too many connections in their handshake", "busy");
+                    drop(stream);
+                    continue;
+                };
                 let conn = Connection {
                     me,
                     router: router.clone(),
                     secret: secret.clone(),
                     max_frame,
                     remote,
+                    handshake,
+                    warnings: warnings.clone(),
                 };
                 let shutdown = shutdown.clone();
                 conn_tasks.spawn(async move {
@@ -91,27 +183,33 @@ struct Connection {
     secret: Arc<[u8]>,
     max_frame: u32,
     remote: SocketAddr,
+    /// Held until the handshake is over.
+    handshake: HandshakeSlot,
+    warnings: Arc<HandshakeWarnings>,
 }
 
 impl Connection {
     async fn serve(self, mut stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let peer = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            auth::accept(&mut stream, &self.secret),
-        )
-        .await
-        {
-            Ok(Ok(peer)) => peer,
-            Ok(Err(e)) => {
-                tracing::warn!(remote = %self.remote, reason = %e, "closing peer connection: handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(remote = %self.remote, "closing peer connection: handshake timed out");
-                return;
-            }
-        };
+        let peer =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::accept(&mut stream, &self.secret))
+                .await
+            {
+                Ok(Ok(peer)) => peer,
+                Ok(Err(e)) => {
+                    let kind = match e {
+                        auth::HandshakeError::WrongSecret => "wrong_secret",
+                        _ => "protocol",
+                    };
+                    self.warnings.failed(self.remote, &e.to_string(), kind);
+                    return;
+                }
+                Err(_) => {
+                    self.warnings.failed(self.remote, "timed out", "timeout");
+                    return;
+                }
+            };
+        drop(self.handshake);
         tracing::debug!(remote = %self.remote, peer, "peer connected");
         let (mut reader, mut writer) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT);
