@@ -1,5 +1,9 @@
 # Shared by the bench scripts (sourced). Needs $work (a scratch directory) set.
 
+# Benchmarks measure the service, not its rate limits (docs/OPERATIONS.md): off for every
+# node the scripts start.
+export LINKRIFT_API_RATE_PER_KEY=0 LINKRIFT_API_RATE_PER_IP=0
+
 # Installs a Debian package when its command is missing (needs root).
 need() { command -v "$1" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }; }
 

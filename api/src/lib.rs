@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod json;
 pub mod keys;
+pub mod limits;
 pub mod links;
 pub mod openapi;
 pub mod ops;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// What the redirect handler prepares once.
     pub redirect: Arc<redirect::Prepared>,
+    /// The API's rate limits.
+    pub limits: Arc<limits::RateLimits>,
 }
 
 /// Buckets of `redirect_duration_seconds`: fine below a millisecond, where redirects live.
@@ -105,6 +108,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_oversized,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }

@@ -20,7 +20,7 @@ use crate::{admin, keys, links, ops, redirect, stats};
         admin::status, admin::drain, admin::leave, admin::cancel, admin::replicas,
         ops::healthz, ops::readyz, ops::metrics,
     ),
-    modifiers(&BearerKeys)
+    modifiers(&BearerKeys, &RateLimited)
 )]
 pub struct ApiDoc;
 
@@ -38,6 +38,48 @@ impl Modify for BearerKeys {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every `/v1` and `/admin` operation may be answered 429 (`limits.rs`).
+struct RateLimited;
+
+impl Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ObjectBuilder, ResponseBuilder, Type};
+        let text = |description: &str| {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(description))
+                .build()
+        };
+        let limited = ResponseBuilder::new()
+            .description("Over the rate limit of the key, or of the client's address for requests without a known key")
+            .header("Retry-After", text("seconds to wait"))
+            .header("RateLimit", text("what remains, e.g. \"per-key\";r=0;t=2"))
+            .header("RateLimit-Policy", text("the quota over its window, e.g. \"per-key\";q=1000;w=5"))
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !(path.starts_with("/v1/") || path.starts_with("/admin/")) {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .insert("429".into(), limited.clone().into());
+            }
+        }
     }
 }
 

@@ -130,6 +130,9 @@ impl Node {
             .args(&self.common)
             .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
             .env("LINKRIFT_CLUSTER_SECRET", SECRET)
+            // The workload's rate is the runner's to choose, not the API's limits'.
+            .env("LINKRIFT_API_RATE_PER_KEY", "0")
+            .env("LINKRIFT_API_RATE_PER_IP", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         if let Some(seed) = &self.join {

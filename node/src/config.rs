@@ -77,6 +77,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `max-age` of redirect responses, in seconds.
     pub redirect_cache_seconds: u32,
+    /// API requests per second per API key (0: unlimited).
+    pub api_rate_per_key: u32,
+    /// API requests per second per client address, for requests without a known key
+    /// (0: unlimited).
+    pub api_rate_per_ip: u32,
+    /// Bursts of this many seconds' worth of requests are let through at once.
+    pub api_rate_burst_seconds: u32,
     /// Secret the cluster's nodes share (peer connections prove they hold it).
     pub cluster_secret: Option<String>,
     /// The first admin key of a new data directory (otherwise one is generated and printed).
@@ -118,6 +125,9 @@ const KEYS: &[&str] = &[
     "allowed_schemes",
     "max_body_bytes",
     "redirect_cache_seconds",
+    "api_rate_per_key",
+    "api_rate_per_ip",
+    "api_rate_burst_seconds",
     "cluster_secret",
     "admin_key",
     "log_format",
@@ -156,6 +166,9 @@ impl Default for Config {
             allowed_schemes: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             redirect_cache_seconds: 0,
+            api_rate_per_key: 200,
+            api_rate_per_ip: 20,
+            api_rate_burst_seconds: 5,
             cluster_secret: None,
             admin_key: None,
             log_format: "text".into(),
@@ -261,6 +274,19 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_cache_seconds: Option<u32>,
+    /// API requests per second per API key, 0 for no limit [default: 200].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_rate_per_key: Option<u32>,
+    /// API requests per second per client address without a known key, 0 for no limit
+    /// [default: 20].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_rate_per_ip: Option<u32>,
+    /// Seconds' worth of requests a client may send at once [default: 5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_rate_burst_seconds: Option<u32>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -342,6 +368,12 @@ impl Config {
             bail!(
                 "snapshot_after_entries must be at least 100, not {}",
                 config.snapshot_after_entries
+            );
+        }
+        if config.api_rate_burst_seconds == 0 || config.api_rate_burst_seconds > 3_600 {
+            bail!(
+                "api_rate_burst_seconds must be 1 to 3600, not {}",
+                config.api_rate_burst_seconds
             );
         }
         if config.dead_after_ms < 1_000 {

@@ -121,6 +121,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redirect: Arc::new(linkrift_api::redirect::Prepared::new(&api_config)),
         config: api_config,
         metrics,
+        limits: Arc::new(linkrift_api::limits::RateLimits::new(
+            &linkrift_api::limits::RateConfig {
+                per_key: rate(config.api_rate_per_key, config.api_rate_burst_seconds),
+                per_ip: rate(config.api_rate_per_ip, config.api_rate_burst_seconds),
+            },
+        )),
     };
     tracing::info!(%http, node = service.node_id(), peer = %service.peer_addr(), cluster = %service.cluster_addr(), data_dir = %config.data_dir.display(), "linkrift serving");
     println!(
@@ -281,4 +287,12 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// A rate of `per_second` (none for 0) with bursts of `burst_seconds`.
+fn rate(per_second: u32, burst_seconds: u32) -> Option<linkrift_api::limits::Rate> {
+    (per_second > 0).then_some(linkrift_api::limits::Rate {
+        per_second,
+        burst_seconds,
+    })
 }

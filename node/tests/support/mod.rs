@@ -85,6 +85,10 @@ impl Node {
                 ),
                 None => Stdio::inherit(),
             });
+        // No rate limits unless a test sets them: load tests send more than the defaults.
+        command
+            .env("LINKRIFT_API_RATE_PER_KEY", "0")
+            .env("LINKRIFT_API_RATE_PER_IP", "0");
         for (k, v) in env {
             command.env(k, v);
         }
