@@ -323,6 +323,14 @@ impl Config {
         if config.join.is_some() && config.cluster_secret.is_none() {
             bail!("joining a cluster needs cluster_secret (LINKRIFT_CLUSTER_SECRET), the same on every node");
         }
+        for scheme in &config.allowed_schemes {
+            if linkrift_actors::domain::DENIED_SCHEMES
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(scheme))
+            {
+                bail!("allowed_schemes cannot allow {scheme:?}: javascript, vbscript, data and file destinations are never allowed");
+            }
+        }
         if let Some(secret) = &config.cluster_secret {
             check_secret("cluster_secret", secret)?;
         }
@@ -335,10 +343,14 @@ impl Config {
             }
         }
         if let Some(url) = &config.clickhouse_url {
-            let parsed = url::Url::parse(url)
-                .with_context(|| format!("clickhouse_url {url:?} is not a URL"))?;
+            let parsed = url::Url::parse(url).context("clickhouse_url is not a URL")?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                bail!("clickhouse_url must be the http(s) URL of ClickHouse's HTTP interface, e.g. http://127.0.0.1:8123, not {url:?}");
+                // (Not echoed: the rest of a mistyped URL may be a password.)
+                bail!(
+                    "clickhouse_url must be the http(s) URL of ClickHouse's HTTP interface, e.g. http://127.0.0.1:8123; this one has scheme {:?}{}",
+                    parsed.scheme(),
+                    if parsed.host_str().is_none() { " and no host" } else { "" }
+                );
             }
             let name_ok =
                 |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');

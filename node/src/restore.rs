@@ -55,7 +55,7 @@ fn link_from_row(row: &sqlx::postgres::PgRow) -> anyhow::Result<Link> {
         .to_ascii_lowercase();
     let policy = UrlPolicy {
         extra_schemes: vec![scheme],
-        public_host: None,
+        own_hosts: vec![],
     };
     let tags: Vec<String> = row.get("tags");
     Ok(Link {

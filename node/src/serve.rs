@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use linkrift_actors::cluster::cache::CacheConfig;
 use linkrift_actors::cluster::membership::Departure;
-use linkrift_actors::domain::UrlPolicy;
+use linkrift_actors::domain::{canonical_host, UrlPolicy};
 use linkrift_actors::service::{LinkService, ServiceConfig};
 use linkrift_api::{ApiConfig, AppState, REDIRECT_BUCKETS};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -43,9 +43,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{http}"));
-    let public_host = url::Url::parse(&public_url)
+    // Links back at this node loop: its public URL's host, and the address it listens on
+    // (unless that is every address).
+    let mut own_hosts: Vec<String> = url::Url::parse(&public_url)
         .ok()
-        .and_then(|u| u.host_str().map(str::to_string));
+        .and_then(|u| u.host_str().and_then(canonical_host))
+        .into_iter()
+        .collect();
+    if !http.ip().is_unspecified() {
+        let ip = match http.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        own_hosts.extend(canonical_host(&ip));
+    }
     let service = LinkService::open(ServiceConfig {
         data_dir: config.data_dir.clone(),
         peer_addr: config.peer,
@@ -89,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         code_length: config.code_length,
         url_policy: UrlPolicy {
             extra_schemes: config.allowed_schemes.clone(),
-            public_host,
+            own_hosts,
         },
         ..ServiceConfig::default()
     })

@@ -131,6 +131,60 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_export_defuses_cells_a_spreadsheet_would_run() {
+    let ch = ClickHouse::start().await;
+    let root = Root::new();
+    let node = node_with(root.path(), 1, Some(&ch));
+    node.wait_ready().await;
+    create(&node, "sheet").await;
+    let client = client();
+    let hostile = [
+        (
+            "=HYPERLINK(\"https://evil.example/\",\"x\")",
+            "https://ok.example/",
+        ),
+        ("@SUM(1+1)", "https://ok.example/"),
+        ("Mozilla/5.0 plain", "-2+3"),
+    ];
+    for (ua, referer) in hostile {
+        let r = client
+            .get(node.url("/sheet"))
+            .header("user-agent", ua)
+            .header("referer", referer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+    }
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks WHERE short_code = 'sheet'",
+        hostile.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (status, csv) = get(&node, "/v1/links/sheet/clicks?format=csv&bots=include").await;
+    assert_eq!(status, 200, "{csv}");
+    assert!(csv.contains("\"'=HYPERLINK("), "{csv}");
+    assert!(csv.contains("\"'@SUM(1+1)\""), "{csv}");
+    assert!(csv.contains("\"'-2+3\""), "{csv}");
+    assert!(csv.contains("\"Mozilla/5.0 plain\""), "{csv}");
+    // NDJSON is data for programs: the values as they came.
+    let (status, ndjson) = get(&node, "/v1/links/sheet/clicks?bots=include").await;
+    assert_eq!(status, 200, "{ndjson}");
+    let agents: Vec<String> = ndjson
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["user_agent"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(agents.contains(&"@SUM(1+1)".to_string()), "{agents:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_redirect_is_one_event_in_clickhouse() {
     let ch = ClickHouse::start().await;
     let root = Root::new();

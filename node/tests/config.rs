@@ -96,6 +96,15 @@ fn bad_settings_stop_the_node_with_a_reason() {
     assert!(run(&[], &[("LINKRIFT_LOG_FORMAT", "xml")]).contains("log_format must be text or json"));
     assert!(run(&[], &[("LINKRIFT_ADMIN_KEY", "short")])
         .contains("admin_key has 5 bytes, fewer than 32"));
+    assert!(run(&["--allow-scheme", "JavaScript"], &[]).contains("never allowed"));
+    for bad in ["ftp://u:hunter2@ch.example/", "u:hunter2 at ch"] {
+        let said = run(&["--clickhouse-url", bad], &[]);
+        assert!(said.contains("clickhouse_url"), "{said}");
+        assert!(
+            !said.contains("hunter2"),
+            "the password is not shown: {said}"
+        );
+    }
     let placeholder = "change-me-admin-key-0123456789abcdef";
     let said = run(&[], &[("LINKRIFT_ADMIN_KEY", placeholder)]);
     assert!(said.contains("admin_key is a placeholder"), "{said}");

@@ -177,7 +177,7 @@ impl ClickHouse {
 
     fn err(&self, source: clickhouse::error::Error) -> StoreError {
         StoreError {
-            url: self.config.url.clone(),
+            url: crate::domain::redacted(&self.config.url),
             source,
         }
     }
@@ -308,15 +308,31 @@ impl ClickHouse {
         format: ExportFormat,
     ) -> Result<ExportStream, StoreError> {
         let at = "toUInt64(clicked_at) * 1000 + clicked_ms";
+        // A spreadsheet opening the CSV runs a cell that starts with = + - @ (or a tab or
+        // carriage return) as a formula, and visitors choose their user agent and referer:
+        // such cells get a leading apostrophe (OWASP's advice), in CSV only.
+        let cell = |column: &str, name: &str| match format {
+            ExportFormat::Ndjson => format!("{column} AS {name}"),
+            ExportFormat::Csv => format!(
+                "if(match({column}, '^[=+@\\t\\r-]'), concat('\\'', {column}), {column}) AS {name}"
+            ),
+        };
         let query = format!(
-            "SELECT toString(click_id) AS id, short_code AS code, shard, {at} AS at_ms, \
-             ip_address AS ip, user_agent, referer, referer_host, country_code AS country, \
-             device_type AS device, browser, os, language, is_bot AS bot \
+            "SELECT toString(click_id) AS id, {code}, shard, {at} AS at_ms, \
+             ip_address AS ip, {user_agent}, {referer}, {referer_host}, country_code AS country, \
+             device_type AS device, {browser}, {os}, {language}, is_bot AS bot \
              FROM clicks FINAL \
              WHERE short_code = ? AND clicked_at >= toDateTime(?) AND clicked_at <= toDateTime(?) \
              AND {at} >= ? AND {at} <= ? AND is_bot IN {} \
              ORDER BY clicked_at, clicked_ms, click_id",
-            bot_values(bots)
+            bot_values(bots),
+            code = cell("short_code", "code"),
+            user_agent = cell("user_agent", "user_agent"),
+            referer = cell("referer", "referer"),
+            referer_host = cell("referer_host", "referer_host"),
+            browser = cell("browser", "browser"),
+            os = cell("os", "os"),
+            language = cell("language", "language"),
         );
         let format = match format {
             ExportFormat::Ndjson => "JSONEachRow",

@@ -8,7 +8,7 @@ mod url;
 pub use code::{ShortCode, CODE_ALPHABET};
 pub use key::{ApiKey, ApiKeyHash, ApiKeyRecord, Scope};
 pub use link::{Link, LinkPatch, NewLink, RedirectStatus, Tag, Title};
-pub use url::{DestinationUrl, UrlPolicy};
+pub use url::{canonical_host, redacted, DestinationUrl, UrlPolicy, DENIED_SCHEMES};
 
 /// Input that breaks a domain rule. The message is meant for the API user.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

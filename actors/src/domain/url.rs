@@ -6,13 +6,42 @@ use serde::{Deserialize, Serialize};
 
 use super::Invalid;
 
+/// Schemes no destination may have, whatever the configuration allows: a browser runs
+/// what they hold (`javascript:`, `vbscript:`, `data:` documents) or reads local files.
+pub const DENIED_SCHEMES: [&str; 4] = ["javascript", "vbscript", "data", "file"];
+
 /// What destinations this service accepts, from its configuration.
 #[derive(Clone, Debug, Default)]
 pub struct UrlPolicy {
-    /// Schemes accepted besides `http` and `https` (e.g. `mailto`), lower case.
+    /// Schemes accepted besides `http` and `https` (e.g. `mailto`), lower case. Never one
+    /// of [`DENIED_SCHEMES`].
     pub extra_schemes: Vec<String>,
-    /// The service's own public host: links pointing back at it would loop.
-    pub public_host: Option<String>,
+    /// The service's own hosts (its public URL's, its listener's): links pointing back at
+    /// them would loop. Compared in canonical form (see [`canonical_host`]).
+    pub own_hosts: Vec<String>,
+}
+
+/// A host as URLs compare it: what the `url` crate makes of it (lower case, punycode, IP
+/// addresses in one spelling: `0x7f.1` is `127.0.0.1`), without a trailing dot (which
+/// names the same host). `None` if it is no host.
+pub fn canonical_host(host: &str) -> Option<String> {
+    let url = url::Url::parse(&format!("http://{host}/")).ok()?;
+    let host = url.host_str()?;
+    Some(host.strip_suffix('.').unwrap_or(host).to_string())
+}
+
+/// `url` as it may be shown in a log line or an error: its password (of `user:password@`)
+/// replaced by `***`. Text that is no URL is not shown at all.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.into()
+        }
+        Err(_) => "(a value that is not a URL)".into(),
+    }
 }
 
 /// A checked destination URL, in the normalised form the `url` crate gives it.
@@ -37,6 +66,11 @@ impl DestinationUrl {
             .map_err(|e| invalid(format!("is not a valid absolute URL ({e})")))?;
         let scheme = url.scheme();
         let web = scheme == "http" || scheme == "https";
+        if DENIED_SCHEMES.contains(&scheme) {
+            return Err(invalid(format!(
+                "scheme {scheme:?} is never allowed; use http or https"
+            )));
+        }
         if !web
             && !policy
                 .extra_schemes
@@ -57,11 +91,8 @@ impl DestinationUrl {
             if host.is_empty() {
                 return Err(invalid("has no host".into()));
             }
-            if policy
-                .public_host
-                .as_deref()
-                .is_some_and(|own| own.eq_ignore_ascii_case(host))
-            {
+            let canonical = canonical_host(host).unwrap_or_default();
+            if policy.own_hosts.contains(&canonical) {
                 return Err(invalid(format!(
                     "points at this service ({host}), which would loop"
                 )));
@@ -97,7 +128,10 @@ mod tests {
             s,
             &UrlPolicy {
                 extra_schemes: vec![],
-                public_host: Some("sho.rt".into()),
+                own_hosts: ["sho.rt", "127.0.0.1", "[::1]"]
+                    .iter()
+                    .filter_map(|h| canonical_host(h))
+                    .collect(),
             },
         )
     }
@@ -120,6 +154,10 @@ mod tests {
             ("https://user:pw@example.com/", "credentials"),
             ("https://user@example.com/", "credentials"),
             ("https://SHO.RT/abc", "loop"),
+            ("https://sho.rt./abc", "loop"),
+            ("http://0x7f.1:8080/abc", "loop"),
+            ("http://127.000.000.001/abc", "loop"),
+            ("http://[0:0::1]/abc", "loop"),
             ("not a url", "valid absolute URL"),
             ("/relative", "valid absolute URL"),
         ] {
@@ -131,12 +169,34 @@ mod tests {
     }
 
     #[test]
+    fn passwords_in_urls_are_not_shown() {
+        assert_eq!(
+            redacted("http://linkrift:hunter2@ch.internal:8123/"),
+            "http://linkrift:***@ch.internal:8123/"
+        );
+        assert_eq!(
+            redacted("http://ch.internal:8123"),
+            "http://ch.internal:8123/"
+        );
+        assert!(!redacted("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
     fn allow_listed_schemes_pass() {
         let policy = UrlPolicy {
-            extra_schemes: vec!["mailto".into()],
-            public_host: None,
+            extra_schemes: vec!["mailto".into(), "javascript".into(), "data".into()],
+            own_hosts: vec![],
         };
         assert!(DestinationUrl::parse("mailto:a@example.com", &policy).is_ok());
-        assert!(DestinationUrl::parse("javascript:x", &policy).is_err());
+        for denied in [
+            "javascript:x",
+            "JavaScript:x",
+            "data:text/html,x",
+            "file:///etc/passwd",
+            "vbscript:x",
+        ] {
+            let e = DestinationUrl::parse(denied, &policy).unwrap_err();
+            assert!(e.message.contains("never allowed"), "{denied}: {e}");
+        }
     }
 }
