@@ -43,6 +43,9 @@ pub struct ApiConfig {
     pub country_header: Option<axum::http::HeaderName>,
     /// Whether redirects are counted as clicks.
     pub click_capture: bool,
+    /// If set, `/metrics` answers only requests presenting this key (its hash) as
+    /// `Authorization: Bearer KEY`.
+    pub metrics_key: Option<linkrift_actors::domain::ApiKeyHash>,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +56,7 @@ impl Default for ApiConfig {
             redirect_cache_seconds: 0,
             country_header: None,
             click_capture: true,
+            metrics_key: None,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Health, readiness and the Prometheus exposition.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use linkrift_actors::domain::ApiKeyHash;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -24,9 +25,22 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The Prometheus text exposition, with Raft figures refreshed per scrape.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// The Prometheus text exposition, with Raft figures refreshed per scrape. With
+/// `metrics_key` set, only for requests presenting it as `Authorization: Bearer KEY`.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, content_type = "text/plain"),
+    (status = 401, description = "metrics_key is set and the request does not present it", body = crate::error::ErrorBody),
+))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(want) = &state.config.metrics_key {
+        let presented = crate::auth::bearer(&headers).map(ApiKeyHash::of);
+        if presented.as_ref() != Some(want) {
+            return ApiError::unauthorized(
+                "this node's metrics need its metrics_key as 'Authorization: Bearer KEY'",
+            )
+            .into_response();
+        }
+    }
     let mut leaderless = 0u64;
     for (group, m) in state.service.raft_metrics() {
         let group = group.0.to_string();

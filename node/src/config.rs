@@ -88,6 +88,8 @@ pub struct Config {
     pub cluster_secret: Option<String>,
     /// The first admin key of a new data directory (otherwise one is generated and printed).
     pub admin_key: Option<String>,
+    /// If set, `/metrics` needs it as a bearer token.
+    pub metrics_key: Option<String>,
     /// `text` or `json`.
     pub log_format: String,
     /// Log filter, e.g. `info` or `linkrift=debug,info`.
@@ -130,6 +132,7 @@ const KEYS: &[&str] = &[
     "api_rate_burst_seconds",
     "cluster_secret",
     "admin_key",
+    "metrics_key",
     "log_format",
     "log",
 ];
@@ -171,6 +174,7 @@ impl Default for Config {
             api_rate_burst_seconds: 5,
             cluster_secret: None,
             admin_key: None,
+            metrics_key: None,
             log_format: "text".into(),
             log: "info,openraft=warn".into(),
         }
@@ -336,6 +340,9 @@ impl Config {
         }
         if let Some(key) = &config.admin_key {
             check_secret("admin_key", key)?;
+        }
+        if let Some(key) = &config.metrics_key {
+            check_secret("metrics_key", key)?;
         }
         if let Some(url) = &config.postgres_url {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {

@@ -126,6 +126,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .as_deref()
             .and_then(|h| axum::http::HeaderName::try_from(h).ok()),
         click_capture: config.click_capture,
+        metrics_key: config
+            .metrics_key
+            .as_deref()
+            .map(linkrift_actors::domain::ApiKeyHash::of),
     });
     let state = AppState {
         service: service.clone(),

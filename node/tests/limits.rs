@@ -1,5 +1,6 @@
-//! Rate limits on the API: per key and per client address, 429 with `Retry-After` and the
-//! `RateLimit` headers above them, nothing refused below them, redirects never limited.
+//! Limits on the API: rate limits per key and per client address (429 with `Retry-After` and the
+//! `RateLimit` headers above them, nothing refused below them, redirects never limited),
+//! and `/metrics` behind a key.
 
 mod support;
 
@@ -125,4 +126,33 @@ async fn over_the_limit(node: &Node, path: &str, key: Option<&str>) -> reqwest::
         }
     }
     panic!("40 requests in a row were all let through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_behind_a_key_answer_only_that_key() {
+    const METRICS_KEY: &str = "metrics-key-for-the-test-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(
+        dir.path(),
+        &[
+            ("LINKRIFT_ADMIN_KEY", ADMIN_KEY),
+            ("LINKRIFT_METRICS_KEY", METRICS_KEY),
+        ],
+        &[],
+    );
+    node.wait_ready().await;
+    for key in [
+        None,
+        Some(ADMIN_KEY),
+        Some("metrics-key-for-the-test-0123456789abcdeX"),
+    ] {
+        let r = get(&node, "/metrics", key).await;
+        assert_eq!(r.status(), 401, "{key:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), "unauthorized");
+        assert!(!body.to_string().contains(METRICS_KEY));
+    }
+    let r = get(&node, "/metrics", Some(METRICS_KEY)).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("http_requests_total"));
 }
