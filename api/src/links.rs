@@ -5,6 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use linkrift_actors::domain::{
     DestinationUrl, Invalid, Link, LinkPatch, RedirectStatus, Scope, ShortCode, Tag, Title,
+    UrlPolicy,
 };
 use linkrift_actors::service::LinkSpec;
 use linkrift_actors::shard::RequestId;
@@ -99,10 +100,11 @@ pub struct CreateBody {
 }
 
 impl CreateBody {
-    fn check(self, state: &AppState) -> Result<LinkSpec, Invalid> {
+    /// Checks every field against the rules and `policy`.
+    pub fn check(self, policy: &UrlPolicy) -> Result<LinkSpec, Invalid> {
         Ok(LinkSpec {
             code: self.code.as_deref().map(ShortCode::parse).transpose()?,
-            url: DestinationUrl::parse(&self.url, state.service.url_policy())?,
+            url: DestinationUrl::parse(&self.url, policy)?,
             title: self.title.as_deref().map(Title::parse).transpose()?,
             tags: Tag::parse_all(&self.tags)?,
             expires_at: self
@@ -141,12 +143,13 @@ pub struct UpdateBody {
 }
 
 impl UpdateBody {
-    fn check(self, state: &AppState) -> Result<LinkPatch, Invalid> {
+    /// Checks every field present against the rules and `policy`.
+    pub fn check(self, policy: &UrlPolicy) -> Result<LinkPatch, Invalid> {
         Ok(LinkPatch {
             url: self
                 .url
                 .as_deref()
-                .map(|u| DestinationUrl::parse(u, state.service.url_policy()))
+                .map(|u| DestinationUrl::parse(u, policy))
                 .transpose()?,
             title: self
                 .title
@@ -228,7 +231,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let key = authorize(&headers, &state.service, Scope::LinksWrite)?;
     let request = request_id(&headers, &key.id)?;
-    let spec = body.check(&state)?;
+    let spec = body.check(state.service.url_policy())?;
     let link = state.service.create(request, spec).await?;
     Ok(link_response(StatusCode::CREATED, &link, &state))
 }
@@ -265,7 +268,7 @@ pub async fn update(
     let request = request_id(&headers, &key.id)?;
     let code = code_param(&code)?;
     let expected = expected_version(&headers)?;
-    let patch = body.check(&state)?;
+    let patch = body.check(state.service.url_policy())?;
     let link = state
         .service
         .update(request, &code, expected, patch)
@@ -389,7 +392,7 @@ pub async fn bulk(
                         format!("item {i}: {e}"),
                     )
                 })?;
-                let spec = body.check(&state)?;
+                let spec = body.check(state.service.url_policy())?;
                 Ok::<_, ApiError>(state.service.create(item_request, spec).await?)
             }
             .await;

@@ -32,7 +32,7 @@ pub mod flush;
 pub mod log_store;
 pub mod node;
 pub mod proposer;
-mod snapshot_file;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod transport;
 mod types;

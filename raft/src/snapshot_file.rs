@@ -67,7 +67,21 @@ pub(crate) fn write(
 /// Reads the header of the snapshot file at `path` and checks its body against its length
 /// and checksum; returns the metadata and a reader of exactly the body.
 pub(crate) fn open_verified(path: &Path) -> io::Result<(Meta, impl Read)> {
-    let mut input = BufReader::new(File::open(path)?);
+    verified(
+        BufReader::new(File::open(path)?),
+        &path.display().to_string(),
+    )
+}
+
+/// Checks `bytes` as the whole of a snapshot file, as [`open_verified`] does (for the
+/// fuzz targets: any bytes must give an answer, never a crash or a huge allocation).
+pub fn check(bytes: &[u8]) -> io::Result<()> {
+    let (_, mut body) = verified(io::Cursor::new(bytes), "(bytes)")?;
+    io::copy(&mut body, &mut io::sink())?;
+    Ok(())
+}
+
+fn verified<R: Read + Seek>(mut input: R, name: &str) -> io::Result<(Meta, io::Take<R>)> {
     let (meta, sums) = read_header(&mut input)?;
     let Some((len, sum)) = sums else {
         // The first format: nothing to check the body against.
@@ -82,19 +96,19 @@ pub(crate) fn open_verified(path: &Path) -> io::Result<(Meta, impl Read)> {
     io::copy(&mut (&mut input).take(len), &mut hashing)?;
     let trailing = input.read(&mut [0u8; 1])?;
     if hashing.len != len || trailing != 0 {
-        return Err(damaged(path, "its length does not match its header"));
+        return Err(damaged(name, "its length does not match its header"));
     }
     if hashing.hasher.digest() != sum {
-        return Err(damaged(path, "its checksum does not match its body"));
+        return Err(damaged(name, "its checksum does not match its body"));
     }
     input.seek(SeekFrom::Start(body_at))?;
     Ok((meta, input.take(len)))
 }
 
-fn damaged(path: &Path, why: &str) -> io::Error {
+fn damaged(name: &str, why: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("snapshot {} is damaged: {why}", path.display()),
+        format!("snapshot {name} is damaged: {why}"),
     )
 }
 

@@ -151,6 +151,11 @@ fn encode(hour: &Hour) -> Vec<u8> {
     bincode::serde::encode_to_vec(hour, bincode::config::standard()).expect("encodes")
 }
 
+/// Whether `bytes` are one stored link-hour of the roll-up (for the fuzz targets).
+pub fn decodes(bytes: &[u8]) -> bool {
+    decode(bytes).is_ok()
+}
+
 fn decode(bytes: &[u8]) -> sled::Result<Hour> {
     linkrift_raft::codec::decode(bytes)
         .map_err(|e| sled::Error::Unsupported(format!("a click roll-up does not decode: {e}")))

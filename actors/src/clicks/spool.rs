@@ -58,6 +58,12 @@ fn encode(batch: &[ClickEvent]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Whether `bytes` are a whole spooled batch (for the fuzz targets: any bytes must give
+/// an answer, never a crash or a huge allocation).
+pub fn decodes(bytes: &[u8]) -> bool {
+    decode(bytes).is_ok()
+}
+
 fn decode(bytes: &[u8]) -> io::Result<Vec<ClickEvent>> {
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
     let rest = bytes
