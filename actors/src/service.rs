@@ -56,6 +56,8 @@ pub struct ServiceConfig {
     pub join: Option<SocketAddr>,
     /// Secret shared by the cluster's nodes.
     pub cluster_secret: Vec<u8>,
+    /// Mutual TLS on the peer and cluster ports, if configured.
+    pub tls: Option<linkrift_raft::transport::tls::Tls>,
     /// Shards of a new cluster (1–4096). Fixed once the data directory exists.
     pub shard_count: u32,
     /// Replicas per shard (capped by the number of nodes).
@@ -96,6 +98,7 @@ impl Default for ServiceConfig {
             http_addr: String::new(),
             join: None,
             cluster_secret: Vec::new(),
+            tls: None,
             shard_count: 64,
             replication_factor: 3,
             max_moves: 4,
@@ -436,12 +439,16 @@ impl LinkService {
         let io = |context: String| move |source| OpenError::Io { context, source };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
-        let peers: Peers<Core> = Peers::start(config.cluster_addr, &config.cluster_secret)
-            .await
-            .map_err(io(format!(
-                "listening for cluster traffic on {}",
-                config.cluster_addr
-            )))?;
+        let peers: Peers<Core> = Peers::start(
+            config.cluster_addr,
+            &config.cluster_secret,
+            config.tls.clone(),
+        )
+        .await
+        .map_err(io(format!(
+            "listening for cluster traffic on {}",
+            config.cluster_addr
+        )))?;
 
         let existing = read_identity(&config.data_dir)?;
         if existing.is_none() {
@@ -481,6 +488,7 @@ impl LinkService {
             data_dir: config.data_dir.clone(),
             peer_addr: config.peer_addr,
             cluster_secret: config.cluster_secret.clone(),
+            tls: config.tls.clone(),
             raft: config.raft.clone(),
         };
         let node = RaftNode::start(options, Arc::new(GroupState::for_group)).await?;

@@ -90,6 +90,12 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// If set, `/metrics` needs it as a bearer token.
     pub metrics_key: Option<String>,
+    /// The cluster CA's certificate (PEM), for mutual TLS between nodes.
+    pub node_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by that CA.
+    pub node_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub node_tls_key: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: String,
     /// Log filter, e.g. `info` or `linkrift=debug,info`.
@@ -133,6 +139,9 @@ const KEYS: &[&str] = &[
     "cluster_secret",
     "admin_key",
     "metrics_key",
+    "node_tls_ca",
+    "node_tls_cert",
+    "node_tls_key",
     "log_format",
     "log",
 ];
@@ -175,6 +184,9 @@ impl Default for Config {
             cluster_secret: None,
             admin_key: None,
             metrics_key: None,
+            node_tls_ca: None,
+            node_tls_cert: None,
+            node_tls_key: None,
             log_format: "text".into(),
             log: "info,openraft=warn".into(),
         }
@@ -278,6 +290,18 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_cache_seconds: Option<u32>,
+    /// The cluster CA's certificate (PEM), for mutual TLS between nodes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), from `linkrift certs node`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_tls_key: Option<PathBuf>,
     /// API requests per second per API key, 0 for no limit [default: 200].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -340,6 +364,10 @@ impl Config {
         }
         if let Some(key) = &config.admin_key {
             check_secret("admin_key", key)?;
+        }
+        match (&config.node_tls_ca, &config.node_tls_cert, &config.node_tls_key) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            _ => bail!("mutual TLS between nodes needs all of node_tls_ca, node_tls_cert and node_tls_key (`linkrift certs` makes them)"),
         }
         if let Some(key) = &config.metrics_key {
             check_secret("metrics_key", key)?;

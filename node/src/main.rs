@@ -1,6 +1,7 @@
 //! The `linkrift` binary: parses the command line and hands over to the crates that do
 //! the work.
 
+mod certs;
 mod cluster;
 mod config;
 mod restore;
@@ -24,6 +25,9 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     /// Build a new one-node cluster from the Postgres mirror, and check it against it.
     Restore(restore::RestoreArgs),
+    /// Make the cluster's CA and node certificates, for mutual TLS between nodes.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 fn init_logging(config: &config::Config) {
@@ -60,6 +64,10 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let out = tokio::runtime::Runtime::new()?.block_on(restore::run(args))?;
             print!("{out}");
+            Ok(())
+        }
+        Command::Certs(command) => {
+            print!("{}", certs::run(command)?);
             Ok(())
         }
         Command::Cluster(command) => {

@@ -57,7 +57,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         own_hosts.extend(canonical_host(&ip));
     }
+    let tls = match (
+        &config.node_tls_ca,
+        &config.node_tls_cert,
+        &config.node_tls_key,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some(
+            linkrift_raft::transport::tls::Tls::load(linkrift_raft::transport::tls::TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .context("loading the TLS files for the peer and cluster ports")?,
+        ),
+        _ => {
+            if config.cluster_secret.is_some() {
+                tracing::warn!("traffic between nodes is not encrypted: only the cluster secret authenticates it; set node_tls_ca, node_tls_cert and node_tls_key (`linkrift certs`) outside development");
+            }
+            None
+        }
+    };
     let service = LinkService::open(ServiceConfig {
+        tls,
         data_dir: config.data_dir.clone(),
         peer_addr: config.peer,
         cluster_addr: config.cluster,

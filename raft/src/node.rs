@@ -47,6 +47,8 @@ pub struct NodeOptions {
     pub peer_addr: SocketAddr,
     /// Secret every node of the cluster shares; peer connections prove they hold it.
     pub cluster_secret: Vec<u8>,
+    /// Mutual TLS on the peer port, if configured.
+    pub tls: Option<crate::transport::tls::Tls>,
     /// Replication settings.
     pub raft: RaftConfig,
 }
@@ -302,7 +304,10 @@ impl<S: StateMachine> RaftNode<S> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let router = GroupRouter::default();
-        let secret: Arc<[u8]> = options.cluster_secret.clone().into();
+        let security = crate::transport::PeerSecurity {
+            secret: options.cluster_secret.clone().into(),
+            tls: options.tls.clone(),
+        };
 
         let listener = TcpListener::bind(options.peer_addr)
             .await
@@ -314,7 +319,7 @@ impl<S: StateMachine> RaftNode<S> {
             options.node_id,
             listener,
             router.clone(),
-            secret.clone(),
+            security.clone(),
             options.raft.max_frame_bytes,
             shutdown.clone(),
             tasks.clone(),
@@ -323,7 +328,7 @@ impl<S: StateMachine> RaftNode<S> {
         let pool = PeerPool::new(
             options.node_id,
             options.peer_addr.ip(),
-            secret,
+            security,
             &options.raft,
             shutdown.clone(),
             tasks.clone(),

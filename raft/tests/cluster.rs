@@ -504,7 +504,7 @@ async fn a_replica_hosted_again_after_release_keeps_its_vote_and_does_not_vote_w
     let pool = PeerPool::new(
         99,
         "127.0.0.9".parse().unwrap(),
-        support::SECRET.into(),
+        linkrift_raft::transport::PeerSecurity::plaintext(support::SECRET),
         &test_config(),
         shutdown.clone(),
         tokio_util::task::TaskTracker::new(),

@@ -29,6 +29,7 @@ fn options(dir: PathBuf) -> NodeOptions {
         data_dir: dir,
         peer_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         cluster_secret: support::SECRET.to_vec(),
+        tls: None,
         raft: test_config(),
     }
 }

@@ -298,7 +298,7 @@ async fn outbound_connections_come_from_the_nodes_own_address() {
     let pool = PeerPool::new(
         5,
         "127.0.0.5".parse().unwrap(),
-        support::SECRET.into(),
+        linkrift_raft::transport::PeerSecurity::plaintext(support::SECRET),
         &test_config(),
         shutdown.clone(),
         tokio_util::task::TaskTracker::new(),

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use linkrift_raft::transport::tls::Tls;
 use linkrift_raft::{codec, NodeId};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -197,6 +198,7 @@ pub(crate) struct Peers<H> {
     handler: Arc<OnceLock<Weak<H>>>,
     events: Arc<Events>,
     dialing: Mutex<HashMap<NodeId, Instant>>,
+    tls: Option<Tls>,
 }
 
 /// The session cookie for a cluster secret.
@@ -208,8 +210,9 @@ fn cookie(secret: &[u8]) -> String {
 }
 
 impl<H: Handler> Peers<H> {
-    /// Listens on `addr` (port 0 picks one) and starts the node server.
-    pub async fn start(addr: SocketAddr, secret: &[u8]) -> std::io::Result<Self> {
+    /// Listens on `addr` (port 0 picks one) and starts the node server. With `tls`, every
+    /// session runs over mutual TLS (the cookie's challenge inside it).
+    pub async fn start(addr: SocketAddr, secret: &[u8], tls: Option<Tls>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         // The server's own listener is not used (ours accepts); give it a port nobody asks for.
@@ -241,13 +244,26 @@ impl<H: Handler> Peers<H> {
             .await
             .map_err(|e| std::io::Error::other(format!("starting the peer actor: {e}")))?;
         let accepting = server.clone();
+        let accept_tls = tls.clone();
+        // Connections in their TLS handshake at once; more are closed at once.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
         let listener_task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
-                        if let Err(e) = hand_over(&accepting, stream, true) {
-                            tracing::warn!(error = %e, "cannot hand a cluster connection over");
-                        }
+                    Ok((stream, remote)) => {
+                        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                            metrics::counter!("cluster_connections_refused_total", "reason" => "handshakes").increment(1);
+                            continue;
+                        };
+                        let (server, tls) = (accepting.clone(), accept_tls.clone());
+                        tokio::spawn(async move {
+                            let handed = hand_over(&server, stream, true, tls.as_ref(), None).await;
+                            drop(permit);
+                            if let Err(e) = handed {
+                                metrics::counter!("cluster_connections_refused_total", "reason" => "handshake").increment(1);
+                                tracing::warn!(%remote, error = %e, "cannot hand a cluster connection over");
+                            }
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a cluster connection");
@@ -267,6 +283,7 @@ impl<H: Handler> Peers<H> {
             handler,
             events,
             dialing: Mutex::new(HashMap::new()),
+            tls,
         })
     }
 
@@ -305,7 +322,7 @@ impl<H: Handler> Peers<H> {
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
-        hand_over(&self.server, stream, false)
+        hand_over(&self.server, stream, false, self.tls.as_ref(), Some(to)).await
     }
 
     /// Dials `to` and waits until the session is ready, or refused.
@@ -443,21 +460,54 @@ impl<H: Handler> Peers<H> {
     }
 }
 
-fn hand_over(
+/// How long a TLS handshake on the cluster port may take.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(5);
+
+/// Hands a connection to the node server: as it is, or after a TLS handshake (as the
+/// server, or as the client of `to`).
+async fn hand_over(
     server: &ActorRef<NodeServerMessage>,
     stream: TcpStream,
     is_server: bool,
+    tls: Option<&Tls>,
+    to: Option<SocketAddr>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let peer_addr = stream.peer_addr()?;
     let local_addr = stream.local_addr()?;
-    server
-        .cast(NodeServerMessage::ConnectionOpened {
-            stream: Box::new(NetworkStream::Raw {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out");
+    let stream = match tls {
+        None => NetworkStream::Raw {
+            peer_addr,
+            local_addr,
+            stream,
+        },
+        Some(tls) if is_server => {
+            let stream = tokio::time::timeout(TLS_HANDSHAKE, tls.acceptor().accept(stream))
+                .await
+                .map_err(|_| timed_out())??;
+            NetworkStream::TlsServer {
                 peer_addr,
                 local_addr,
                 stream,
-            }),
+            }
+        }
+        Some(tls) => {
+            let name =
+                linkrift_raft::transport::tls::server_name(&to.unwrap_or(peer_addr).to_string())?;
+            let stream = tokio::time::timeout(TLS_HANDSHAKE, tls.connector().connect(name, stream))
+                .await
+                .map_err(|_| timed_out())??;
+            NetworkStream::TlsClient {
+                peer_addr,
+                local_addr,
+                stream,
+            }
+        }
+    };
+    server
+        .cast(NodeServerMessage::ConnectionOpened {
+            stream: Box::new(stream),
             is_server,
         })
         .map_err(|e| std::io::Error::other(format!("the node server stopped: {e}")))

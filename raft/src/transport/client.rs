@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::auth;
 use super::frame::{encode_frame, read_frame, Frame, FrameKind};
 use super::TransportError;
+use super::{auth, tls, PeerSecurity, PeerStream};
 use crate::config::RaftConfig;
 use crate::types::NodeId;
 
@@ -52,7 +52,7 @@ pub struct Replica {
 struct Dialer {
     node_id: NodeId,
     bind_ip: IpAddr,
-    secret: Arc<[u8]>,
+    security: PeerSecurity,
     max_frame: u32,
     reconnect_min: Duration,
     reconnect_max: Duration,
@@ -73,7 +73,7 @@ impl PeerPool {
     pub fn new(
         node_id: NodeId,
         bind_ip: IpAddr,
-        secret: Arc<[u8]>,
+        security: PeerSecurity,
         config: &RaftConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -82,7 +82,7 @@ impl PeerPool {
             dialer: Arc::new(Dialer {
                 node_id,
                 bind_ip,
-                secret,
+                security,
                 max_frame: config.max_frame_bytes,
                 reconnect_min: config.reconnect_min,
                 reconnect_max: config.reconnect_max,
@@ -237,7 +237,7 @@ impl Peer {
         }
     }
 
-    async fn dial(&self) -> Result<TcpStream, String> {
+    async fn dial(&self) -> Result<Box<dyn PeerStream>, String> {
         let target: SocketAddr = tokio::net::lookup_host(&self.addr)
             .await
             .map_err(|e| format!("cannot resolve: {e}"))?
@@ -253,23 +253,37 @@ impl Peer {
                 .bind(SocketAddr::new(self.dialer.bind_ip, 0))
                 .map_err(|e| format!("cannot bind to {}: {e}", self.dialer.bind_ip))?;
         }
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(target))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(target))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            auth::dial(&mut stream, &self.dialer.secret, self.dialer.node_id),
-        )
-        .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| format!("handshake failed: {e}"))?;
-        Ok(stream)
+        let security = &self.dialer.security;
+        let handshake = async {
+            let mut stream: Box<dyn PeerStream> = match &security.tls {
+                Some(tls) => {
+                    let name = tls::server_name(&self.addr).map_err(|e| e.to_string())?;
+                    Box::new(
+                        tls.connector()
+                            .connect(name, stream)
+                            .await
+                            .map_err(|e| format!("TLS handshake failed: {e}"))?,
+                    )
+                }
+                None => Box::new(stream),
+            };
+            auth::dial(&mut stream, &security.secret, self.dialer.node_id)
+                .await
+                .map_err(|e| format!("handshake failed: {e}"))?;
+            Ok::<_, String>(stream)
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
     }
 
     /// Starts the writer and reader of a fresh connection.
-    fn start(&self, stream: TcpStream) -> Arc<Live> {
+    fn start(&self, stream: Box<dyn PeerStream>) -> Arc<Live> {
         let (control_tx, mut control_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         let (bulk_tx, mut bulk_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         let live = Arc::new(Live {
@@ -279,7 +293,7 @@ impl Peer {
             next_id: AtomicU64::new(1),
             closed: self.dialer.shutdown.child_token(),
         });
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
 
         let w = live.clone();
         self.dialer.tasks.spawn(async move {

@@ -19,12 +19,41 @@ pub mod client;
 pub mod frame;
 pub mod network;
 pub mod server;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::types::GroupId;
 use crate::Raft;
+
+/// How a node proves itself to its peers, and checks them.
+#[derive(Clone)]
+pub struct PeerSecurity {
+    /// The cluster secret: every connection opens with a challenge and response on it.
+    pub secret: Arc<[u8]>,
+    /// Mutual TLS under that, if configured: every byte after the TCP handshake is
+    /// encrypted and authenticated, and both ends present certificates of the cluster CA.
+    pub tls: Option<tls::Tls>,
+}
+
+impl PeerSecurity {
+    /// The secret alone, without TLS (tests, and clusters set up for development).
+    pub fn plaintext(secret: &[u8]) -> Self {
+        Self {
+            secret: secret.into(),
+            tls: None,
+        }
+    }
+}
+
+/// A connection to or from a peer: a TCP stream, or a TLS stream over one.
+pub trait PeerStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> PeerStream for S {}
 
 /// A replica this node serves on its peer port.
 #[derive(Clone)]

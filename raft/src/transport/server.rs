@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::auth;
 use super::frame::{encode_frame, read_frame, Frame, FrameKind};
-use super::{GroupRouter, Hosted};
+use super::{GroupRouter, Hosted, PeerSecurity, PeerStream};
 use crate::codec;
 use crate::types::{GroupId, NodeId, TypeConfig};
 
@@ -121,7 +121,7 @@ impl PeerListener {
         me: NodeId,
         listener: TcpListener,
         router: GroupRouter,
-        secret: Arc<[u8]>,
+        security: PeerSecurity,
         max_frame: u32,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -153,7 +153,7 @@ impl PeerListener {
                 let conn = Connection {
                     me,
                     router: router.clone(),
-                    secret: secret.clone(),
+                    security: security.clone(),
                     max_frame,
                     remote,
                     handshake,
@@ -180,7 +180,7 @@ impl PeerListener {
 struct Connection {
     me: NodeId,
     router: GroupRouter,
-    secret: Arc<[u8]>,
+    security: PeerSecurity,
     max_frame: u32,
     remote: SocketAddr,
     /// Held until the handshake is over.
@@ -189,29 +189,41 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, mut stream: TcpStream) {
+    async fn serve(self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let peer =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::accept(&mut stream, &self.secret))
-                .await
-            {
-                Ok(Ok(peer)) => peer,
-                Ok(Err(e)) => {
-                    let kind = match e {
-                        auth::HandshakeError::WrongSecret => "wrong_secret",
-                        _ => "protocol",
-                    };
-                    self.warnings.failed(self.remote, &e.to_string(), kind);
-                    return;
-                }
-                Err(_) => {
-                    self.warnings.failed(self.remote, "timed out", "timeout");
-                    return;
-                }
+        // TLS first (when configured), then the secret's challenge, within one timeout.
+        let handshake = async {
+            let mut stream: Box<dyn PeerStream> = match &self.security.tls {
+                Some(tls) => Box::new(
+                    tls.acceptor()
+                        .accept(stream)
+                        .await
+                        .map_err(|e| ("tls", format!("TLS: {e}")))?,
+                ),
+                None => Box::new(stream),
             };
+            let peer = auth::accept(&mut stream, &self.security.secret)
+                .await
+                .map_err(|e| match e {
+                    auth::HandshakeError::WrongSecret => ("wrong_secret", e.to_string()),
+                    _ => ("protocol", e.to_string()),
+                })?;
+            Ok::<_, (&'static str, String)>((stream, peer))
+        };
+        let (stream, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(done)) => done,
+            Ok(Err((kind, reason))) => {
+                self.warnings.failed(self.remote, &reason, kind);
+                return;
+            }
+            Err(_) => {
+                self.warnings.failed(self.remote, "timed out", "timeout");
+                return;
+            }
+        };
         drop(self.handshake);
         tracing::debug!(remote = %self.remote, peer, "peer connected");
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT);
         // Owns the writer and every request task: dropping the connection (on shutdown)
         // aborts them all.

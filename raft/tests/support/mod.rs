@@ -91,9 +91,19 @@ pub struct TestNode {
 impl TestNode {
     /// Starts node `id` on 127.0.0.`id`, on a free port, with its data in `root`.
     pub async fn start(root: &Path, id: NodeId, config: RaftConfig) -> TestNode {
+        Self::start_tls(root, id, config, None).await
+    }
+
+    /// The same, with `tls` on the peer port.
+    pub async fn start_tls(
+        root: &Path,
+        id: NodeId,
+        config: RaftConfig,
+        tls: Option<linkrift_raft::transport::tls::Tls>,
+    ) -> TestNode {
         let addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, id as u8), 0));
         let dir = root.join(format!("node{id}"));
-        let node = start_node(id, &dir, addr, config.clone()).await;
+        let node = start_node_with(id, &dir, addr, config.clone(), tls).await;
         TestNode {
             id,
             dir,
@@ -131,6 +141,7 @@ impl TestNode {
             data_dir: self.dir.clone(),
             peer_addr: self.addr,
             cluster_secret: SECRET.to_vec(),
+            tls: None,
             raft: self.config.clone(),
         };
         self.node = Some(RaftNode::start(options, kv_factory()).await?);
@@ -145,11 +156,23 @@ impl TestNode {
 }
 
 async fn start_node(id: NodeId, dir: &Path, addr: SocketAddr, raft: RaftConfig) -> RaftNode<Kv> {
+    start_node_with(id, dir, addr, raft, None).await
+}
+
+/// Starts node `id` with `tls` on its peer port.
+pub async fn start_node_with(
+    id: NodeId,
+    dir: &Path,
+    addr: SocketAddr,
+    raft: RaftConfig,
+    tls: Option<linkrift_raft::transport::tls::Tls>,
+) -> RaftNode<Kv> {
     let options = NodeOptions {
         node_id: id,
         data_dir: dir.to_path_buf(),
         peer_addr: addr,
         cluster_secret: SECRET.to_vec(),
+        tls,
         raft,
     };
     RaftNode::start(options, kv_factory())
@@ -166,6 +189,11 @@ pub async fn cluster(root: &Path, n: u64, groups: u64, config: RaftConfig) -> Ve
     for id in 1..=n {
         nodes.push(TestNode::start(root, id, config.clone()).await);
     }
+    form(nodes, groups).await
+}
+
+/// Forms groups `1..=groups` on `nodes`, as [`cluster`] does.
+pub async fn form(nodes: Vec<TestNode>, groups: u64) -> Vec<TestNode> {
     for g in 1..=groups {
         for n in &nodes {
             n.node()
@@ -285,4 +313,62 @@ pub fn seed() -> u64 {
         .unwrap_or_else(rand::random);
     println!("LINKRIFT_TEST_SEED={seed}");
     seed
+}
+
+/// A test CA: it writes node certificates and their files.
+pub struct TestCa {
+    dir: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA, its certificate written to `dir/ca.pem`.
+    pub fn new(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        TestCa {
+            dir: dir.to_path_buf(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes the certificate and key of `name`, valid for `hosts`; returns the files.
+    pub fn node(&self, name: &str, hosts: &[&str]) -> linkrift_raft::transport::tls::TlsFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let files = linkrift_raft::transport::tls::TlsFiles {
+            ca: self.dir.join("ca.pem"),
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}-key.pem")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    /// The loaded TLS configuration of `name` (see [`TestCa::node`]).
+    pub fn tls(&self, name: &str, hosts: &[&str]) -> linkrift_raft::transport::tls::Tls {
+        linkrift_raft::transport::tls::Tls::load(self.node(name, hosts)).unwrap()
+    }
 }
