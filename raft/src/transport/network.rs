@@ -42,10 +42,13 @@ pub struct GroupNetworkFactory {
 /// knows to hold entries says it has none). So every request names the incarnation that
 /// first answered, and the target refuses a request for another.
 ///
-/// openraft forgets what it knows of a follower when this replica becomes leader again
-/// and when the follower leaves the membership (Linkrift deletes a replica only after its
-/// node left the group, and adds it back as a new learner). So does this: a new term
-/// forgets every incarnation, a membership without the target forgets the target's.
+/// What is remembered holds for one term and one membership: a new term or any change of
+/// the membership forgets every incarnation, and the next answers are remembered anew.
+/// Linkrift deletes a replica only after its node left the group, and adds it back as a
+/// new learner: both are membership changes, so a replica hosted again is always talked
+/// to afresh. (Forgetting only the targets that left was not enough: the group's metrics
+/// can skip the membership without the target when its removal and its return follow
+/// each other quickly, and the node's new replica was refused for good.)
 #[derive(Default)]
 struct Incarnations {
     metrics: OnceLock<watch::Receiver<RaftMetrics<NodeId, BasicNode>>>,
@@ -60,18 +63,14 @@ struct Known {
 }
 
 impl Known {
-    /// Forgets what `metrics` (the group's latest) says no longer holds.
+    /// Forgets everything if `metrics` (the group's latest) show another term or another
+    /// membership than what is remembered holds for.
     fn follow(&mut self, metrics: &RaftMetrics<NodeId, BasicNode>) {
-        if metrics.current_term != self.term {
+        let membership = *metrics.membership_config.log_id();
+        if metrics.current_term != self.term || membership != self.membership {
             self.term = metrics.current_term;
+            self.membership = membership;
             self.by_node.clear();
-        }
-        let config = &metrics.membership_config;
-        if config.log_id() != &self.membership {
-            self.membership = *config.log_id();
-            let membership = config.membership();
-            self.by_node
-                .retain(|node, _| membership.get_node(node).is_some());
         }
     }
 }
@@ -106,8 +105,8 @@ impl Incarnations {
         }
     }
 
-    /// Follows every change of the group's metrics until the group stops, so that no
-    /// membership without a target goes unseen between two requests.
+    /// Follows the group's metrics until the group stops, so that what is remembered is
+    /// forgotten as soon as the term or the membership changes, not at the next request.
     async fn watch(self: Arc<Self>) {
         let Some(mut metrics) = self.metrics.get().cloned() else {
             return;
