@@ -220,7 +220,7 @@ async fn an_on_path_relay_cannot_inject_a_frame_into_a_tls_connection() {
             // Without TLS the node serves it: the relay reads the answer.
             support::wait_for("the forged request's answer", LONG, || {
                 let bytes = seen.lock().unwrap().clone();
-                let frames = futures_lite(frames(bytes));
+                let frames = run_ready(frames(bytes));
                 frames
                     .iter()
                     .any(|f| f.request_id == 777_777 && f.kind == FrameKind::Reply)
@@ -235,7 +235,7 @@ async fn an_on_path_relay_cannot_inject_a_frame_into_a_tls_connection() {
 }
 
 /// Runs a future that does no I/O to completion (the frame parser over a byte slice).
-fn futures_lite<F: std::future::Future>(f: F) -> F::Output {
+fn run_ready<F: std::future::Future>(f: F) -> F::Output {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     let mut f = std::pin::pin!(f);
