@@ -245,3 +245,100 @@ fn run_ready<F: std::future::Future>(f: F) -> F::Output {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_replaced_without_a_restart() {
+    // (Each test runs in its own process under nextest, so the recorder is this test's.)
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("no other recorder");
+    support::init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let old_ca = TestCa::new(&root.path().join("old"));
+    let new_ca = TestCa::new(&root.path().join("new"));
+    // Node 2 reads its files from `live/`.
+    let live = root.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let install = |from: &linkrift_raft::transport::tls::TlsFiles| {
+        for (src, name) in [
+            (&from.ca, "ca.pem"),
+            (&from.cert, "n2.pem"),
+            (&from.key, "n2-key.pem"),
+        ] {
+            // Written aside and renamed into place, as an operator (or cert-manager) does.
+            let tmp = live.join(format!("{name}.tmp"));
+            std::fs::copy(src, &tmp).unwrap();
+            std::fs::rename(&tmp, live.join(name)).unwrap();
+        }
+    };
+    install(&old_ca.node("n2", &["127.0.0.2"]));
+    let files = linkrift_raft::transport::tls::TlsFiles {
+        ca: live.join("ca.pem"),
+        cert: live.join("n2.pem"),
+        key: live.join("n2-key.pem"),
+    };
+    let tls = Tls::load(files).unwrap();
+    let node = TestNode::start_tls(root.path(), 2, test_config(), Some(tls)).await;
+    let group = node
+        .node()
+        .create_group(linkrift_raft::GroupId(1))
+        .await
+        .unwrap();
+    group
+        .initialize(std::collections::BTreeMap::from([(
+            2,
+            node.addr.to_string(),
+        )]))
+        .await
+        .unwrap();
+    let node = vec![node];
+    support::wait_leader(&node, 1, LONG).await;
+    let target = node[0].addr.to_string();
+    // A fresh pool for each attempt: a new connection, so a new handshake.
+    let attempt = |ca: &TestCa| pool(Some(ca.tls("n99", &["127.0.0.9"])));
+    assert!(vote(&attempt(&old_ca), &target, 2).await.is_ok());
+    assert!(vote(&attempt(&new_ca), &target, 2).await.is_err());
+
+    // The new CA's files replace the old ones; the node picks them up by itself.
+    install(&new_ca.node("n2", &["127.0.0.2"]));
+    support::wait_for_async("the node to present the new certificate", LONG, || async {
+        vote(&attempt(&new_ca), &target, 2)
+            .await
+            .is_ok()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        vote(&attempt(&old_ca), &target, 2).await.is_err(),
+        "the old CA is gone"
+    );
+
+    // Files that do not load leave the last good ones in use (and are counted).
+    std::fs::write(live.join("n2.pem"), "not a certificate").unwrap();
+    std::fs::write(live.join("n2-key.pem"), "not a key").unwrap();
+    support::wait_for_async("the node to try the bad files", LONG, || async {
+        // Each attempt is a handshake, which is when the node looks at its files.
+        let served = vote(&attempt(&new_ca), &target, 2).await.is_ok();
+        assert!(served, "a handshake failed after bad files were written");
+        (reload_errors(&snapshotter) > 0).then_some(())
+    })
+    .await;
+    assert!(vote(&attempt(&new_ca), &target, 2).await.is_ok());
+    drop(group);
+    let [mut node] = <[TestNode; 1]>::try_from(node).ok().unwrap();
+    node.stop().await;
+}
+
+/// `tls_reload_errors_total` in `snapshotter`'s recorder.
+fn reload_errors(snapshotter: &metrics_util::debugging::Snapshotter) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "tls_reload_errors_total")
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}

@@ -242,6 +242,25 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> O
     }
 }
 
+/// Like [`wait_for`], with a condition that awaits.
+pub async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The leader of group `g` that the running nodes agree on.
 pub async fn wait_leader(nodes: &[TestNode], g: u64, timeout: Duration) -> NodeId {
     wait_for(&format!("a leader of group {g}"), timeout, || {
