@@ -1,6 +1,8 @@
 //! Rate limits on the API (`/v1/...` and `/admin/...`), with governor's GCRA limiters:
 //! per API key for requests that present a known key, per client address for the rest.
-//! Redirects, health, readiness and metrics are not limited.
+//! Redirects are limited per client address only when configured (`redirect_rate_per_ip`:
+//! a limiter's map is shared between cores, which the redirect path otherwise avoids);
+//! health, readiness and metrics never.
 //!
 //! A request over its limit is answered 429 with `Retry-After`; every limited response
 //! carries the IETF draft's `RateLimit-Policy` and `RateLimit` headers
@@ -42,6 +44,8 @@ pub struct RateConfig {
     pub per_key: Option<Rate>,
     /// For requests without one (or with an unknown one), per client address.
     pub per_ip: Option<Rate>,
+    /// Redirects per client address; `None` (the default) leaves redirects unlimited.
+    pub redirects_per_ip: Option<Rate>,
 }
 
 /// One limiter and the policy it announces.
@@ -110,6 +114,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
 pub struct RateLimits {
     per_key: Option<Limit<String>>,
     per_ip: Option<Limit<IpAddr>>,
+    redirects_per_ip: Option<Limit<IpAddr>>,
 }
 
 impl RateLimits {
@@ -118,6 +123,9 @@ impl RateLimits {
         Self {
             per_key: config.per_key.and_then(|r| Limit::new("per-key", r)),
             per_ip: config.per_ip.and_then(|r| Limit::new("per-address", r)),
+            redirects_per_ip: config
+                .redirects_per_ip
+                .and_then(|r| Limit::new("redirects-per-address", r)),
         }
     }
 }
@@ -128,10 +136,19 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 /// The middleware: counts each API request against its key's or its address's limit.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if !(path.starts_with("/v1/") || path.starts_with("/admin/")) {
-        return next.run(request).await;
-    }
     let limits = &state.limits;
+    if !(path.starts_with("/v1/") || path.starts_with("/admin/")) {
+        // A redirect (any other path but health, readiness and metrics), limited only if
+        // the operator asked for it.
+        let ops = matches!(path, "/healthz" | "/readyz" | "/metrics");
+        return match &limits.redirects_per_ip {
+            Some(limit) if !ops => {
+                let ip = client_ip(&request);
+                respond(limit.check(&ip), limit, "address", request, next).await
+            }
+            _ => next.run(request).await,
+        };
+    }
     let key = crate::auth::bearer(request.headers())
         .and_then(|k| state.service.authenticate(k))
         .map(|record| record.id);
@@ -143,14 +160,19 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     }
     match &limits.per_ip {
         Some(limit) => {
-            let ip = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            let ip = client_ip(&request);
             respond(limit.check(&ip), limit, "address", request, next).await
         }
         None => next.run(request).await,
     }
+}
+
+/// The address the request came from.
+fn client_ip(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
 }
 
 async fn respond<K: std::hash::Hash + Eq + Clone>(

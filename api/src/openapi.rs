@@ -41,7 +41,8 @@ impl Modify for BearerKeys {
     }
 }
 
-/// Every `/v1` and `/admin` operation may be answered 429 (`limits.rs`).
+/// Every `/v1` and `/admin` operation may be answered 429 (`limits.rs`), and redirects
+/// when `redirect_rate_per_ip` is set.
 struct RateLimited;
 
 impl Modify for RateLimited {
@@ -61,7 +62,7 @@ impl Modify for RateLimited {
             .header("RateLimit-Policy", text("the quota over its window, e.g. \"per-key\";q=1000;w=5"))
             .build();
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if !(path.starts_with("/v1/") || path.starts_with("/admin/")) {
+            if !(path.starts_with("/v1/") || path.starts_with("/admin/") || path == "/{code}") {
                 continue;
             }
             for operation in [

@@ -84,6 +84,8 @@ pub struct Config {
     pub api_rate_per_ip: u32,
     /// Bursts of this many seconds' worth of requests are let through at once.
     pub api_rate_burst_seconds: u32,
+    /// Redirects per second per client address (0: unlimited, the default).
+    pub redirect_rate_per_ip: u32,
     /// Secret the cluster's nodes share (peer connections prove they hold it).
     pub cluster_secret: Option<String>,
     /// The first admin key of a new data directory (otherwise one is generated and printed).
@@ -136,6 +138,7 @@ const KEYS: &[&str] = &[
     "api_rate_per_key",
     "api_rate_per_ip",
     "api_rate_burst_seconds",
+    "redirect_rate_per_ip",
     "cluster_secret",
     "admin_key",
     "metrics_key",
@@ -181,6 +184,7 @@ impl Default for Config {
             api_rate_per_key: 200,
             api_rate_per_ip: 20,
             api_rate_burst_seconds: 5,
+            redirect_rate_per_ip: 0,
             cluster_secret: None,
             admin_key: None,
             metrics_key: None,
@@ -315,6 +319,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_rate_burst_seconds: Option<u32>,
+    /// Redirects per second per client address, 0 for no limit [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_rate_per_ip: Option<u32>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

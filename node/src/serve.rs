@@ -161,6 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &linkrift_api::limits::RateConfig {
                 per_key: rate(config.api_rate_per_key, config.api_rate_burst_seconds),
                 per_ip: rate(config.api_rate_per_ip, config.api_rate_burst_seconds),
+                redirects_per_ip: rate(config.redirect_rate_per_ip, config.api_rate_burst_seconds),
             },
         )),
     };

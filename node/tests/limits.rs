@@ -156,3 +156,41 @@ async fn metrics_behind_a_key_answer_only_that_key() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("http_requests_total"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_limited_only_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(
+        dir.path(),
+        &[
+            ("LINKRIFT_ADMIN_KEY", ADMIN_KEY),
+            ("LINKRIFT_REDIRECT_RATE_PER_IP", "1"),
+            ("LINKRIFT_API_RATE_BURST_SECONDS", "2"),
+        ],
+        &[],
+    );
+    node.wait_ready().await;
+    let (status, body) = node
+        .create(
+            ADMIN_KEY,
+            json!({"url": "https://example.com/", "code": "home"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A burst of two is let through; going on faster than one a second is not.
+    for _ in 0..2 {
+        assert_eq!(node.redirect("home").await.0, 302);
+    }
+    let r = over_the_limit(&node, "/home", None).await;
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"redirects-per-address\";q=2;w=2"
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    // The API and health checks are not redirects.
+    assert_eq!(get(&node, "/healthz", None).await.status(), 200);
+    assert_eq!(
+        get(&node, "/v1/links/home", Some(ADMIN_KEY)).await.status(),
+        200
+    );
+}
