@@ -541,25 +541,13 @@ async fn a_replica_hosted_again_after_release_keeps_its_vote_and_does_not_vote_w
     }
 }
 
-/// The value of counter `name` with label `reason` in `snapshotter`'s recorder.
-fn refused(snapshotter: &metrics_util::debugging::Snapshotter, reason: &str) -> u64 {
-    use metrics_util::debugging::DebugValue;
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| {
-            let key = key.key();
-            key.name() == "raft_frames_refused_total"
-                && key
-                    .labels()
-                    .any(|l| l.key() == "reason" && l.value() == reason)
-        })
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum()
+/// Requests refused for naming an earlier incarnation, in `snapshotter`'s recorder.
+fn stale_incarnations(snapshotter: &metrics_util::debugging::Snapshotter) -> u64 {
+    support::counter(
+        snapshotter,
+        "raft_frames_refused_total",
+        Some(("reason", "stale_incarnation")),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,7 +578,7 @@ async fn a_replica_created_again_under_a_replication_stream_gets_nothing_from_it
         write(&nodes, 1, set(format!("after{i}"), "1"), LONG).await;
     }
     wait_for("the new replica to refuse the old stream", LONG, || {
-        (refused(&snapshotter, "stale_incarnation") > 0).then_some(())
+        (stale_incarnations(&snapshotter) > 0).then_some(())
     })
     .await;
     let applied = nodes[others[0]].group(1).last_applied();
@@ -608,10 +596,10 @@ async fn a_replica_created_again_under_a_replication_stream_gets_nothing_from_it
     // knows of the old replica to itself. (Linkrift never deletes a member's replica; it
     // takes the node out of the group first, and any membership change starts afresh:
     // `node/tests/membership.rs` moves replicas away and back.)
-    let before = refused(&snapshotter, "stale_incarnation");
+    let before = stale_incarnations(&snapshotter);
     write(&nodes, 1, set("after5", "1"), LONG).await;
     wait_for("more refusals", LONG, || {
-        (refused(&snapshotter, "stale_incarnation") > before).then_some(())
+        (stale_incarnations(&snapshotter) > before).then_some(())
     })
     .await;
     assert_eq!(nodes[x].node().last_log_index(id).unwrap(), None);

@@ -29,6 +29,27 @@ fn harmless_vote() -> Vec<u8> {
     })
 }
 
+/// Hosts group 1 on `node` alone and waits until it leads it.
+async fn lead_alone(node: &TestNode) -> linkrift_raft::Group<support::Kv> {
+    let group = node
+        .node()
+        .create_group(linkrift_raft::GroupId(1))
+        .await
+        .unwrap();
+    group
+        .initialize(std::collections::BTreeMap::from([(
+            node.id,
+            node.addr.to_string(),
+        )]))
+        .await
+        .unwrap();
+    support::wait_for("the node to lead its group", LONG, || {
+        group.is_leader().then_some(())
+    })
+    .await;
+    group
+}
+
 /// A pool dialing as node 99 from 127.0.0.9 with `tls`.
 fn pool(tls: Option<Tls>) -> PeerPool {
     PeerPool::new(
@@ -181,21 +202,7 @@ async fn an_on_path_relay_cannot_inject_a_frame_into_a_tls_connection() {
         let dir = root.path().join(if with_tls { "tls" } else { "plain" });
         let tls = with_tls.then(|| ca.tls("n2", &["127.0.0.2", "127.0.0.50"]));
         let node = TestNode::start_tls(&dir, 2, test_config(), tls).await;
-        let group = node
-            .node()
-            .create_group(linkrift_raft::GroupId(1))
-            .await
-            .unwrap();
-        group
-            .initialize(std::collections::BTreeMap::from([(
-                2,
-                node.addr.to_string(),
-            )]))
-            .await
-            .unwrap();
-        let node = vec![node];
-        support::wait_leader(&node, 1, LONG).await;
-        let [node] = <[TestNode; 1]>::try_from(node).ok().unwrap();
+        let group = lead_alone(&node).await;
         let (relay_addr, inject, seen, closed) = relay(node.addr).await;
         let dialer = pool(with_tls.then(|| ca.tls("n99", &["127.0.0.9"])));
         // A genuine request through the relay: the handshake is the dialer's own.
@@ -279,21 +286,8 @@ async fn certificates_are_replaced_without_a_restart() {
     };
     let tls = Tls::load(files).unwrap();
     let node = TestNode::start_tls(root.path(), 2, test_config(), Some(tls)).await;
-    let group = node
-        .node()
-        .create_group(linkrift_raft::GroupId(1))
-        .await
-        .unwrap();
-    group
-        .initialize(std::collections::BTreeMap::from([(
-            2,
-            node.addr.to_string(),
-        )]))
-        .await
-        .unwrap();
-    let node = vec![node];
-    support::wait_leader(&node, 1, LONG).await;
-    let target = node[0].addr.to_string();
+    let group = lead_alone(&node).await;
+    let target = node.addr.to_string();
     // A fresh pool for each attempt: a new connection, so a new handshake.
     let attempt = |ca: &TestCa| pool(Some(ca.tls("n99", &["127.0.0.9"])));
     assert!(vote(&attempt(&old_ca), &target, 2).await.is_ok());
@@ -320,25 +314,11 @@ async fn certificates_are_replaced_without_a_restart() {
         // Each attempt is a handshake, which is when the node looks at its files.
         let served = vote(&attempt(&new_ca), &target, 2).await.is_ok();
         assert!(served, "a handshake failed after bad files were written");
-        (reload_errors(&snapshotter) > 0).then_some(())
+        (support::counter(&snapshotter, "tls_reload_errors_total", None) > 0).then_some(())
     })
     .await;
     assert!(vote(&attempt(&new_ca), &target, 2).await.is_ok());
     drop(group);
-    let [mut node] = <[TestNode; 1]>::try_from(node).ok().unwrap();
+    let mut node = node;
     node.stop().await;
-}
-
-/// `tls_reload_errors_total` in `snapshotter`'s recorder.
-fn reload_errors(snapshotter: &metrics_util::debugging::Snapshotter) -> u64 {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "tls_reload_errors_total")
-        .map(|(.., value)| match value {
-            metrics_util::debugging::DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum()
 }

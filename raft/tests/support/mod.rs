@@ -391,3 +391,26 @@ impl TestCa {
         linkrift_raft::transport::tls::Tls::load(self.node(name, hosts)).unwrap()
     }
 }
+
+/// The value of counter `name` (with label `label` = value, if given) in `snapshotter`'s
+/// recorder, summed over its other labels.
+pub fn counter(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            let key = key.key();
+            key.name() == name
+                && label.is_none_or(|(k, v)| key.labels().any(|l| l.key() == k && l.value() == v))
+        })
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
