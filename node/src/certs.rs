@@ -76,7 +76,12 @@ fn init(dir: &Path, years: i32) -> anyhow::Result<String> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
-        .push(DnType::CommonName, "Linkrift cluster CA");
+        // A name of its own: clients look a certificate's issuer up by name, and two CAs of
+        // one name (another cluster's, an old one) make them check the wrong key.
+        .push(
+            DnType::CommonName,
+            format!("Linkrift cluster CA {:08x}", rand::random::<u32>()),
+        );
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut params, years)?;

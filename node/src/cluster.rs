@@ -15,6 +15,10 @@ pub struct Target {
     /// An admin key.
     #[arg(long, env = "LINKRIFT_ADMIN_KEY", hide_env_values = true)]
     pub key: String,
+    /// For an https:// URL: the CA certificate (PEM) to check the node's certificate
+    /// against, besides the system's trusted roots.
+    #[arg(long, env = "LINKRIFT_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// The cluster commands.
@@ -112,7 +116,8 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<String> {
 /// Where else to ask for the status while `node` leaves: the other members' HTTP
 /// listeners. (The leaving node stops once it is gone, and asking it would fail; a node
 /// listening on an unspecified address is asked at its peer address's IP.)
-fn other_targets(status: &ClusterStatus, node: u64, key: &str) -> Vec<Target> {
+fn other_targets(status: &ClusterStatus, node: u64, asking: &Target) -> Vec<Target> {
+    let scheme = asking.url.split_once("://").map_or("http", |(s, _)| s);
     status
         .nodes
         .iter()
@@ -125,8 +130,9 @@ fn other_targets(status: &ClusterStatus, node: u64, key: &str) -> Vec<Target> {
                 http.ip()
             };
             Some(Target {
-                url: format!("http://{}", std::net::SocketAddr::new(ip, http.port())),
-                key: key.to_string(),
+                url: format!("{scheme}://{}", std::net::SocketAddr::new(ip, http.port())),
+                key: asking.key.clone(),
+                ca_cert: asking.ca_cert.clone(),
             })
         })
         .collect()
@@ -162,7 +168,7 @@ async fn wait_until_left(target: &Target, node: u64, timeout: Duration) -> anyho
             }
             Err(e) => return Err(e),
         };
-        let found = other_targets(&status, node, &target.key);
+        let found = other_targets(&status, node, target);
         if !found.is_empty() {
             others = found;
         }
@@ -221,10 +227,26 @@ async fn operate(target: &Target, node: u64, action: &str) -> anyhow::Result<Nod
     serde_json::from_str(&body).context("the node's answer is not a node record")
 }
 
+/// An HTTP client that trusts the system's roots and `--ca-cert`.
+fn client(target: &Target) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &target.ca_cert {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-cert {} is not PEM certificates", path.display()))?;
+        if certs.is_empty() {
+            bail!("--ca-cert {} holds no certificate", path.display());
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().context("setting up the HTTP client")
+}
+
 /// Sends an admin request; a non-2xx answer becomes an error carrying its message.
 async fn request(target: &Target, method: reqwest::Method, path: &str) -> anyhow::Result<String> {
     let url = format!("{}/{path}", target.url.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let response = client(target)?
         .request(method, &url)
         .bearer_auth(&target.key)
         .timeout(Duration::from_secs(30))

@@ -18,6 +18,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listener: redirects, API, health, metrics.
     pub http: SocketAddr,
+    /// The HTTP listener's certificate chain (PEM): with `tls_key`, it serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// The HTTP listener's private key (PEM).
+    pub tls_key: Option<PathBuf>,
     /// Peer (Raft) listener.
     pub peer: SocketAddr,
     /// Cluster (actor) listener: forwarded writes, cache fills, invalidations, joins.
@@ -108,6 +112,8 @@ pub struct Config {
 const KEYS: &[&str] = &[
     "data_dir",
     "http",
+    "tls_cert",
+    "tls_key",
     "peer",
     "cluster",
     "join",
@@ -191,6 +197,8 @@ impl Default for Config {
             node_tls_ca: None,
             node_tls_cert: None,
             node_tls_key: None,
+            tls_cert: None,
+            tls_key: None,
             log_format: "text".into(),
             log: "info,openraft=warn".into(),
         }
@@ -212,6 +220,14 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+    /// Serve HTTPS with this certificate chain (PEM), read again on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Peer (Raft) listen address [default: 127.0.0.1, any free port].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -376,6 +392,9 @@ impl Config {
         match (&config.node_tls_ca, &config.node_tls_cert, &config.node_tls_key) {
             (None, None, None) | (Some(_), Some(_), Some(_)) => {}
             _ => bail!("mutual TLS between nodes needs all of node_tls_ca, node_tls_cert and node_tls_key (`linkrift certs` makes them)"),
+        }
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            bail!("HTTPS needs both tls_cert and tls_key");
         }
         if let Some(key) = &config.metrics_key {
             check_secret("metrics_key", key)?;

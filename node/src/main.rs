@@ -4,6 +4,7 @@
 mod certs;
 mod cluster;
 mod config;
+mod https;
 mod restore;
 mod serve;
 

@@ -39,10 +39,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http))?;
     let http = listener.local_addr()?;
+    let https = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::https::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    let scheme = if https.is_some() { "https" } else { "http" };
+    // The certificate loads now, before anything else starts: a node with a bad one stops
+    // here and says which file is wrong.
+    let listener = match https {
+        Some(files) => Public::Tls(
+            crate::https::TlsListener::new(listener, files)
+                .context("loading the HTTPS certificate")?,
+        ),
+        None => Public::Plain(listener),
+    };
     let public_url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{http}"));
+        .unwrap_or_else(|| format!("{scheme}://{http}"));
     // Links back at this node loop: its public URL's host, and the address it listens on
     // (unless that is every address).
     let mut own_hosts: Vec<String> = url::Url::parse(&public_url)
@@ -165,9 +182,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
         )),
     };
-    tracing::info!(%http, node = service.node_id(), peer = %service.peer_addr(), cluster = %service.cluster_addr(), data_dir = %config.data_dir.display(), "linkrift serving");
+    tracing::info!(%http, scheme, node = service.node_id(), peer = %service.peer_addr(), cluster = %service.cluster_addr(), data_dir = %config.data_dir.display(), "linkrift serving");
     println!(
-        "linkrift serving http://{http} with data in {} (node {}, peer {}, cluster {})",
+        "linkrift serving {scheme}://{http} with data in {} (node {}, peer {}, cluster {})",
         config.data_dir.display(),
         service.node_id(),
         service.peer_addr(),
@@ -198,10 +215,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let app =
         linkrift_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .context("serving HTTP")?;
+    match listener {
+        Public::Plain(plain) => axum::serve(plain, app).with_graceful_shutdown(stop).await,
+        // (`tap_io` only for axum's client-address plumbing, which it has for any listener
+        // that way.)
+        Public::Tls(tls) => {
+            axum::serve(axum::serve::ListenerExt::tap_io(tls, |_| {}), app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    }
+    .context("serving HTTP")?;
 
     tracing::info!("shutting down");
     // Connection tasks that axum has let go of may still hold the router's state for a
@@ -223,6 +247,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         Some(Departure::Replaced { members }) => rejoin(&config, &members),
     }
+}
+
+/// The public listener: plain HTTP, or HTTPS (`tls_cert`, `tls_key`).
+enum Public {
+    Plain(tokio::net::TcpListener),
+    Tls(crate::https::TlsListener),
 }
 
 /// Wipes the data of a node that was replaced while it was away, and starts again (the same

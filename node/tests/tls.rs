@@ -125,3 +125,181 @@ async fn nodes_of_one_ca_form_a_cluster_over_tls_and_another_ca_cannot_join() {
         .await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// `curl --cacert CA URL`: its exit status (0, or 60 for a certificate it cannot verify,
+/// 35 for a failed handshake) and what it printed.
+fn curl(ca: &Path, url: &str) -> (i32, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .expect("curl runs (scripts/test installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Polls `curl` until it exits with `want`, for at most 20 s.
+async fn wait_curl(ca: &Path, url: &str, want: i32) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, said) = curl(ca, url);
+        if code == want {
+            return said;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "curl {url} with {} still exits {code}, not {want}: {said}",
+            ca.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_listener_serves_https_and_takes_a_new_certificate_on_sighup() {
+    let root = tempfile::tempdir().unwrap();
+    let (old, new) = (root.path().join("old"), root.path().join("new"));
+    for dir in [&old, &new] {
+        let dir = dir.to_str().unwrap();
+        certs(&["init", dir]);
+        certs(&["node", dir, "--name", "web", "--host", "127.0.0.1"]);
+    }
+    // The files the node serves with; replaced below.
+    let (cert, key) = (root.path().join("web.pem"), root.path().join("web-key.pem"));
+    std::fs::copy(old.join("web.pem"), &cert).unwrap();
+    std::fs::copy(old.join("web-key.pem"), &key).unwrap();
+    let (cert_flag, key_flag) = (cert.display().to_string(), key.display().to_string());
+    let node = support::Node::start_logged(
+        &root.path().join("data"),
+        &[("LINKRIFT_ADMIN_KEY", ADMIN_KEY)],
+        &["--tls-cert", &cert_flag, "--tls-key", &key_flag],
+        Some(&root.path().join("node.log")),
+    )
+    .trusting(&old.join("ca.pem"));
+    assert!(node.base.starts_with("https://127.0.0.1:"), "{}", node.base);
+    node.wait_ready().await;
+    let (status, body) = node
+        .create(
+            ADMIN_KEY,
+            json!({"url": "https://secure.example/", "code": "tls1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Short links are https ones.
+    assert!(
+        body["short_url"].as_str().unwrap().starts_with("https://"),
+        "{body}"
+    );
+
+    // A client that sends nothing holds up nobody (its handshake times out on its own).
+    let _silent = std::net::TcpStream::connect(node.base.trim_start_matches("https://")).unwrap();
+    let healthz = node.url("/healthz");
+    let (code, said) = curl(&old.join("ca.pem"), &healthz);
+    assert_eq!(code, 0, "{said}");
+    // A client that does not trust the CA is refused.
+    let (code, said) = curl(&new.join("ca.pem"), &healthz);
+    assert_eq!(code, 60, "{said}");
+
+    // The CLI over https, with --ca-cert; without it the certificate is not trusted.
+    let out = linkrift(&[
+        "cluster",
+        "status",
+        "--url",
+        &node.base,
+        "--key",
+        ADMIN_KEY,
+        "--ca-cert",
+        old.join("ca.pem").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("active"));
+    let out = linkrift(&["cluster", "status", "--url", &node.base, "--key", ADMIN_KEY]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot reach"), "{said}");
+
+    // A new certificate from another CA: in use after SIGHUP, not before.
+    std::fs::copy(new.join("web.pem"), &cert).unwrap();
+    std::fs::copy(new.join("web-key.pem"), &key).unwrap();
+    let (code, said) = curl(&new.join("ca.pem"), &healthz);
+    assert_eq!(code, 60, "taken before SIGHUP: {said}");
+    hangup(&node);
+    assert_eq!(
+        wait_curl(&new.join("ca.pem"), &healthz, 0).await,
+        r#"{"status":"ok"}"#
+    );
+    let (code, said) = curl(&old.join("ca.pem"), &healthz);
+    assert_eq!(code, 60, "{said}");
+
+    // Files that do not load: the last good ones stay in use, and it says so.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    hangup(&node);
+    let node = node.trusting(&new.join("ca.pem"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !node
+        .metrics()
+        .await
+        .contains("http_tls_reloads_total{result=\"failed\"} 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed reload counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (code, said) = curl(&new.join("ca.pem"), &healthz);
+    assert_eq!(code, 0, "{said}");
+    let log = std::fs::read_to_string(root.path().join("node.log")).unwrap();
+    assert!(
+        log.contains("do not load; keeping the previous ones"),
+        "{log}"
+    );
+    assert_eq!(
+        node.redirect("tls1").await,
+        (302, Some("https://secure.example/".into()))
+    );
+}
+
+fn hangup(node: &support::Node) {
+    let sent = Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn a_certificate_that_does_not_load_stops_the_node_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let cert = root.path().join("web.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .args(["serve", "--data-dir"])
+        .arg(root.path().join("data"))
+        .args(["--http", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(root.path().join("missing-key.pem"))
+        .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("HTTPS certificate") && said.contains("web.pem"),
+        "{said}"
+    );
+    // Nothing was opened: the data directory was never made.
+    assert!(!root.path().join("data").exists());
+}
