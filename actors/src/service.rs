@@ -546,7 +546,9 @@ impl LinkService {
         let clickhouse = config
             .clickhouse
             .clone()
-            .map(crate::clicks::clickhouse::ClickHouse::new);
+            .map(crate::clicks::clickhouse::ClickHouse::new)
+            .transpose()
+            .map_err(OpenError::Config)?;
         let sink = match &clickhouse {
             Some(store) => crate::clicks::ClickSink::ClickHouse {
                 store: Box::new(store.clone()),

@@ -66,6 +66,8 @@ pub struct Config {
     pub clickhouse_user: String,
     /// ClickHouse password.
     pub clickhouse_password: String,
+    /// For an https `clickhouse_url`: a CA certificate (PEM) to trust besides the system's.
+    pub clickhouse_ca: Option<PathBuf>,
     /// Bytes of click batches that may wait on local disk while ClickHouse is away; past
     /// that, batches are dropped and counted.
     pub click_spool_max_bytes: u64,
@@ -134,6 +136,7 @@ const KEYS: &[&str] = &[
     "clickhouse_database",
     "clickhouse_user",
     "clickhouse_password",
+    "clickhouse_ca",
     "click_spool_max_bytes",
     "public_url",
     "shard_count",
@@ -180,6 +183,7 @@ impl Default for Config {
             clickhouse_database: "linkrift".into(),
             clickhouse_user: "default".into(),
             clickhouse_password: String::new(),
+            clickhouse_ca: None,
             click_spool_max_bytes: 1 << 30,
             public_url: None,
             shard_count: 64,
@@ -282,6 +286,11 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clickhouse_database: Option<String>,
+    /// For an https ClickHouse URL: a CA certificate (PEM) to trust besides the system's
+    /// roots [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clickhouse_ca: Option<PathBuf>,
     /// Bytes of click batches kept on disk while ClickHouse is away [default: 1073741824].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

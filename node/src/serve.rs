@@ -120,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 database: config.clickhouse_database.clone(),
                 user: config.clickhouse_user.clone(),
                 password: config.clickhouse_password.clone(),
+                ca: config.clickhouse_ca.clone(),
             }
         }),
         click_spool_max_bytes: config.click_spool_max_bytes,

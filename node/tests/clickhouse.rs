@@ -458,3 +458,106 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `linkrift certs …`, which must succeed.
+fn certs(args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_reach_clickhouse_over_https_with_a_private_ca() {
+    let root = Root::new();
+    let (pki, other) = (root.path().join("pki"), root.path().join("other"));
+    for dir in [&pki, &other] {
+        let dir = dir.to_str().unwrap();
+        certs(&["init", dir]);
+        certs(&["node", dir, "--name", "ch", "--host", "127.0.0.1"]);
+    }
+    let ch = ClickHouse::start_tls(&pki.join("ch.pem"), &pki.join("ch-key.pem")).await;
+    let https = ch.https_url.clone().unwrap();
+
+    // A node that trusts another CA: ClickHouse is unreachable to it, its clicks wait in
+    // the spool, and the error says why.
+    let ca = other.join("ca.pem").display().to_string();
+    let stranger = member(
+        root.path(),
+        2,
+        None,
+        &["--clickhouse-url", &https, "--clickhouse-ca", &ca],
+    );
+    stranger.wait_ready().await;
+    create(&stranger, "untrusted").await;
+    clicks(&stranger, "untrusted", 6).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(root.path().join("n2.log")).unwrap();
+        if log.contains("certificate") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no certificate error: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ch.try_query("EXISTS TABLE linkrift.clicks")
+            .await
+            .as_deref(),
+        Ok("0"),
+        "nothing was written through an untrusted connection"
+    );
+
+    let ca = pki.join("ca.pem").display().to_string();
+    let node = member(
+        root.path(),
+        1,
+        None,
+        &["--clickhouse-url", &https, "--clickhouse-ca", &ca],
+    );
+    node.wait_ready().await;
+    create(&node, "sealed").await;
+    clicks(&node, "sealed", 60).await;
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks WHERE short_code = 'sealed'",
+        60,
+        Duration::from_secs(30),
+    )
+    .await;
+    let people = stats(&node, "sealed", "bots=include").await;
+    assert_eq!(people["total"], 60, "{people:#}");
+}
+
+#[test]
+fn a_clickhouse_ca_that_does_not_load_stops_the_node_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = root.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .args(["serve", "--data-dir"])
+        .arg(root.path().join("data"))
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--clickhouse-url",
+            "https://127.0.0.1:1",
+        ])
+        .arg("--clickhouse-ca")
+        .arg(&ca)
+        .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("clickhouse_ca") && said.contains("no certificate"),
+        "{said}"
+    );
+}

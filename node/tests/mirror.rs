@@ -560,3 +560,80 @@ async fn a_node_restored_from_the_mirror_serves_every_link_the_same() {
         .unwrap();
     assert_eq!(r.status(), 200, "a key made before the restore still works");
 }
+
+/// `linkrift certs …`, which must succeed.
+fn certs(args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn try_connect(url: &str) -> Result<PgPool, String> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_reaches_a_postgres_that_takes_only_tls_with_verify_full() {
+    let root = Root::new();
+    let (pki, other) = (root.path().join("pki"), root.path().join("other"));
+    for dir in [&pki, &other] {
+        let dir = dir.to_str().unwrap();
+        certs(&["init", dir]);
+        certs(&["node", dir, "--name", "pg", "--host", "127.0.0.1"]);
+    }
+    let pg = Postgres::start_tls(&pki.join("pg.pem"), &pki.join("pg-key.pem"));
+    // The server takes TLS only.
+    let plain = try_connect(&format!("{}?sslmode=disable", pg.url))
+        .await
+        .expect_err("a plaintext connection is refused");
+    assert!(plain.contains("pg_hba.conf"), "{plain}");
+    // verify-full against another CA: refused.
+    let stranger = try_connect(&format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url,
+        other.join("ca.pem").display()
+    ))
+    .await
+    .expect_err("a server whose certificate another CA signed is refused");
+    assert!(
+        stranger.to_lowercase().contains("certificate"),
+        "{stranger}"
+    );
+
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url,
+        pki.join("ca.pem").display()
+    );
+    let node = Node::start_logged(
+        &root.path().join("n1"),
+        &[("LINKRIFT_ADMIN_KEY", ADMIN_KEY)],
+        &["--postgres-url", &url],
+        Some(&root.path().join("n1.log")),
+    );
+    node.wait_ready().await;
+    seed_links(&node, 20).await;
+    let db = try_connect(&url).await.unwrap();
+    wait_mirrored(&node, &db, &[], Duration::from_secs(30)).await;
+    // Every connection the server has is encrypted.
+    let unencrypted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE client_addr IS NOT NULL AND NOT ssl",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(unencrypted, 0);
+}

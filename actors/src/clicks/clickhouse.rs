@@ -36,16 +36,33 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Its password.
     pub password: String,
+    /// For an https URL: a CA certificate (PEM) to trust besides the system's roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Why the store could not be used.
-#[derive(Debug, thiserror::Error)]
-#[error("ClickHouse at {url}: {source}")]
+#[derive(Debug)]
 pub struct StoreError {
     url: String,
-    #[source]
     source: clickhouse::error::Error,
 }
+
+impl std::fmt::Display for StoreError {
+    /// The whole chain of causes: the crate's own message for a failed connection is only
+    /// "client error (Connect)", and the reason (a refused certificate, a refused
+    /// connection) is in its sources.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClickHouse at {}: {}", self.url, self.source)?;
+        let mut cause = std::error::Error::source(&self.source);
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StoreError {}
 
 /// A raw event's export formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,16 +180,70 @@ fn statements(sql: &str) -> Vec<String> {
     out
 }
 
+/// TCP keepalive on connections to ClickHouse (as the clickhouse crate's own client).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Idle pooled connections are closed before ClickHouse's own 3 s keep-alive timeout would.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A ClickHouse client whose https trusts the system's roots and `ca` (the clickhouse
+/// crate's own would panic where the system has no roots, and takes no CA of ours).
+fn client(ca: Option<&std::path::Path>) -> Result<clickhouse::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: `ca` may be all that is needed.
+    let system = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(system.certs);
+    if let Some(path) = ca {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("clickhouse_ca {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "clickhouse_ca {} holds no certificate",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("clickhouse_ca {}: {e}", path.display()))?;
+        }
+    } else if added == 0 {
+        tracing::debug!("no system CA certificates found; https to ClickHouse needs clickhouse_ca");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.set_keepalive(Some(TCP_KEEPALIVE));
+    tcp.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    Ok(clickhouse::Client::with_http_client(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector),
+    ))
+}
+
 impl ClickHouse {
-    /// A handle; nothing is sent until the store is used.
-    pub fn new(config: ClickHouseConfig) -> Self {
-        let client = clickhouse::Client::default()
+    /// A handle; nothing is sent until the store is used. Fails only on a `ca` file that
+    /// does not load.
+    pub fn new(config: ClickHouseConfig) -> Result<Self, String> {
+        let client = client(config.ca.as_deref())?
             .with_url(&config.url)
             .with_user(&config.user)
             .with_password(&config.password)
             .with_compression(clickhouse::Compression::None)
             .with_validation(false);
-        Self { client, config }
+        Ok(Self { client, config })
     }
 
     fn err(&self, source: clickhouse::error::Error) -> StoreError {

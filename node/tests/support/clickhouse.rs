@@ -12,6 +12,8 @@ pub struct ClickHouse {
     http_port: u16,
     /// `http://127.0.0.1:PORT`, for `--clickhouse-url`.
     pub url: String,
+    /// With TLS (`start_tls`): `https://127.0.0.1:PORT`.
+    pub https_url: Option<String>,
     http: reqwest::Client,
 }
 
@@ -23,14 +25,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config(dir: &Path, http_port: u16, tcp_port: u16) -> String {
+fn config(dir: &Path, http_port: u16, tcp_port: u16, https_port: Option<u16>) -> String {
     let d = dir.display();
+    // The server's certificate and key are in its directory as server.crt and server.key.
+    let https = match https_port {
+        Some(port) => format!(
+            "<https_port>{port}</https_port>
+  <openSSL><server><certificateFile>{d}/server.crt</certificateFile><privateKeyFile>{d}/server.key</privateKeyFile><verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile><disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols></server></openSSL>"
+        ),
+        None => String::new(),
+    };
     format!(
         r#"<?xml version="1.0"?>
 <yandex>
   <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/server.err.log</errorlog><size>100M</size><count>1</count></logger>
   <http_port>{http_port}</http_port>
   <tcp_port>{tcp_port}</tcp_port>
+  {https}
   <listen_host>127.0.0.1</listen_host>
   <path>{d}/data/</path>
   <tmp_path>{d}/tmp/</tmp_path>
@@ -59,19 +70,34 @@ const USERS: &str = r#"<?xml version="1.0"?>
 impl ClickHouse {
     /// Creates and starts a server, and waits until it answers.
     pub async fn start() -> ClickHouse {
+        Self::start_with(None).await
+    }
+
+    /// Creates and starts a server that also serves HTTPS with `cert` and `key` (PEM).
+    pub async fn start_tls(cert: &Path, key: &Path) -> ClickHouse {
+        Self::start_with(Some((cert, key))).await
+    }
+
+    async fn start_with(tls: Option<(&Path, &Path)>) -> ClickHouse {
         let dir = tempfile::Builder::new()
             .prefix("linkrift-test-ch")
             .tempdir()
             .unwrap();
         let (http_port, tcp_port) = (free_port(), free_port());
+        let https_port = tls.map(|(cert, key)| {
+            std::fs::copy(cert, dir.path().join("server.crt")).unwrap();
+            std::fs::copy(key, dir.path().join("server.key")).unwrap();
+            free_port()
+        });
         std::fs::write(
             dir.path().join("config.xml"),
-            config(dir.path(), http_port, tcp_port),
+            config(dir.path(), http_port, tcp_port, https_port),
         )
         .unwrap();
         std::fs::write(dir.path().join("users.xml"), USERS).unwrap();
         let mut ch = ClickHouse {
             url: format!("http://127.0.0.1:{http_port}"),
+            https_url: https_port.map(|port| format!("https://127.0.0.1:{port}")),
             dir,
             child: None,
             http_port,

@@ -9,6 +9,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// With TLS on: the server's certificate and key, copied into its directory.
+    tls: bool,
     /// `postgres://linkrift@127.0.0.1:PORT/postgres`
     pub url: String,
 }
@@ -40,6 +42,16 @@ fn is_root() -> bool {
 impl Postgres {
     /// Creates and starts a server.
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// Creates and starts a server that takes only TLS connections (`ssl=on`, `hostssl` in
+    /// pg_hba.conf), with `cert` and `key` (PEM) as its certificate.
+    pub fn start_tls(cert: &Path, key: &Path) -> Postgres {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("linkrift-test-pg")
@@ -64,6 +76,7 @@ impl Postgres {
             dir,
             bin,
             port,
+            tls: tls.is_some(),
         };
         let data = pg.data();
         pg.run(
@@ -79,6 +92,31 @@ impl Postgres {
                 "--no-sync",
             ],
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::copy(cert, data.join("server.crt")).unwrap();
+            std::fs::copy(key, data.join("server.key")).unwrap();
+            // The server refuses a key others can read.
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            // Loopback connections over TLS only: a client that does not use it is refused.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nlocal all all trust\n",
+            )
+            .unwrap();
+            if is_root() {
+                let status = Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&data)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "chown the certificate files");
+            }
+        }
         pg.resume();
         pg
     }
@@ -122,11 +160,14 @@ impl Postgres {
     pub fn resume(&self) {
         let data = self.data();
         let log = self.dir.path().join("server.log");
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            options.push_str(" -c ssl=on");
+        }
         self.run(
             "pg_ctl",
             &[
