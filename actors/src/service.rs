@@ -1897,6 +1897,12 @@ impl LinkService {
                     return Err(ServiceError::CodeTaken(code.to_string()))
                 }
                 ShardOutcome::CodeTaken => continue,
+                ShardOutcome::DeletedSince(link) => {
+                    return Err(ServiceError::Refused(format!(
+                        "this request (its Idempotency-Key) created link {:?}, which has been deleted since; send another Idempotency-Key to create a new one",
+                        link.code.as_str()
+                    )))
+                }
                 other => return Err(ServiceError::Internal(format!("create answered {other:?}"))),
             }
         }

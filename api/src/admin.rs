@@ -32,16 +32,21 @@ pub async fn status(
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn replicas(
     State(state): State<AppState>,
-    Path(shard): Path<u32>,
+    Path(shard): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::Admin)?;
+    // A path that is not a shard number names no shard.
+    let shard: u32 = shard
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no shard {shard:?}")))?;
     let digests = state.service.replica_digests(shard).await?;
     Ok(axum::Json(digests).into_response())
 }
 
 /// Options of a leave.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LeaveOptions {
     /// Leave even if the shards must run with fewer replicas than the replication factor
     /// (never below a quorum).
@@ -73,10 +78,14 @@ impl From<NodeRecord> for NodeAnswer {
 async fn operate(
     state: &AppState,
     headers: &HeaderMap,
-    id: u64,
+    id: String,
     operation: Operation,
 ) -> Result<Response, ApiError> {
     authorize(headers, &state.service, Scope::Admin)?;
+    // A path that is not a node id names no node.
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no node {id:?}")))?;
     let record = state.service.operate(id, operation).await?;
     Ok(axum::Json(NodeAnswer::from(record)).into_response())
 }
@@ -90,7 +99,7 @@ async fn operate(
               (status = 409, description = "refused, with the reason", body = crate::error::ErrorBody)))]
 pub async fn drain(
     State(state): State<AppState>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     operate(&state, &headers, id, Operation::Drain).await
@@ -106,10 +115,11 @@ pub async fn drain(
               (status = 409, description = "refused, with the reason", body = crate::error::ErrorBody)))]
 pub async fn leave(
     State(state): State<AppState>,
-    Path(id): Path<u64>,
-    Query(options): Query<LeaveOptions>,
+    Path(id): Path<String>,
+    options: Result<Query<LeaveOptions>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Query(options) = options.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let operation = Operation::Leave {
         force: options.force,
     };
@@ -124,7 +134,7 @@ pub async fn leave(
               (status = 409, description = "refused, with the reason", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     operate(&state, &headers, id, Operation::Cancel).await

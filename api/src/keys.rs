@@ -15,8 +15,39 @@ use crate::AppState;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
+    /// What the key is for: 1 to 200 characters, not all white space.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: String,
+    /// What it may do (admin grants everything).
+    #[schema(schema_with = scopes_schema)]
     scopes: Vec<String>,
+}
+
+/// One or more of the scope names.
+fn scopes_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                .enum_values(Some(["admin", "links:write", "links:read"])),
+        )
+        .min_items(Some(1))
+        .build()
+}
+
+/// The answer of `POST /v1/keys`: the record, and the key itself, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    record: KeyView,
+    /// The key in clear text: store it now, it is never shown again.
+    key: String,
+}
+
+/// The answer of `GET /v1/keys`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    keys: Vec<KeyView>,
 }
 
 /// A key as listed (never the key itself).
@@ -44,14 +75,14 @@ impl From<ApiKeyRecord> for KeyView {
 
 /// `POST /v1/keys`: makes a key; the response carries it in clear text, once.
 #[utoipa::path(post, path = "/v1/keys", request_body = CreateKeyBody, security(("api_key" = [])),
-    responses((status = 201, description = "the key record plus `key`, shown once", body = KeyView)))]
+    responses((status = 201, description = "the key record plus `key`, shown once", body = CreatedKey)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(body): Json<CreateKeyBody>,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::Admin)?;
-    if body.name.trim().is_empty() || body.name.len() > 200 {
+    if body.name.trim().is_empty() || body.name.chars().count() > 200 {
         return Err(Invalid {
             field: "name",
             message: "must be 1 to 200 characters".into(),
@@ -73,13 +104,15 @@ pub async fn create(
     scopes.sort();
     scopes.dedup();
     let (key, record) = state.service.create_key(body.name, scopes).await?;
-    let mut view = serde_json::to_value(KeyView::from(record)).expect("key view encodes");
-    view["key"] = serde_json::Value::String(key.reveal().to_string());
-    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+    let created = CreatedKey {
+        record: KeyView::from(record),
+        key: key.reveal().to_string(),
+    };
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
 /// `GET /v1/keys`: every key, without secrets.
-#[utoipa::path(get, path = "/v1/keys", security(("api_key" = [])), responses((status = 200, body = Vec<KeyView>)))]
+#[utoipa::path(get, path = "/v1/keys", security(("api_key" = [])), responses((status = 200, body = KeyList)))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::Admin)?;
     let keys: Vec<KeyView> = state
@@ -88,7 +121,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<R
         .into_iter()
         .map(KeyView::from)
         .collect();
-    Ok(axum::Json(serde_json::json!({ "keys": keys })).into_response())
+    Ok(axum::Json(KeyList { keys }).into_response())
 }
 
 /// `DELETE /v1/keys/{id}`: revokes a key at once.

@@ -90,13 +90,94 @@ fn link_response(status: StatusCode, link: &Link, state: &AppState) -> Response 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    /// The destination: an http(s) URL with a host, not this service's own.
+    #[schema(schema_with = url_schema)]
     url: String,
+    /// A custom code; generated when absent.
+    #[schema(schema_with = code_schema)]
     code: Option<String>,
+    #[schema(schema_with = title_schema)]
     title: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = tags_schema)]
     tags: Vec<String>,
+    /// When the link stops redirecting (then 410).
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+    #[schema(schema_with = redirect_status_schema)]
     redirect_status: Option<u16>,
+}
+
+/// Destinations the document promises to take: http(s), a host name of dotted labels of
+/// letters, digits, `-` and `_` whose last starts with a letter (or an IPv4 address), a port, then a path, query and fragment of
+/// characters a URL carries as they are. The service takes more (any host the URL
+/// standard parses, characters it percent-encodes); this is the part clients can count on.
+pub const URL_PATTERN: &str = "^https?://(((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])|([A-Za-z0-9_-]{1,63}\\.)*[A-Za-z_-][A-Za-z0-9_-]{0,62}\\.?)(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?(\\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?(#[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$";
+/// Short codes: `ShortCode::parse` (and not a reserved word such as `admin`).
+pub const CODE_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+/// Titles: no control characters (`char::is_control`: U+0000-U+001F, U+007F-U+009F).
+pub const TITLE_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+/// Tags: `Tag::parse`.
+pub const TAG_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,64}$";
+
+/// A string of `pattern`, at most `max` characters; or also null.
+fn string(pattern: &str, max: usize, nullable: bool) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let kind = if nullable {
+        SchemaType::from_iter([Type::String, Type::Null])
+    } else {
+        SchemaType::new(Type::String)
+    };
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(kind)
+        .pattern(Some(pattern))
+        .max_length(Some(max))
+        .build()
+}
+
+fn url_schema() -> utoipa::openapi::Object {
+    string(URL_PATTERN, DestinationUrl::MAX_LEN, false)
+}
+
+fn nullable_url_schema() -> utoipa::openapi::Object {
+    string(URL_PATTERN, DestinationUrl::MAX_LEN, true)
+}
+
+fn code_schema() -> utoipa::openapi::Object {
+    string(CODE_PATTERN, ShortCode::MAX_LEN, true)
+}
+
+fn title_schema() -> utoipa::openapi::Object {
+    string(TITLE_PATTERN, 512, true)
+}
+
+/// At most 20 tags of `TAG_PATTERN` (duplicates count, then are dropped).
+fn tags_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                .pattern(Some(TAG_PATTERN)),
+        )
+        .max_items(Some(Tag::MAX_PER_LINK))
+        .build()
+}
+
+/// 301, 302 (the default), 307 or 308.
+fn redirect_status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::Type::Integer,
+            utoipa::openapi::Type::Null,
+        ]))
+        .enum_values(Some([
+            serde_json::json!(301),
+            serde_json::json!(302),
+            serde_json::json!(307),
+            serde_json::json!(308),
+            serde_json::Value::Null,
+        ]))
+        .build()
 }
 
 impl CreateBody {
@@ -132,14 +213,29 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
+    #[schema(schema_with = nullable_url_schema)]
     url: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = title_schema)]
     title: Option<Option<String>>,
+    #[schema(schema_with = nullable_tags_schema)]
     tags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
+    #[schema(schema_with = redirect_status_schema)]
     redirect_status: Option<u16>,
     archived: Option<bool>,
+}
+
+/// `tags_schema`, or null (leave the tags as they are).
+fn nullable_tags_schema() -> utoipa::openapi::Array {
+    let mut tags = tags_schema();
+    tags.schema_type = utoipa::openapi::schema::SchemaType::from_iter([
+        utoipa::openapi::Type::Array,
+        utoipa::openapi::Type::Null,
+    ]);
+    tags
 }
 
 impl UpdateBody {
@@ -221,7 +317,7 @@ fn code_param(code: &str) -> Result<ShortCode, ApiError> {
 
 /// `POST /v1/links`.
 #[utoipa::path(post, path = "/v1/links", request_body = CreateBody, security(("api_key" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe request key")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe request key", pattern = "^[ -~]{1,255}$")),
     responses((status = 201, body = LinkView), (status = 409, body = crate::error::ErrorBody),
               (status = 422, body = crate::error::ErrorBody)))]
 pub async fn create(
@@ -255,7 +351,7 @@ pub async fn get(
 
 /// `PATCH /v1/links/{code}`, honouring `If-Match`.
 #[utoipa::path(patch, path = "/v1/links/{code}", request_body = UpdateBody, security(("api_key" = [])),
-    params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "the version last seen")),
+    params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "the version last seen (\"3\", W/\"3\" or *)", pattern = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$")),
     responses((status = 200, body = LinkView), (status = 404, body = crate::error::ErrorBody),
               (status = 412, body = crate::error::ErrorBody)))]
 pub async fn update(
@@ -278,7 +374,7 @@ pub async fn update(
 
 /// `DELETE /v1/links/{code}`, honouring `If-Match`.
 #[utoipa::path(delete, path = "/v1/links/{code}", security(("api_key" = [])),
-    params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "the version last seen")),
+    params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "the version last seen (\"3\", W/\"3\" or *)", pattern = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$")),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 412, body = crate::error::ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
@@ -295,10 +391,16 @@ pub async fn remove(
 
 /// Query of `GET /v1/links`.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Links per page.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the page before.
     cursor: Option<String>,
+    /// Only links with this tag.
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     tag: Option<String>,
 }
 
@@ -311,7 +413,7 @@ pub struct Page {
 
 /// `GET /v1/links?limit=&cursor=&tag=`: links in code order, across all shards.
 #[utoipa::path(get, path = "/v1/links", security(("api_key" = [])), params(ListQuery),
-    responses((status = 200, body = Page)))]
+    responses((status = 200, body = Page), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -344,8 +446,17 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct BulkBody {
     /// Up to 1,000 link bodies, as for `POST /v1/links`.
-    #[schema(value_type = Vec<CreateBody>)]
+    /// Each is checked as a `POST /v1/links` body (`CreateBody`) and answered in its own
+    /// result, so any JSON value is taken here.
+    #[schema(value_type = Vec<Value>, min_items = 1, max_items = 1000)]
     links: Vec<serde_json::Value>,
+}
+
+/// The answer of `POST /v1/links/bulk`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BulkResults {
+    /// One per item, in the order sent.
+    results: Vec<BulkItem>,
 }
 
 /// The result of one bulk item: 201 and the link, or an error status and the error.
@@ -361,7 +472,7 @@ pub struct BulkItem {
 
 /// `POST /v1/links/bulk`: up to 1,000 creates, one result per item, in order.
 #[utoipa::path(post, path = "/v1/links/bulk", request_body = BulkBody, security(("api_key" = [])),
-    responses((status = 200, description = "{\"results\": [BulkItem]}", body = Vec<BulkItem>)))]
+    responses((status = 200, description = "one result per item, in order", body = BulkResults)))]
 pub async fn bulk(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -420,5 +531,5 @@ pub async fn bulk(
         results[i] = Some(item);
     }
     let results: Vec<BulkItem> = results.into_iter().flatten().collect();
-    Ok(axum::Json(serde_json::json!({ "results": results })).into_response())
+    Ok(axum::Json(BulkResults { results }).into_response())
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -28,15 +29,40 @@ const TOP: usize = 10;
 
 /// Query parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// Start (RFC 3339); default 7 days before `to`.
+    #[param(format = DateTime)]
     from: Option<String>,
-    /// End (RFC 3339); default now.
+    /// End (RFC 3339); default now; at most 366 days after `from` (31 with `hour`).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// `hour` or `day` (default).
+    #[param(schema_with = interval_schema)]
     interval: Option<String>,
     /// `exclude` (default), `include` or `only`.
+    #[param(schema_with = bots_schema)]
     bots: Option<String>,
+}
+
+/// A string, one of `values`.
+fn one_of(values: &[&str]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
+
+fn interval_schema() -> utoipa::openapi::Object {
+    one_of(&["hour", "day"])
+}
+
+fn bots_schema() -> utoipa::openapi::Object {
+    one_of(&["exclude", "include", "only"])
+}
+
+fn format_schema() -> utoipa::openapi::Object {
+    one_of(&["ndjson", "csv"])
 }
 
 /// One point of the time series.
@@ -170,10 +196,11 @@ fn bots(value: Option<&str>) -> Result<(Bots, &'static str), Invalid> {
 pub async fn stats(
     State(state): State<AppState>,
     Path(code): Path<String>,
-    Query(q): Query<StatsQuery>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::LinksRead)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (from, to) = range(q.from.as_deref(), q.to.as_deref())?;
     let step = match q.interval.as_deref().unwrap_or("day") {
         "hour" if to - from <= 31 * DAY_MS => HOUR_MS,
@@ -191,14 +218,19 @@ pub async fn stats(
 
 /// Query parameters of an export.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `ndjson` (default) or `csv`.
+    #[param(schema_with = format_schema)]
     format: Option<String>,
     /// Start (RFC 3339); default 7 days before `to`.
+    #[param(format = DateTime)]
     from: Option<String>,
-    /// End (RFC 3339); default now.
+    /// End (RFC 3339); default now; at most 366 days after `from`.
+    #[param(format = DateTime)]
     to: Option<String>,
     /// `exclude` (default), `include` or `only`.
+    #[param(schema_with = bots_schema)]
     bots: Option<String>,
 }
 
@@ -215,10 +247,11 @@ pub struct ExportQuery {
 pub async fn export(
     State(state): State<AppState>,
     Path(code): Path<String>,
-    Query(q): Query<ExportQuery>,
+    q: Result<Query<ExportQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::LinksRead)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (format, content_type) = match q.format.as_deref().unwrap_or("ndjson") {
         "ndjson" => (ExportFormat::Ndjson, "application/x-ndjson"),
         "csv" => (ExportFormat::Csv, "text/csv; charset=utf-8"),

@@ -100,20 +100,21 @@ impl Tag {
         Ok(Self(s.to_string()))
     }
 
-    /// Checks a list of tags; duplicates are dropped and the rest sorted.
+    /// Checks a list of at most [`Self::MAX_PER_LINK`] tags (duplicates count: the API
+    /// document's `maxItems` says so); duplicates are then dropped and the rest sorted.
     pub fn parse_all(tags: &[String]) -> Result<Vec<Tag>, Invalid> {
+        if tags.len() > Self::MAX_PER_LINK {
+            return Err(Invalid::new(
+                "tags",
+                format!("at most {} tags per link", Self::MAX_PER_LINK),
+            ));
+        }
         let mut out = tags
             .iter()
             .map(|t| Tag::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
         out.sort();
         out.dedup();
-        if out.len() > Self::MAX_PER_LINK {
-            return Err(Invalid::new(
-                "tags",
-                format!("at most {} tags per link", Self::MAX_PER_LINK),
-            ));
-        }
         Ok(out)
     }
 

@@ -91,6 +91,24 @@ impl DestinationUrl {
             if host.is_empty() {
                 return Err(invalid("has no host".into()));
             }
+            // A name must be one DNS could resolve: letters, digits, '-' and '_' in dotted
+            // labels (the parser has made international names punycode); the parser
+            // alone lets through names such as `a*` or `a!b`.
+            if let Some(url::Host::Domain(name)) = url.host() {
+                if let Some(c) = name
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+                {
+                    return Err(invalid(format!(
+                        "host {host:?} has {c:?}, which no host name has"
+                    )));
+                }
+                // (One trailing dot is the root: `example.com.` is a name.)
+                let labels = name.strip_suffix('.').unwrap_or(name);
+                if labels.split('.').any(str::is_empty) {
+                    return Err(invalid(format!("host {host:?} has an empty label")));
+                }
+            }
             let canonical = canonical_host(host).unwrap_or_default();
             if policy.own_hosts.contains(&canonical) {
                 return Err(invalid(format!(
@@ -98,10 +116,12 @@ impl DestinationUrl {
                 )));
             }
         }
-        if url.as_str().len() > Self::MAX_LEN {
+        // The limit is on the URL as sent (the API document's `maxLength`); normalising
+        // can only percent-encode (at most triple) it and add a `/`.
+        if url.as_str().len() > 3 * Self::MAX_LEN + 1 {
             return Err(invalid(format!(
                 "is longer than {} bytes once normalised",
-                Self::MAX_LEN
+                3 * Self::MAX_LEN + 1
             )));
         }
         Ok(Self(url.into()))
@@ -143,6 +163,19 @@ mod tests {
             "https://example.com/"
         );
         assert!(parse("http://example.com/a?b=c#d").is_ok());
+        // International names (as punycode), underscores, the root's trailing dot.
+        assert_eq!(
+            parse("https://bücher.example/").unwrap().as_str(),
+            "https://xn--bcher-kva.example/"
+        );
+        assert!(parse("https://a_b.example./").is_ok());
+        // As sent, at most MAX_LEN bytes, even if normalising makes it longer.
+        let full = format!("http://A#{}", "0".repeat(DestinationUrl::MAX_LEN - 9));
+        assert_eq!(full.len(), DestinationUrl::MAX_LEN);
+        assert_eq!(
+            parse(&full).unwrap().as_str().len(),
+            DestinationUrl::MAX_LEN + 1
+        );
     }
 
     #[test]
@@ -158,6 +191,9 @@ mod tests {
             ("http://0x7f.1:8080/abc", "loop"),
             ("http://127.000.000.001/abc", "loop"),
             ("http://[0:0::1]/abc", "loop"),
+            ("https://a*/", "no host name has"),
+            ("https://a!b.example/", "no host name has"),
+            ("https://a..b/", "empty label"),
             ("not a url", "valid absolute URL"),
             ("/relative", "valid absolute URL"),
         ] {

@@ -100,6 +100,9 @@ pub enum ShardOutcome {
         /// The link's version now.
         current: u64,
     },
+    /// A create retried (the same request) after the link it created was deleted: answering
+    /// `Created` again would name a link that is gone. Never remembered, only answered.
+    DeletedSince(Arc<Link>),
 }
 
 /// The links of one shard, shared between the state machine and readers.
@@ -248,6 +251,11 @@ impl ShardState {
         let (request, at) = command.request();
         self.forget_before(at - DEDUPE_WINDOW_MS);
         if let Some(outcome) = self.outcomes.get(&request) {
+            if let ShardOutcome::Created(link) = outcome {
+                if !self.table.links.pin().contains_key(link.code.as_str()) {
+                    return ShardOutcome::DeletedSince(link.clone());
+                }
+            }
             return outcome.clone();
         }
         let outcome = self.execute(command);
