@@ -278,6 +278,56 @@ async fn hostile_lengths_on_the_peer_and_cluster_ports_close_the_connection_only
     assert!(n1.is_running());
 }
 
+/// The value of the counter `series` (name and labels) in `node`'s metrics, 0 if absent.
+async fn counter(node: &support::Node, series: &str) -> f64 {
+    node.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_authenticate_on_the_cluster_port_are_capped_and_closed() {
+    let root = tempfile::tempdir().unwrap();
+    let n1 = member(root.path(), 1, None, &[]);
+    n1.wait_ready().await;
+    // Eight connections from one address that send nothing are held...
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(&n1.cluster).await.unwrap());
+    }
+    // ...a ninth from it is closed at once...
+    let mut ninth = tokio::net::TcpStream::connect(&n1.cluster).await.unwrap();
+    wait_closed(&mut ninth).await;
+    let refused = "cluster_connections_refused_total{reason=\"per_address\"}";
+    assert_eq!(counter(&n1, refused).await, 1.0);
+    // ...while another address still gets in, and a node joins meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(n1.cluster.parse().unwrap()).await.unwrap();
+    let n2 = member(root.path(), 2, Some(&n1), &[]);
+    n2.wait_ready().await;
+    // Each is closed once its time to authenticate is over.
+    for s in idle.iter_mut().chain([&mut other]) {
+        wait_closed(s).await;
+    }
+    let timeouts = "cluster_handshakes_failed_total{reason=\"timeout\"}";
+    assert_eq!(counter(&n1, timeouts).await, 9.0);
+    assert_eq!(counter(&n1, refused).await, 1.0);
+    // Their places are free again: eight more are held, and the ninth is refused again.
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(&n1.cluster).await.unwrap());
+    }
+    let mut ninth = tokio::net::TcpStream::connect(&n1.cluster).await.unwrap();
+    wait_closed(&mut ninth).await;
+    assert_eq!(counter(&n1, refused).await, 2.0);
+    let (status, body) = n2
+        .create(ADMIN_KEY, json!({ "url": "https://after.example/" }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_wrong_secret_is_refused_and_the_cluster_carries_on() {
     let root = tempfile::tempdir().unwrap();

@@ -138,6 +138,29 @@ pub enum SessionEvent {
 struct Events {
     tx: broadcast::Sender<SessionEvent>,
     authenticated: Mutex<HashMap<u64, bool>>,
+    /// Incoming connections not authenticated yet, by peer address: each holds one of
+    /// [`MAX_PENDING`] places until it authenticates or closes.
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// Incoming connections on the cluster port that have not authenticated yet, at most; more
+/// are closed at once.
+pub const MAX_PENDING: usize = 64;
+/// The same, from one address.
+pub const MAX_PENDING_PER_ADDRESS: usize = 8;
+/// How long an incoming connection has to authenticate (its TLS handshake included).
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// An incoming connection on its way to authenticating.
+struct Pending {
+    ip: std::net::IpAddr,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Events {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The node server's subscriber, feeding [`Events`].
@@ -156,6 +179,28 @@ impl NodeEventSubscription for Subscriber {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(s.node_id, false);
+        // An incoming session that has not authenticated by the deadline is closed: a
+        // connection that sends nothing must not hold a place (and an actor) for ever.
+        if s.is_server {
+            let events = self.0.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    tokio::time::sleep(AUTH_DEADLINE).await;
+                    let still = events
+                        .authenticated
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&s.node_id)
+                        == Some(&false);
+                    if still {
+                        metrics::counter!("cluster_handshakes_failed_total", "reason" => "timeout")
+                            .increment(1);
+                        tracing::debug!(peer = %s.peer_addr, "closing a cluster connection that did not authenticate in time");
+                        s.actor.stop(Some("no authentication in time".into()));
+                    }
+                });
+            }
+        }
     }
 
     fn node_session_authenticated(&self, s: NodeServerSessionInformation) {
@@ -163,6 +208,7 @@ impl NodeEventSubscription for Subscriber {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(s.node_id, true);
+        self.pending().remove(&s.peer_addr);
     }
 
     fn node_session_ready(&self, s: NodeServerSessionInformation) {
@@ -176,6 +222,7 @@ impl NodeEventSubscription for Subscriber {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&s.node_id)
             .unwrap_or(false);
+        self.pending().remove(&s.peer_addr);
         if !authenticated {
             tracing::warn!(peer = %s.peer_addr, "cluster session refused: the peer does not hold this cluster's secret (or is not a linkrift node)");
         } else {
@@ -232,6 +279,7 @@ impl<H: Handler> Peers<H> {
         let events = Arc::new(Events {
             tx,
             authenticated: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
         });
         server
             .cast(NodeServerMessage::SubscribeToEvents {
@@ -245,21 +293,52 @@ impl<H: Handler> Peers<H> {
             .map_err(|e| std::io::Error::other(format!("starting the peer actor: {e}")))?;
         let accepting = server.clone();
         let accept_tls = tls.clone();
-        // Connections in their TLS handshake at once; more are closed at once.
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
+        let places = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
+        let accept_events = events.clone();
         let listener_task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, remote)) => {
-                        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                            metrics::counter!("cluster_connections_refused_total", "reason" => "handshakes").increment(1);
-                            continue;
+                        // Dropping `stream` closes it: over the caps, at once.
+                        let refused = |reason: &'static str| {
+                            metrics::counter!("cluster_connections_refused_total", "reason" => reason).increment(1);
                         };
+                        {
+                            let mut pending = accept_events.pending();
+                            let from_here =
+                                pending.values().filter(|p| p.ip == remote.ip()).count();
+                            if from_here >= MAX_PENDING_PER_ADDRESS {
+                                refused("per_address");
+                                continue;
+                            }
+                            let Ok(place) = places.clone().try_acquire_owned() else {
+                                refused("pending");
+                                continue;
+                            };
+                            pending.insert(
+                                remote.to_string(),
+                                Pending {
+                                    ip: remote.ip(),
+                                    _place: place,
+                                },
+                            );
+                        }
                         let (server, tls) = (accepting.clone(), accept_tls.clone());
+                        let events = accept_events.clone();
                         tokio::spawn(async move {
-                            let handed = hand_over(&server, stream, true, tls.as_ref(), None).await;
-                            drop(permit);
+                            let handed = tokio::time::timeout(
+                                AUTH_DEADLINE,
+                                hand_over(&server, stream, true, tls.as_ref(), None),
+                            )
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "TLS handshake timed out",
+                                ))
+                            });
                             if let Err(e) = handed {
+                                events.pending().remove(&remote.to_string());
                                 metrics::counter!("cluster_connections_refused_total", "reason" => "handshake").increment(1);
                                 tracing::warn!(%remote, error = %e, "cannot hand a cluster connection over");
                             }
