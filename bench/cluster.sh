@@ -30,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 cargo build --release -q -p linkrift
 node_flags=(--near-cache-ttl-ms 600000)
-export LINKRIFT_ADMIN_KEY=bench-admin-key-0123456789abcdefghij LINKRIFT_CLUSTER_SECRET=bench-cluster-secret-0123456789abcdef
+export LINKRIFT_ADMIN_KEY=bench-admin-key-0123456789abcdefghij LINKRIFT_CLUSTER_SECRET=bench-cluster-secret-0123456789abcdef LINKRIFT_NODE_PLAINTEXT=true
 key=$LINKRIFT_ADMIN_KEY
 
 for i in 1 2 3; do start $i; done

@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cargo build --release -q -p linkrift
-export LINKRIFT_ADMIN_KEY=bench-admin-key-0123456789abcdefghij LINKRIFT_CLUSTER_SECRET=bench-cluster-secret-0123456789abcdef
+export LINKRIFT_ADMIN_KEY=bench-admin-key-0123456789abcdefghij LINKRIFT_CLUSTER_SECRET=bench-cluster-secret-0123456789abcdef LINKRIFT_NODE_PLAINTEXT=true
 key=$LINKRIFT_ADMIN_KEY
 
 mkdir "$work/pg"; [[ $(id -u) == 0 ]] && chown postgres: "$work/pg"

@@ -22,7 +22,7 @@ command -v etcd >/dev/null || need etcd etcd-server
 trap stop_all EXIT
 cargo build --release -q -p linkrift
 
-export LINKRIFT_CLUSTER_SECRET=bench-cluster-secret-0123456789abcdef key=bench-admin-key-0123456789abcdefghij
+export LINKRIFT_CLUSTER_SECRET=bench-cluster-secret-0123456789abcdef LINKRIFT_NODE_PLAINTEXT=true key=bench-admin-key-0123456789abcdefghij
 export LINKRIFT_ADMIN_KEY=$key
 start 1; start 2; start 3
 wait_placed 120

@@ -130,6 +130,8 @@ impl Node {
             .args(&self.common)
             .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
             .env("LINKRIFT_CLUSTER_SECRET", SECRET)
+            // Three nodes on one machine: plaintext between them (as in development).
+            .env("LINKRIFT_NODE_PLAINTEXT", "true")
             // The workload's rate is the runner's to choose, not the API's limits'.
             .env("LINKRIFT_API_RATE_PER_KEY", "0")
             .env("LINKRIFT_API_RATE_PER_IP", "0")

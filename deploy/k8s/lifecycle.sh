@@ -2,6 +2,11 @@
 # Kubernetes lifecycle of a Linkrift StatefulSet pod (installed in the image as
 # /usr/local/bin/linkrift-lifecycle).
 #
+#   linkrift-lifecycle certs     the init container: this pod's node certificate, signed by
+#                                the cluster CA (the Secret mounted at CA_DIR, holding
+#                                ca.pem and ca-key.pem), valid for the pod's IP and DNS
+#                                name, written to PKI_DIR (an emptyDir the node reads as
+#                                ca.pem, node.pem, node-key.pem); the CA key stays behind
 #   linkrift-lifecycle start     the container's command: pod 0 starts (or bootstraps) the
 #                                cluster; any other pod with an empty volume joins pod 0
 #   linkrift-lifecycle prestop   the preStop hook: a pod whose ordinal is at or past the
@@ -23,6 +28,19 @@ peer_port=${PEER_PORT:-7000}
 cluster_port=${CLUSTER_PORT:-7001}
 
 case "${1:-}" in
+certs)
+  ca=${CA_DIR:-/etc/linkrift/ca}
+  pki=${PKI_DIR:-/etc/linkrift/pki}
+  # A new pod has a new IP: a new certificate every start.
+  rm -f "$pki/ca.pem" "$pki/ca-key.pem" "$pki/$HOSTNAME.pem" "$pki/$HOSTNAME-key.pem" \
+    "$pki/node.pem" "$pki/node-key.pem"
+  cp "$ca/ca.pem" "$ca/ca-key.pem" "$pki/"
+  linkrift certs node "$pki" --name "$HOSTNAME" --host "$POD_IP" \
+    --host "$HOSTNAME.$PEERS_SERVICE" --host "$HOSTNAME.$PEERS_SERVICE.$POD_NAMESPACE.svc"
+  rm -f "$pki/ca-key.pem"
+  mv "$pki/$HOSTNAME.pem" "$pki/node.pem"
+  mv "$pki/$HOSTNAME-key.pem" "$pki/node-key.pem"
+  ;;
 start)
   set -- serve --peer "$POD_IP:$peer_port" --cluster "$POD_IP:$cluster_port"
   if [ "$ordinal" != 0 ] && [ ! -e "$data/linkrift.json" ]; then
@@ -62,7 +80,7 @@ prestop)
   # A restart: SIGTERM (after this hook) drains the node.
   ;;
 *)
-  echo "usage: linkrift-lifecycle start|prestop" >&2
+  echo "usage: linkrift-lifecycle certs|start|prestop" >&2
   exit 2
   ;;
 esac

@@ -104,6 +104,9 @@ pub struct Config {
     pub node_tls_cert: Option<PathBuf>,
     /// This node's private key (PEM).
     pub node_tls_key: Option<PathBuf>,
+    /// Development only: nodes of a cluster talk without TLS, authenticated by the secret
+    /// alone. Without it, a node with a `cluster_secret` needs the `node_tls_*` files.
+    pub node_plaintext: bool,
     /// `text` or `json`.
     pub log_format: String,
     /// Log filter, e.g. `info` or `linkrift=debug,info`.
@@ -154,6 +157,7 @@ const KEYS: &[&str] = &[
     "node_tls_ca",
     "node_tls_cert",
     "node_tls_key",
+    "node_plaintext",
     "log_format",
     "log",
 ];
@@ -201,6 +205,7 @@ impl Default for Config {
             node_tls_ca: None,
             node_tls_cert: None,
             node_tls_key: None,
+            node_plaintext: false,
             tls_cert: None,
             tls_key: None,
             log_format: "text".into(),
@@ -331,6 +336,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_tls_key: Option<PathBuf>,
+    /// Development only: nodes talk without TLS (the cluster secret alone authenticates).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub node_plaintext: bool,
     /// API requests per second per API key, 0 for no limit [default: 200].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -401,6 +410,15 @@ impl Config {
         match (&config.node_tls_ca, &config.node_tls_cert, &config.node_tls_key) {
             (None, None, None) | (Some(_), Some(_), Some(_)) => {}
             _ => bail!("mutual TLS between nodes needs all of node_tls_ca, node_tls_cert and node_tls_key (`linkrift certs` makes them)"),
+        }
+        let node_tls = config.node_tls_ca.is_some();
+        if config.node_plaintext && node_tls {
+            bail!("node_plaintext turns off the TLS that node_tls_ca, node_tls_cert and node_tls_key turn on: set one or the other");
+        }
+        // A node with a secret is (or will be) one of several: their traffic crosses a
+        // network, and is encrypted unless plaintext is asked for by name.
+        if config.cluster_secret.is_some() && !node_tls && !config.node_plaintext {
+            bail!("traffic between the nodes of a cluster needs mutual TLS: set node_tls_ca, node_tls_cert and node_tls_key (`linkrift certs` makes them); for development on one machine, node_plaintext = true (LINKRIFT_NODE_PLAINTEXT=true) sends it unencrypted");
         }
         if config.tls_cert.is_some() != config.tls_key.is_some() {
             bail!("HTTPS needs both tls_cert and tls_key");

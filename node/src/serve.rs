@@ -88,8 +88,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("loading the TLS files for the peer and cluster ports")?,
         ),
         _ => {
-            if config.cluster_secret.is_some() {
-                tracing::warn!("traffic between nodes is not encrypted: only the cluster secret authenticates it; set node_tls_ca, node_tls_cert and node_tls_key (`linkrift certs`) outside development");
+            if config.node_plaintext {
+                tracing::warn!("node_plaintext: traffic between nodes is not encrypted, only the cluster secret authenticates it; for development only");
             }
             None
         }

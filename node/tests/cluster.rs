@@ -349,6 +349,7 @@ async fn a_node_with_the_wrong_secret_is_refused_and_the_cluster_carries_on() {
             "LINKRIFT_CLUSTER_SECRET",
             "not-the-secret-of-this-cluster-0123456789",
         )
+        .env("LINKRIFT_NODE_PLAINTEXT", "true")
         .output()
         .unwrap();
     assert!(!out.status.success());

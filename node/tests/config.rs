@@ -112,4 +112,27 @@ fn bad_settings_stop_the_node_with_a_reason() {
     assert!(run(&[], &[("LINKRIFT_CLUSTER_SECRET", "")]).contains("cluster_secret is empty"));
     assert!(run(&[], &[("LINKRIFT_CLUSTER_SECRET", "hunter2hunter2")])
         .contains("cluster_secret has 14 bytes, fewer than 32"));
+    // A node of a cluster talks to the others over TLS, or in plaintext only when asked.
+    let secret = (
+        "LINKRIFT_CLUSTER_SECRET",
+        "a-cluster-secret-0123456789abcdefgh",
+    );
+    let said = run(&[], &[secret]);
+    assert!(
+        said.contains("needs mutual TLS") && said.contains("node_plaintext"),
+        "{said}"
+    );
+    let said = run(
+        &[
+            "--node-plaintext",
+            "--node-tls-ca",
+            "ca.pem",
+            "--node-tls-cert",
+            "n.pem",
+            "--node-tls-key",
+            "n-key.pem",
+        ],
+        &[secret],
+    );
+    assert!(said.contains("set one or the other"), "{said}");
 }

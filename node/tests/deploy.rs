@@ -168,6 +168,81 @@ fn no_deploy_file_ships_a_secret() {
 }
 
 #[test]
+fn every_cluster_the_deploy_files_make_talks_mutual_tls() {
+    let mut all = Vec::new();
+    files(&deploy_dir(), &mut all);
+    for path in &all {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            !text.to_ascii_lowercase().contains("node_plaintext"),
+            "{} turns TLS between nodes off",
+            path.display()
+        );
+    }
+    // Compose: every node has the CA (in the shared environment) and its own pair, which
+    // the pki service makes.
+    let compose = &yaml(&deploy_dir().join("compose.yaml"))[0];
+    assert_eq!(
+        compose["x-linkrift"]["environment"]["LINKRIFT_NODE_TLS_CA"].as_str(),
+        Some("/etc/linkrift/pki/ca.pem")
+    );
+    for n in 1..=3 {
+        let service = &compose["services"][format!("linkrift-{n}").as_str()];
+        let command: Vec<&str> = service["command"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let after = |flag: &str| command[command.iter().position(|a| *a == flag).unwrap() + 1];
+        assert_eq!(
+            after("--node-tls-cert"),
+            format!("/etc/linkrift/pki/linkrift-{n}.pem")
+        );
+        assert_eq!(
+            after("--node-tls-key"),
+            format!("/etc/linkrift/pki/linkrift-{n}-key.pem")
+        );
+        let pki = compose["services"]["pki"]["command"][0].as_str().unwrap();
+        assert!(
+            pki.contains("--name linkrift-$$n --host 172.28.0.1$$n"),
+            "{pki}"
+        );
+    }
+    // Kubernetes: the init container makes the pod's pair; the node reads it.
+    let k8s = yaml(&deploy_dir().join("k8s/linkrift.yaml"));
+    let pod = &k8s
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("StatefulSet"))
+        .unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["initContainers"][0]["command"][1].as_str(),
+        Some("certs")
+    );
+    let env: Vec<(&str, &str)> = pod["containers"][0]["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    for (name, file) in [
+        ("LINKRIFT_NODE_TLS_CA", "ca.pem"),
+        ("LINKRIFT_NODE_TLS_CERT", "node.pem"),
+        ("LINKRIFT_NODE_TLS_KEY", "node-key.pem"),
+    ] {
+        assert!(
+            env.contains(&(name, format!("/etc/linkrift/pki/{file}").as_str())),
+            "{name}: {env:?}"
+        );
+    }
+    // systemd: the settings file names its three files.
+    let toml = std::fs::read_to_string(deploy_dir().join("systemd/linkrift.toml")).unwrap();
+    for key in ["node_tls_ca = ", "node_tls_cert = ", "node_tls_key = "] {
+        assert!(toml.lines().any(|l| l.starts_with(key)), "{key}");
+    }
+}
+
+#[test]
 fn every_yaml_and_json_file_parses() {
     let yamls = deploy_files(&["yaml", "yml"]);
     assert!(yamls.len() >= 5, "{yamls:?}");

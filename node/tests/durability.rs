@@ -28,6 +28,7 @@ fn serve_until_exit(dir: &Path, flags: &[&str]) -> (std::process::ExitStatus, St
     let mut child = command
         .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
         .env("LINKRIFT_CLUSTER_SECRET", support::cluster::SECRET)
+        .env("LINKRIFT_NODE_PLAINTEXT", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

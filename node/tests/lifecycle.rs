@@ -59,6 +59,7 @@ struct Pods {
 
 impl Pods {
     fn env(&self, command: &mut Command, ordinal: u8) {
+        let pki = self.pki(ordinal);
         let bin = Path::new(env!("CARGO_BIN_EXE_linkrift")).parent().unwrap();
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
         command
@@ -84,11 +85,44 @@ impl Pods {
             .env("LINKRIFT_SHARD_COUNT", "8")
             .env("LINKRIFT_LOG", "warn")
             .env("LINKRIFT_ADMIN_KEY", ADMIN_KEY)
-            .env("LINKRIFT_CLUSTER_SECRET", SECRET);
+            .env("LINKRIFT_CLUSTER_SECRET", SECRET)
+            // Mutual TLS as the StatefulSet has it: the CA Secret, and the pod's files.
+            .env("CA_DIR", self.root.path().join("ca"))
+            .env("PKI_DIR", &pki)
+            .env("LINKRIFT_NODE_TLS_CA", pki.join("ca.pem"))
+            .env("LINKRIFT_NODE_TLS_CERT", pki.join("node.pem"))
+            .env("LINKRIFT_NODE_TLS_KEY", pki.join("node-key.pem"));
     }
 
-    /// `linkrift-lifecycle start`, as the container's command.
+    /// `linkrift-lifecycle certs`, as the init container: the pod's certificate.
+    fn certs(&self, ordinal: u8) {
+        let mut command = Command::new("sh");
+        command.arg(script()).arg("certs");
+        self.env(&mut command, ordinal);
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pki = self.pki(ordinal);
+        let mut files: Vec<String> = std::fs::read_dir(&pki)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        // The CA key stays in the Secret.
+        assert_eq!(files, ["ca.pem", "node-key.pem", "node.pem"]);
+    }
+
+    fn pki(&self, ordinal: u8) -> std::path::PathBuf {
+        self.root.path().join(format!("pod{ordinal}-pki"))
+    }
+
+    /// `linkrift-lifecycle start`, as the container's command (after the init container).
     fn start(&self, ordinal: u8) -> Node {
+        std::fs::create_dir_all(self.pki(ordinal)).unwrap();
+        self.certs(ordinal);
         let mut command = Command::new("sh");
         command.arg(script()).arg("start");
         self.env(&mut command, ordinal);
@@ -144,6 +178,14 @@ async fn pods_join_through_pod_0_and_only_a_scaled_away_pod_leaves() {
         cluster_port: free_port(),
         api: fake_api(replicas.clone()).await,
     };
+    // The cluster CA, as the operator makes it for the Secret.
+    let ca = pods.root.path().join("ca");
+    let made = Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .args(["certs", "init"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
     let p0 = pods.start(0);
     p0.wait_ready().await;
     let p1 = pods.start(1);

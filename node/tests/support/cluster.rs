@@ -29,15 +29,16 @@ pub fn member(root: &Path, i: u8, seed: Option<&Node>, extra: &[&str]) -> Node {
     flags.extend(extra);
     let dir = root.join(format!("n{i}"));
     let log = root.join(format!("n{i}.log"));
-    Node::start_logged(
-        &dir,
-        &[
-            ("LINKRIFT_ADMIN_KEY", ADMIN_KEY),
-            ("LINKRIFT_CLUSTER_SECRET", SECRET),
-        ],
-        &flags,
-        Some(&log),
-    )
+    let mut env = vec![
+        ("LINKRIFT_ADMIN_KEY", ADMIN_KEY),
+        ("LINKRIFT_CLUSTER_SECRET", SECRET),
+    ];
+    // Nodes on one machine, as in development: plaintext between them, unless the test
+    // gives them certificates.
+    if !extra.contains(&"--node-tls-ca") {
+        env.push(("LINKRIFT_NODE_PLAINTEXT", "true"));
+    }
+    Node::start_logged(&dir, &env, &flags, Some(&log))
 }
 
 pub async fn admin_status(node: &Node) -> Value {
