@@ -13,11 +13,9 @@
 
 pub mod clicks;
 pub mod cluster;
-pub mod domain;
 pub mod groups;
-pub mod meta;
 pub mod mirror;
-pub mod placement;
 pub mod service;
 pub mod shard;
-pub mod status;
+
+pub use linkrift_model::{domain, meta, placement, status};

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use linkrift_raft::node::NodeOptions;
 pub use linkrift_raft::RaftConfig;
@@ -347,12 +347,7 @@ pub struct LinkService {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Now, as Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use linkrift_model::now_ms;
 
 fn read_identity(dir: &Path) -> Result<Option<Identity>, OpenError> {
     let path = dir.join(IDENTITY_FILE);

@@ -23,7 +23,7 @@
 // and boxing them would only add a conversion at every openraft boundary.
 #![allow(clippy::result_large_err)]
 
-pub mod codec;
+pub use linkrift_codec as codec;
 pub mod config;
 pub mod durable;
 pub mod failpoint;

@@ -6,7 +6,7 @@
 //! every node computes the same answer from the same inputs. The meta group's placement
 //! table is this target; each shard's Raft membership is the truth a driver moves toward it.
 
-use linkrift_raft::NodeId;
+use crate::NodeId;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The weight of `node` for `shard`; the highest weights win.

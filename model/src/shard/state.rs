@@ -166,7 +166,7 @@ impl ShardReader {
     pub fn digest(&self) -> (usize, u64) {
         let links = self.table.links.pin();
         let sum = links.values().fold(0u64, |acc, link| {
-            let bytes = linkrift_raft::codec::encode(&**link);
+            let bytes = linkrift_codec::encode(&**link);
             acc.wrapping_add(xxhash_rust::xxh3::xxh3_64(&bytes))
         });
         (links.len(), sum)
@@ -371,14 +371,14 @@ impl ShardState {
                 .filter_map(|(at, id)| self.outcomes.get(id).map(|o| (*at, *id, o.clone())))
                 .collect(),
         };
-        out.write_all(&linkrift_raft::codec::encode(&snapshot))
+        out.write_all(&linkrift_codec::encode(&snapshot))
     }
 
     /// Replaces the whole shard with a snapshot.
     pub fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let snapshot: Snapshot = linkrift_raft::codec::decode(&bytes)?;
+        let snapshot: Snapshot = linkrift_codec::decode(&bytes)?;
         let links = self.table.links.pin();
         links.clear();
         let mut order = self.table.order.write().unwrap_or_else(|p| p.into_inner());
@@ -398,7 +398,7 @@ impl ShardState {
     }
 
     /// The state reflects every entry up to `index` (see
-    /// [`linkrift_raft::StateMachine::advance`]).
+    /// `linkrift_raft::StateMachine::advance`).
     pub fn advance(&mut self, index: u64) {
         let mut feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
         if std::mem::take(&mut self.restored) {

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use linkrift_actors::domain::{
+use linkrift_model::domain::{
     DestinationUrl, LinkPatch, NewLink, RedirectStatus, ShortCode, UrlPolicy,
 };
-use linkrift_actors::shard::{RequestId, ShardCommand, ShardOutcome, ShardState, DEDUPE_WINDOW_MS};
+use linkrift_model::shard::{RequestId, ShardCommand, ShardOutcome, ShardState, DEDUPE_WINDOW_MS};
 use proptest::prelude::*;
 
 fn url(n: u8) -> DestinationUrl {

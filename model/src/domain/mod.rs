@@ -21,7 +21,8 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+    /// `field` breaks a rule, as `message` says.
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             field,
             message: message.into(),

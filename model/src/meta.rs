@@ -421,16 +421,16 @@ impl MetaState {
     /// Writes every key and node.
     pub fn write_snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let keys = self.reader.keys.read().unwrap_or_else(|p| p.into_inner());
-        out.write_all(&linkrift_raft::codec::encode(&*keys))
+        out.write_all(&linkrift_codec::encode(&*keys))
     }
 
     /// Replaces the state with a snapshot's.
     pub fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let mut restored: Keys = match linkrift_raft::codec::decode(&bytes) {
+        let mut restored: Keys = match linkrift_codec::decode(&bytes) {
             Ok(keys) => keys,
-            Err(e) => match linkrift_raft::codec::decode::<KeysWithoutAcknowledged>(&bytes) {
+            Err(e) => match linkrift_codec::decode::<KeysWithoutAcknowledged>(&bytes) {
                 Ok(old) => Keys {
                     by_id: old.by_id,
                     by_hash: HashMap::new(),
@@ -558,7 +558,7 @@ mod tests {
             nodes: BTreeMap<u64, NodeRecord>,
             shard_count: u32,
         }
-        let old = linkrift_raft::codec::encode(&Before {
+        let old = linkrift_codec::encode(&Before {
             by_id: BTreeMap::new(),
             nodes: BTreeMap::new(),
             shard_count: 16,

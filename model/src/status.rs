@@ -3,7 +3,7 @@
 //! live voters than the replication factor asks for. Built from the meta group's node
 //! records and each group's Raft view as its leader (or any replica) reports it.
 
-use linkrift_raft::NodeId;
+use crate::NodeId;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::NodeRecord;

@@ -1,4 +1,4 @@
-//! One encoding for everything this crate writes to disk or to the wire: bincode 2 with its
+//! One encoding for everything Linkrift writes to disk or to the wire: bincode 2 with its
 //! standard configuration, through serde for openraft's own types.
 //!
 //! Every decode is bounded. bincode allocates a byte string or string from the length it

@@ -150,9 +150,10 @@ pub struct Link {
 }
 
 impl Link {
-    /// A plain link at `code` to `https://example.com/`, for unit tests.
-    #[cfg(test)]
-    pub(crate) fn sample(code: &str) -> std::sync::Arc<Link> {
+    /// A plain link at `code` to `https://example.com/`, for unit tests (here, and in the
+    /// crates that enable the `testing` feature for theirs).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn sample(code: &str) -> std::sync::Arc<Link> {
         std::sync::Arc::new(Link {
             code: ShortCode::parse(code).unwrap(),
             url: DestinationUrl::parse("https://example.com/", &super::UrlPolicy::default())

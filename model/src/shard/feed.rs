@@ -1,6 +1,6 @@
 //! A shard's change feed: the links each committed entry created, changed or deleted, by log
 //! index, kept in memory on every replica so that whichever replica leads can mirror them
-//! (see [`crate::mirror`]). It covers the entries after `base`: a snapshot restore, or
+//! (see `linkrift_actors::mirror`). It covers the entries after `base`: a snapshot restore, or
 //! trimming to [`FEED_MAX`] changes, moves `base` up, and a mirror behind it resyncs from
 //! the whole state instead.
 
