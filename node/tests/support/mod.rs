@@ -102,12 +102,18 @@ impl Node {
                 command.args([flag, value]);
             }
         }
-        Self::spawn(command, dir)
+        Self::spawn_logged(command, dir, log)
     }
 
     /// Runs `command`, which must be (or `exec`) `linkrift serve` with its standard output
     /// piped, and waits for it to say where it serves.
-    pub fn spawn(mut command: Command, dir: &Path) -> Node {
+    pub fn spawn(command: Command, dir: &Path) -> Node {
+        Self::spawn_logged(command, dir, None)
+    }
+
+    /// As [`Node::spawn`]; if it stops before saying where it serves, the panic shows its
+    /// exit status and the end of `log` (its stderr).
+    fn spawn_logged(mut command: Command, dir: &Path, log: Option<&Path>) -> Node {
         let mut child = command.spawn().expect("linkrift starts");
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
@@ -120,9 +126,21 @@ impl Node {
         let mut printed_key = None;
         // "linkrift serving http://A with data in D (node N, peer P, cluster C)"
         let (base, node_id, cluster, peer) = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("linkrift prints where it serves");
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+                let status = child.try_wait().ok().flatten();
+                let said = log
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .map(|t| {
+                        let from = t.len().saturating_sub(4096);
+                        let from = (from..t.len())
+                            .find(|i| t.is_char_boundary(*i))
+                            .unwrap_or(0);
+                        t[from..].to_string()
+                    })
+                    .unwrap_or_default();
+                let _ = child.kill();
+                panic!("linkrift did not say where it serves (exit status {status:?}); its log ends:\n{said}");
+            };
             if let Some(key) = line.strip_prefix("admin key (shown once, store it now): ") {
                 printed_key = Some(key.to_string());
             }

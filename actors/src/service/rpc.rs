@@ -1,0 +1,149 @@
+//! Requests from other nodes (the cluster port's dispatch) and the status of a group.
+
+use super::*;
+
+pub(super) fn group_status(name: String, g: &Group<GroupState>) -> GroupStatus {
+    let m = g.raft().metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    GroupStatus {
+        name,
+        group: g.id().0,
+        leader: m.current_leader,
+        term: m.current_term,
+        learners: membership
+            .learner_ids()
+            .filter(|l| !voters.contains(l))
+            .collect(),
+        voters,
+        applied: m.last_applied.map_or(0, |l| l.index),
+        last_log: m.last_log_index.unwrap_or(0),
+        matched: m
+            .replication
+            .iter()
+            .flatten()
+            .map(|(n, l)| (*n, l.map_or(0, |l| l.index)))
+            .collect(),
+        changing_to: {
+            let configs = membership.get_joint_config();
+            (configs.len() > 1).then(|| configs[configs.len() - 1].iter().copied().collect())
+        },
+        mirrored: None,
+    }
+}
+
+impl Handler for Core {
+    async fn handle(self: Arc<Self>, request: Request) -> Reply {
+        match request {
+            Request::Register { token, addrs } => self.handle_register(token, addrs).await,
+            Request::Admit { id, addrs } => self.handle_admit(id, addrs).await,
+            Request::Meta(command) => {
+                if !self.meta.is_leader() {
+                    return self
+                        .to_meta_leader(&Request::Meta(command), CALL_TIMEOUT * 2)
+                        .await;
+                }
+                match self.meta_command(command).await {
+                    Ok(outcome) => Reply::Meta(outcome),
+                    Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
+                }
+            }
+            Request::Write {
+                shard,
+                command,
+                hops,
+            } => {
+                // Answer before the caller's hop timeout, even if only to refuse.
+                let deadline = Instant::now() + HOP_TIMEOUT.mul_f32(0.9);
+                match self.route_write(shard, &command, hops, deadline).await {
+                    Ok(outcome) => Reply::Written(outcome),
+                    Err(r) => Reply::Refused(r),
+                }
+            }
+            Request::Lookup { code, hops } => match self.route_lookup(&code, hops).await {
+                Ok(link) => Reply::Found(link),
+                Err(r) => Reply::Refused(r),
+            },
+            Request::List {
+                hops,
+                shards,
+                cursor,
+                tag,
+                limit,
+            } => {
+                let mut links = Vec::new();
+                for shard in shards {
+                    match self
+                        .page(shard, cursor.as_deref(), tag.as_ref(), limit as usize, hops)
+                        .await
+                    {
+                        Ok(page) => links.extend(page),
+                        Err(r) => return Reply::Refused(r),
+                    }
+                }
+                Reply::Links(links)
+            }
+            Request::Host { shard } => match self.host(shard).await {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
+            },
+            Request::Release { shard } => match self.release(shard).await {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Refused(Refusal::Failed(e)),
+            },
+            Request::Members { shard } => self.members_as_leader(shard),
+            Request::Reconcile { shard, plan, hops } => {
+                match crate::cluster::driver::reconcile_here(&self, shard, plan, hops).await {
+                    Ok(progress) => Reply::Reconciled(progress),
+                    Err(r) => Reply::Refused(r),
+                }
+            }
+            Request::Groups => Reply::Groups(self.group_statuses()),
+            Request::Acknowledged { node } => {
+                Reply::Acknowledged(self.directory.acknowledged(node))
+            }
+            Request::Digest { shard } => match self.replica_digest(shard) {
+                Some(d) => Reply::Digest(d),
+                None => Reply::Refused(Refusal::NotHosted),
+            },
+            Request::ClickTally {
+                code,
+                from_ms,
+                to_ms,
+                bots,
+            } => match self
+                .rollups
+                .tally_off_runtime(code, from_ms, to_ms, bots)
+                .await
+            {
+                Ok(t) => Reply::Tally(t),
+                Err(e) => Reply::Refused(Refusal::Failed(format!("click store: {e}"))),
+            },
+            Request::Stand { group } => self.stand(GroupId(group)).await,
+            Request::Replaced {
+                id,
+                rejoin,
+                members,
+            } => {
+                if id != self.me {
+                    return Reply::Refused(Refusal::Failed(format!(
+                        "this is node {}, not node {id}",
+                        self.me
+                    )));
+                }
+                self.depart(if rejoin {
+                    Departure::Replaced { members }
+                } else {
+                    Departure::Left
+                });
+                Reply::Done
+            }
+        }
+    }
+
+    fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::Invalidate { code } => self.cache.invalidate(&code),
+        }
+    }
+}
