@@ -147,3 +147,100 @@ impl Handler for Core {
         }
     }
 }
+
+impl Core {
+    pub(super) async fn handle_register(&self, token: u128, addrs: NodeAddrs) -> Reply {
+        let request = Request::Register {
+            token,
+            addrs: addrs.clone(),
+        };
+        if !self.meta.is_leader() {
+            return self.to_meta_leader(&request, CALL_TIMEOUT * 2).await;
+        }
+        match self
+            .meta_command(MetaCommand::RegisterNode {
+                token,
+                addrs,
+                at: now_ms(),
+            })
+            .await
+        {
+            Ok(MetaOutcome::Node(record)) => Reply::Registered {
+                id: record.id,
+                shard_count: self.directory.shard_count(),
+            },
+            Ok(other) => Reply::Refused(Refusal::Failed(format!("register answered {other:?}"))),
+            Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    pub(super) async fn handle_admit(&self, id: NodeId, addrs: NodeAddrs) -> Reply {
+        if !self.meta.is_leader() {
+            return self
+                .to_meta_leader(&Request::Admit { id, addrs }, ADMIT_TIMEOUT)
+                .await;
+        }
+        let Some(record) = self.directory.node(id) else {
+            return Reply::Refused(Refusal::Failed(format!("node {id} never registered")));
+        };
+        if record.state == NodeState::Active {
+            return Reply::Done;
+        }
+        // Registration happened before the node's Raft listener was up; record where it is.
+        if record.addrs != addrs {
+            let update = MetaCommand::UpdateAddrs {
+                id,
+                addrs: addrs.clone(),
+            };
+            if let Err(e) = self.meta_command(update).await {
+                return Reply::Refused(Refusal::Unavailable(e.to_string()));
+            }
+        }
+        if let Err(e) = self.meta.add_learner(id, addrs.peer.clone()).await {
+            return Reply::Refused(Refusal::Unavailable(format!(
+                "adding node {id} to the meta group: {e}"
+            )));
+        }
+        match self.meta_command(MetaCommand::ActivateNode { id }).await {
+            Ok(_) => {
+                tracing::info!(node = id, "node admitted");
+                Reply::Done
+            }
+            Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    /// This node's replica of `shard`, summed up.
+    pub(super) fn replica_digest(&self, shard: u32) -> Option<ReplicaDigest> {
+        let local = self.local_shard(shard)?;
+        let (links, digest) = local.reader.digest();
+        let voter = local
+            .group
+            .read(|a| a.membership.membership().voter_ids().any(|v| v == self.me));
+        Some(ReplicaDigest {
+            node: self.me,
+            voter,
+            applied: local.group.last_applied().map_or(0, |l| l.index),
+            links,
+            digest,
+        })
+    }
+
+    pub(super) fn group_statuses(&self) -> Vec<GroupStatus> {
+        let mut meta = group_status("meta".into(), &self.meta);
+        meta.mirrored = self
+            .meta
+            .is_leader()
+            .then(|| self.mirror.watermark(-1))
+            .flatten();
+        let mut out = vec![meta];
+        out.extend(self.local_shards().into_iter().map(|(s, l)| {
+            let mut status = group_status(format!("shard {s}"), &l.group);
+            if l.group.is_leader() {
+                status.mirrored = self.mirror.watermark(s as i32);
+            }
+            status
+        }));
+        out
+    }
+}
