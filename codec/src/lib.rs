@@ -3,12 +3,16 @@
 //!
 //! Every decode is bounded. bincode allocates a byte string or string from the length it
 //! reads, before reading it, and its standard configuration sets no limit: a length of
-//! 2^50 from a peer, or from a flipped byte on disk, aborted the process. Bytes that decode
-//! validly never hold more byte strings and strings than their own length (each is in
-//! them), and serde preallocates at most 1 MiB for any other sequence, so a decode of `n`
-//! bytes runs with a limit of the smallest of 64 KiB, 1 MiB, 16 MiB, 256 MiB, 4 GiB and
-//! 64 GiB that is at least `n`: what hostile bytes can make it reserve is at most 16 times
-//! their own size (64 KiB for small ones), and is refused above that.
+//! 2^50 from a peer, or from a flipped byte on disk, aborted the process. With a limit,
+//! bincode counts against it every string's length and every value's size in memory (8
+//! bytes for a `u64` that took 1 byte to encode, 16 for a `u128`), so valid bytes claim at
+//! most 16 times their own length. A decode of `n` bytes runs with the smallest of 64 KiB,
+//! 256 KiB, 1 MiB, ... (powers of 4) up to 1 TiB that is at least `16 n`: what hostile
+//! bytes can make it reserve is at most 64 times their own size (64 KiB for small ones),
+//! and is refused above that.
+//!
+//! (A first version took the smallest power of 16 at least `n`, counting only strings: a
+//! click batch of many small numbers claimed more than that, and was refused as damaged.)
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -24,13 +28,21 @@ macro_rules! with_limit_for {
     ($bytes:expr, $decode:ident) => {{
         let bytes: &[u8] = $bytes;
         let standard = bincode::config::standard();
-        match bytes.len() as u64 {
-            0..=0x1_0000 => $decode(bytes, standard.with_limit::<0x1_0000>()),
-            0..=0x10_0000 => $decode(bytes, standard.with_limit::<0x10_0000>()),
-            0..=0x100_0000 => $decode(bytes, standard.with_limit::<0x100_0000>()),
-            0..=0x1000_0000 => $decode(bytes, standard.with_limit::<0x1000_0000>()),
-            0..=0x1_0000_0000 => $decode(bytes, standard.with_limit::<0x1_0000_0000>()),
-            _ => $decode(bytes, standard.with_limit::<0x10_0000_0000>()),
+        // Valid bytes claim at most 16 times their length (a u128 in one byte).
+        match (bytes.len() as u64).saturating_mul(16) {
+            0..=0x10000 => $decode(bytes, standard.with_limit::<0x10000>()),
+            0..=0x40000 => $decode(bytes, standard.with_limit::<0x40000>()),
+            0..=0x100000 => $decode(bytes, standard.with_limit::<0x100000>()),
+            0..=0x400000 => $decode(bytes, standard.with_limit::<0x400000>()),
+            0..=0x1000000 => $decode(bytes, standard.with_limit::<0x1000000>()),
+            0..=0x4000000 => $decode(bytes, standard.with_limit::<0x4000000>()),
+            0..=0x10000000 => $decode(bytes, standard.with_limit::<0x10000000>()),
+            0..=0x40000000 => $decode(bytes, standard.with_limit::<0x40000000>()),
+            0..=0x100000000 => $decode(bytes, standard.with_limit::<0x100000000>()),
+            0..=0x400000000 => $decode(bytes, standard.with_limit::<0x400000000>()),
+            0..=0x1000000000 => $decode(bytes, standard.with_limit::<0x1000000000>()),
+            0..=0x4000000000 => $decode(bytes, standard.with_limit::<0x4000000000>()),
+            _ => $decode(bytes, standard.with_limit::<0x10000000000>()),
         }
     }};
 }
@@ -86,6 +98,20 @@ impl From<DecodeError> for std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_small_numbers_decode_though_they_claim_more_than_their_bytes() {
+        // As a click batch: thousands of records of small integers, each 1 byte encoded
+        // and 8 or 16 in memory (this was refused as "a length in it exceeds ...").
+        for n in [1usize, 100, 4_000, 30_000, 200_000] {
+            let value: Vec<(u64, u128, u16, u8, String)> = (0..n)
+                .map(|i| (i as u64 % 100, 7, 3, 1, String::new()))
+                .collect();
+            let bytes = encode(&value);
+            let back: Vec<(u64, u128, u16, u8, String)> = decode(&bytes).unwrap();
+            assert_eq!(back, value, "{n} records in {} bytes", bytes.len());
+        }
+    }
 
     #[test]
     fn values_round_trip() {

@@ -106,9 +106,12 @@ async fn stats(node: &Node, code: &str, query: &str) -> Value {
 }
 
 /// Waits until `sql` answers `want` (and fails at once if it goes past it). Until the node
-/// has created the table, the query fails; that counts as not yet.
+/// has created the table, the query fails; that counts as not yet. It fails when the count
+/// has not moved for `within` (a spool draining on a loaded machine keeps moving), and in
+/// any case after five times `within`.
 async fn wait_count(ch: &ClickHouse, sql: &str, want: u64, within: Duration) {
-    let deadline = Instant::now() + within;
+    let started = Instant::now();
+    let (mut seen, mut moved) = (None, Instant::now());
     loop {
         let answer = ch.try_query(sql).await;
         if let Ok(n) = &answer {
@@ -117,8 +120,16 @@ async fn wait_count(ch: &ClickHouse, sql: &str, want: u64, within: Duration) {
             if n == want {
                 return;
             }
+            if seen != Some(n) {
+                (seen, moved) = (Some(n), Instant::now());
+            }
         }
-        assert!(Instant::now() < deadline, "{sql}: {answer:?}, not {want}");
+        assert!(
+            moved.elapsed() < within && started.elapsed() < 5 * within,
+            "{sql}: {answer:?}, not {want} (stuck for {:?}, {:?} in all)",
+            moved.elapsed(),
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
