@@ -14,7 +14,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use support::cluster::{assert_no_failed_redirect, member, seed_links, trio, Load, Root};
 use support::postgres::Postgres;
-use support::{Node, ADMIN_KEY};
+use support::{certs, Node, ADMIN_KEY};
 
 /// What the cluster and the mirror must agree on, per live link.
 #[derive(Debug, PartialEq, Eq, Clone)]
@@ -559,20 +559,6 @@ async fn a_node_restored_from_the_mirror_serves_every_link_the_same() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "a key made before the restore still works");
-}
-
-/// `linkrift certs …`, which must succeed.
-fn certs(args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linkrift"))
-        .arg("certs")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn try_connect(url: &str) -> Result<PgPool, String> {

@@ -9,23 +9,13 @@ use std::process::Command;
 
 use serde_json::json;
 use support::cluster::member;
-use support::ADMIN_KEY;
+use support::{certs, ADMIN_KEY};
 
 fn linkrift(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_linkrift"))
         .args(args)
         .output()
         .unwrap()
-}
-
-fn certs(args: &[&str]) -> String {
-    let out = linkrift(&[&["certs"], args].concat());
-    assert!(
-        out.status.success(),
-        "certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The flags giving node `name` its TLS files from `dir`.

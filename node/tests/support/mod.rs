@@ -13,6 +13,21 @@ pub mod clickhouse;
 pub mod cluster;
 pub mod postgres;
 
+/// `linkrift certs ARGS`, which must succeed; what it printed.
+pub fn certs(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_linkrift"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdefghij";
 
 /// A running `linkrift serve`.
