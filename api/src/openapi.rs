@@ -314,59 +314,64 @@ fn answer<'a>(
 /// The document as served: utoipa's, with two things it writes wrong put right.
 pub fn document_json() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document encodes");
-    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
-        for op in paths
-            .values_mut()
-            .filter_map(|i| i.as_object_mut())
-            .flat_map(|i| i.values_mut())
-        {
-            // A parameter in a path, query or header is text or absent, never JSON null
-            // (utoipa makes every optional one nullable).
-            for param in op
-                .get_mut("parameters")
-                .and_then(|p| p.as_array_mut())
-                .into_iter()
-                .flatten()
-            {
-                if let Some(kind) = param.pointer_mut("/schema/type") {
-                    if let Some(kinds) = kind.as_array() {
-                        let kept: Vec<_> = kinds.iter().filter(|k| *k != "null").cloned().collect();
-                        if let [one] = kept.as_slice() {
-                            *kind = one.clone();
-                        }
-                    }
-                }
-            }
-            // Link objects name their target `operationId` (utoipa 5.5 writes the Rust
-            // field name).
-            for response in op
-                .get_mut("responses")
-                .and_then(|r| r.as_object_mut())
-                .into_iter()
-                .flat_map(|r| r.values_mut())
-            {
-                for link in response
-                    .get_mut("links")
-                    .and_then(|l| l.as_object_mut())
-                    .into_iter()
-                    .flat_map(|l| l.values_mut())
-                {
-                    if let Some(link) = link.as_object_mut() {
-                        if let Some(id) = link.remove("operation_id") {
-                            link.insert("operationId".into(), id);
-                        }
-                        if let Some(body) = link.remove("request_body") {
-                            link.insert("requestBody".into(), body);
-                        }
-                        if let Some(r) = link.remove("operation_ref") {
-                            link.insert("operationRef".into(), r);
-                        }
-                    }
-                }
+    let operations = doc
+        .get_mut("paths")
+        .and_then(|p| p.as_object_mut())
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut());
+    for op in operations {
+        never_null_parameters(op);
+        camel_case_links(op);
+    }
+    doc
+}
+
+/// A parameter in a path, query or header is text or absent, never JSON null (utoipa
+/// makes every optional one nullable).
+fn never_null_parameters(op: &mut serde_json::Value) {
+    let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) else {
+        return;
+    };
+    for kind in params
+        .iter_mut()
+        .filter_map(|p| p.pointer_mut("/schema/type"))
+    {
+        let kept: Vec<_> = kind
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|k| *k != "null")
+            .cloned()
+            .collect();
+        if let [one] = kept.as_slice() {
+            *kind = one.clone();
+        }
+    }
+}
+
+/// Link objects spell their fields in camel case (utoipa 5.5 writes the Rust names).
+fn camel_case_links(op: &mut serde_json::Value) {
+    let links = op
+        .get_mut("responses")
+        .and_then(|r| r.as_object_mut())
+        .into_iter()
+        .flat_map(|r| r.values_mut())
+        .filter_map(|response| response.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (rust, openapi) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(rust) {
+                link.insert(openapi.into(), value);
             }
         }
     }
-    doc
 }
 
 /// `GET /v1/openapi.json`.
