@@ -47,6 +47,7 @@ async fn the_api_does_what_its_openapi_document_says() {
     let config =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api/contract/schemathesis.toml");
     let report = root.path().join("report");
+    std::fs::create_dir_all(&report).unwrap();
     let out = tokio::task::spawn_blocking({
         let (base, report) = (node.base.clone(), report.clone());
         move || {
@@ -69,6 +70,8 @@ async fn the_api_does_what_its_openapi_document_says() {
                 .arg(&report)
                 .args(["--report", "junit"])
                 .env("NO_COLOR", "1")
+                // Its crash cache goes in the test's directory, not the source tree.
+                .current_dir(&report)
                 .output()
                 .unwrap()
         }
