@@ -1,6 +1,10 @@
 //! Property tests of the shard state machine against a plain model: any sequence of
 //! creates, updates and deletes (with retried request ids mixed in) gives the model's
 //! outcomes, a snapshot restores the same state, and a retry never acts twice.
+//!
+//! Two kinds of retry: a node proposing the same command again (after a timeout or a
+//! failover: the same request id and time), and a client submitting the request again (its
+//! `Idempotency-Key`: the same request id, a new proposal time).
 
 use std::collections::BTreeMap;
 
@@ -33,8 +37,12 @@ enum Op {
         code: u8,
         expect: Option<u64>,
     },
-    /// Re-send the command at this position of the history (a retry).
+    /// Submit the request at this position of the history again, as a new proposal (a
+    /// client's retry with the same `Idempotency-Key`).
     Retry(usize),
+    /// Propose the command at this position of the history again, unchanged (a node's
+    /// retry).
+    Resend(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +53,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..6u8, proptest::option::of(1..4u64))
             .prop_map(|(code, expect)| Op::Delete { code, expect }),
         any::<usize>().prop_map(Op::Retry),
+        any::<usize>().prop_map(Op::Resend),
     ]
 }
 
@@ -67,8 +76,9 @@ fn summary(outcome: &ShardOutcome) -> String {
 }
 
 impl Model {
-    /// What a retry of `op`, first answered `first`, answers now: the same, unless it was a
-    /// create whose link has been deleted since.
+    /// What a client's retry of `op`, first answered `first`, answers now: the same, unless
+    /// it was a create whose link has been deleted since. (A node's resend of the same
+    /// proposal always answers `first`: that proposal did what it says.)
     fn retried(&self, op: &Op, first: &str) -> String {
         match *op {
             Op::Create { code: c, .. }
@@ -110,7 +120,7 @@ impl Model {
                     format!("deleted {} v{v}", code(c))
                 }
             },
-            Op::Retry(_) => unreachable!("retries are resolved before"),
+            Op::Retry(_) | Op::Resend(_) => unreachable!("retries are resolved before"),
         };
         out
     }
@@ -150,7 +160,7 @@ fn command(request: RequestId, at: i64, op: &Op) -> ShardCommand {
             code: code(c),
             expected_version: expect,
         },
-        Op::Retry(_) => unreachable!(),
+        Op::Retry(_) | Op::Resend(_) => unreachable!(),
     }
 }
 
@@ -170,30 +180,39 @@ proptest! {
     fn shard_matches_the_model_and_retries_never_act_twice(ops in proptest::collection::vec(op(), 1..80)) {
         let mut shard = ShardState::default();
         let mut model = Model::default();
-        let mut history: Vec<(RequestId, Op, String)> = Vec::new();
+        // (request id, time of its first proposal, operation, first outcome)
+        let mut history: Vec<(RequestId, i64, Op, String)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            let at = 1_000 + i as i64;
-            let (request, op, expected) = match op {
-                Op::Retry(n) if !history.is_empty() => {
-                    let (request, op, first) = history[n % history.len()].clone();
-                    let now = model.retried(&op, &first);
-                    (request, op, now)
+            let now = 1_000 + i as i64;
+            let (request, at, op, expected) = match op {
+                Op::Retry(n) | Op::Resend(n) if !history.is_empty() => {
+                    let (request, first_at, op, first) = history[n % history.len()].clone();
+                    match ops[i] {
+                        Op::Resend(_) => (request, first_at, op, first),
+                        _ => {
+                            let expected = model.retried(&op, &first);
+                            (request, now, op, expected)
+                        }
+                    }
                 }
-                Op::Retry(_) => continue,
+                Op::Retry(_) | Op::Resend(_) => continue,
                 op => {
                     let request = i as RequestId + 1;
                     let expected = model.expect(op);
-                    (request, op.clone(), expected)
+                    (request, now, op.clone(), expected)
                 }
             };
             let outcome = shard.apply(command(request, at, &op));
-            prop_assert_eq!(summary(&outcome), expected.clone(), "op {} {:?}", i, op);
-            // (A retry is remembered as the first outcome it repeats.)
-            let first = match &ops[i] {
-                Op::Retry(n) => history[n % history.len()].2.clone(),
-                _ => expected,
+            prop_assert_eq!(summary(&outcome), expected.clone(), "op {} {:?}", i, ops[i]);
+            // (A retry is remembered as the first outcome it repeats, at the first time.)
+            let (first_at, first) = match &ops[i] {
+                Op::Retry(n) | Op::Resend(n) => {
+                    let (_, a, _, f) = &history[n % history.len()];
+                    (*a, f.clone())
+                }
+                _ => (at, expected),
             };
-            history.push((request, op, first));
+            history.push((request, first_at, op, first));
         }
         let expected: Vec<_> = model
             .links
@@ -208,7 +227,9 @@ proptest! {
         let mut restored = ShardState::default();
         restored.restore(&mut bytes.as_slice()).unwrap();
         prop_assert_eq!(state_of(&restored), expected);
-        for (request, op, first) in &history {
+        for (request, first_at, op, first) in &history {
+            let resent = restored.apply(command(*request, *first_at, op));
+            prop_assert_eq!(&summary(&resent), first, "resend of request {} after restore", request);
             let again = restored.apply(command(*request, 2_000, op));
             prop_assert_eq!(summary(&again), model.retried(op, first), "retry of request {} after restore", request);
         }

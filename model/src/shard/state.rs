@@ -100,8 +100,11 @@ pub enum ShardOutcome {
         /// The link's version now.
         current: u64,
     },
-    /// A create retried (the same request) after the link it created was deleted: answering
-    /// `Created` again would name a link that is gone. Never remembered, only answered.
+    /// A create submitted again by its client (the same request id, proposed anew: an
+    /// `Idempotency-Key` sent again) after the link it created was deleted: answering
+    /// `Created` again would name a link that is gone. A node's own retry of the same
+    /// proposal is answered `Created`, since that proposal did create the link. Never
+    /// remembered, only answered.
     DeletedSince(Arc<Link>),
 }
 
@@ -220,7 +223,8 @@ pub struct ShardState {
     feed: Arc<Mutex<Feed>>,
     /// A snapshot was restored; the next [`ShardState::advance`] says through which index.
     restored: bool,
-    outcomes: HashMap<RequestId, ShardOutcome>,
+    /// Each remembered request's outcome, with the proposal time of its first submission.
+    outcomes: HashMap<RequestId, (i64, ShardOutcome)>,
     /// Request ids in the order they were first seen, with their time, for expiry.
     seen: VecDeque<(i64, RequestId)>,
 }
@@ -250,9 +254,12 @@ impl ShardState {
     pub fn apply_at(&mut self, index: u64, command: ShardCommand) -> ShardOutcome {
         let (request, at) = command.request();
         self.forget_before(at - DEDUPE_WINDOW_MS);
-        if let Some(outcome) = self.outcomes.get(&request) {
+        if let Some((first_at, outcome)) = self.outcomes.get(&request) {
+            // The same proposal again (a node retrying after a timeout or a failover) carries
+            // the same time; a client's new submission of the request carries its own.
+            let resubmitted = *first_at != at;
             if let ShardOutcome::Created(link) = outcome {
-                if !self.table.links.pin().contains_key(link.code.as_str()) {
+                if resubmitted && !self.table.links.pin().contains_key(link.code.as_str()) {
                     return ShardOutcome::DeletedSince(link.clone());
                 }
             }
@@ -270,7 +277,7 @@ impl ShardState {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(index, change);
         }
-        self.outcomes.insert(request, outcome.clone());
+        self.outcomes.insert(request, (at, outcome.clone()));
         self.seen.push_back((at, request));
         while self.seen.len() > DEDUPE_MAX {
             if let Some((_, old)) = self.seen.pop_front() {
@@ -368,7 +375,7 @@ impl ShardState {
             seen: self
                 .seen
                 .iter()
-                .filter_map(|(at, id)| self.outcomes.get(id).map(|o| (*at, *id, o.clone())))
+                .filter_map(|(at, id)| self.outcomes.get(id).map(|(_, o)| (*at, *id, o.clone())))
                 .collect(),
         };
         out.write_all(&linkrift_codec::encode(&snapshot))
@@ -390,7 +397,7 @@ impl ShardState {
         self.outcomes.clear();
         self.seen.clear();
         for (at, id, outcome) in snapshot.seen {
-            self.outcomes.insert(id, outcome);
+            self.outcomes.insert(id, (at, outcome));
             self.seen.push_back((at, id));
         }
         self.restored = true;
