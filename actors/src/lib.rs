@@ -10,6 +10,8 @@
 //! - [`mirror`]: the Postgres mirror of every committed change.
 //! - [`clicks`]: click events (so far: describing a click; the click actor and sinks
 //!   follow).
+//! - [`tasks`]: the owner of every background task of a node (named, stopped in reverse
+//!   start order at shutdown).
 
 pub mod clicks;
 pub mod cluster;
@@ -17,5 +19,6 @@ pub mod groups;
 pub mod mirror;
 pub mod service;
 pub mod shard;
+pub mod tasks;
 
 pub use linkrift_model::{domain, meta, placement, status};

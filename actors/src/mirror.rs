@@ -12,7 +12,7 @@
 //! slow or down only makes the mirror lag; it catches up when Postgres is back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -84,7 +84,7 @@ enum MirrorError {
 }
 
 /// Runs the mirror until the node stops.
-pub(crate) async fn run(core: Weak<Core>, pool: PgPool) {
+pub(crate) async fn run(core: Arc<Core>, pool: PgPool) {
     let mut migrated = false;
     let mut last_log: Option<Instant> = None;
     let mut pause = TICK;
@@ -98,10 +98,6 @@ pub(crate) async fn run(core: Weak<Core>, pool: PgPool) {
     }
     loop {
         tokio::time::sleep(pause).await;
-        let Some(core) = core.upgrade() else { return };
-        if core.cancel.is_cancelled() {
-            return;
-        }
         let result = async {
             if !migrated {
                 migrate(&pool)

@@ -677,6 +677,27 @@ impl<S: StateMachine> RaftNode<S> {
     /// Stops every group and task, and flushes the database. Returns once nothing of the
     /// node runs any more, so the same data directory can be opened again.
     pub async fn shutdown(self) {
+        self.close().await;
+        // sled unlocks the data directory only when its last tree is dropped. openraft's
+        // tasks drop a group's stores (each holding a flusher handle) shortly after
+        // shutdown returns, and the flusher task holds the database until the last handle
+        // is gone: wait for that, so the directory can be opened again at once.
+        let liveness = self.flusher.liveness();
+        drop(self);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while liveness.strong_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("raft storage still open 10 s after shutdown");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops every group and task, and flushes the database, without giving up the handle:
+    /// for a caller that cannot own the node any more. The data directory stays locked until
+    /// the node is dropped.
+    pub async fn close(&self) {
         let groups: Vec<_> = self
             .groups
             .lock()
@@ -694,20 +715,6 @@ impl<S: StateMachine> RaftNode<S> {
         self.tasks.wait().await;
         if let Err(e) = self.flusher.flush().await {
             tracing::error!(error = %e, "final flush failed");
-        }
-        // sled unlocks the data directory only when its last tree is dropped. openraft's
-        // tasks drop a group's stores (each holding a flusher handle) shortly after
-        // shutdown returns, and the flusher task holds the database until the last handle
-        // is gone: wait for that, so the directory can be opened again at once.
-        let liveness = self.flusher.liveness();
-        drop(self);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while liveness.strong_count() > 0 {
-            if std::time::Instant::now() > deadline {
-                tracing::warn!("raft storage still open 10 s after shutdown");
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 }

@@ -108,12 +108,13 @@ impl Clicks {
     /// Starts the click actor (and, for ClickHouse, its shipper) writing to `sink`.
     ///
     /// A batch that cannot be written (to the roll-up log or the spool) trips `fault`: the
-    /// node stops, rather than go on dropping every click.
+    /// node stops, rather than go on dropping every click. Both run under `tasks`.
     pub fn start(
         sink: ClickSink,
         ip: IpPolicy,
         countries: Option<Countries>,
         fault: linkrift_raft::StorageFault,
+        tasks: &crate::tasks::Tasks,
     ) -> std::io::Result<Self> {
         // Every series exists from the start, so rates and alerts see zeros, not gaps.
         metrics::counter!("clicks_enqueued_total").increment(0);
@@ -144,17 +145,23 @@ impl Clicks {
                 let spooled = Arc::new(Notify::new());
                 metrics::counter!("clicks_ingest_errors_total").increment(0);
                 report_spool(&spool.lock().expect("spool lock"));
-                tokio::spawn(ship(*store, spool.clone(), spooled.clone(), stop.clone()));
+                let (to_ship, shipped) = (spool.clone(), spooled.clone());
+                tasks.spawn_graceful("ship clicks to ClickHouse", move |stop| {
+                    ship(*store, to_ship, shipped, stop)
+                });
                 Writer::Spool { spool, spooled }
             }
         };
-        tokio::spawn(run(
-            queue.clone(),
-            flush_rx,
-            writer,
-            Describer::new(ip, countries),
-            fault,
-        ));
+        tasks.spawn(
+            "click writer",
+            run(
+                queue.clone(),
+                flush_rx,
+                writer,
+                Describer::new(ip, countries),
+                fault,
+            ),
+        );
         Ok(Self {
             queue,
             flushes,
@@ -194,7 +201,8 @@ impl Clicks {
         }
     }
 
-    /// Flushes, then stops sending to ClickHouse; what is spooled is sent at the next start.
+    /// Flushes, and takes no click after; what is spooled and not sent when the node's tasks
+    /// stop is sent at the next start.
     pub async fn stop(&self) {
         self.flush().await;
         self.stop.cancel();

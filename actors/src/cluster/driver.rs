@@ -11,7 +11,7 @@
 //! nodes take replicas; draining ones keep theirs; leaving and lost ones lose theirs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkrift_raft::openraft::{BasicNode, ChangeMembers};
@@ -49,7 +49,7 @@ struct Memory {
 }
 
 /// Runs the driver until the node stops.
-pub(crate) async fn run(core: Weak<Core>) {
+pub(crate) async fn run(core: Arc<Core>) {
     let mut memory = Memory::default();
     let mut moving: HashSet<u32> = HashSet::new();
     let mut in_flight: JoinSet<Step> = JoinSet::new();
@@ -71,10 +71,6 @@ pub(crate) async fn run(core: Weak<Core>) {
                 }
                 continue;
             }
-        }
-        let Some(core) = core.upgrade() else { return };
-        if core.cancel.is_cancelled() {
-            return;
         }
         if !core.meta.is_leader() || core.is_yielding() {
             memory = Memory::default();
@@ -228,8 +224,8 @@ fn tell_former_members(core: &Arc<Core>, told: &mut HashMap<NodeId, Instant>) {
             rejoin,
             members: members.clone(),
         };
-        let core = core.clone();
-        tokio::spawn(async move {
+        let (tasks, core) = (core.tasks.clone(), core.clone());
+        tasks.spawn("tell a former member", async move {
             let answer = core.peers.call(node.id, &request, RETELL).await;
             tracing::info!(node = node.id, rejoin, answer = ?answer.ok(), "told a former member it was replaced");
         });
@@ -510,8 +506,8 @@ pub(crate) async fn reconcile_here(
     // 3. The nodes that left delete their replicas.
     for node in members.difference(&want) {
         if *node == core.me {
-            let core = core.clone();
-            tokio::spawn(async move {
+            let (tasks, core) = (core.tasks.clone(), core.clone());
+            tasks.spawn("release a replica moved away", async move {
                 if let Err(e) = core.release(shard).await {
                     tracing::warn!(shard, error = %e, "could not delete this node's old replica");
                 }

@@ -11,7 +11,7 @@
 //! leader: nobody could take over.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkrift_raft::{Group, GroupId, NodeId};
@@ -156,7 +156,7 @@ impl Core {
             y.asked += 1;
             y.last_ask = Some(now);
             let core = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn("ask a follower to stand", async move {
                 let ask = Request::Stand { group: id.0 };
                 if let Err(e) = core.peers.call(pick, &ask, ASK_AGAIN).await {
                     tracing::info!(group = %id, node = pick, error = %e, "could not ask a follower to stand");
@@ -417,16 +417,12 @@ impl LinkService {
 /// knows no leader asks the other nodes who leads its group, and is deleted when that
 /// leader's committed membership, newer than its own, leaves this node out. An empty
 /// replica waiting to be added as a learner (no membership yet) is left alone.
-pub(crate) async fn drop_removed_replicas(core: Weak<Core>) {
+pub(crate) async fn drop_removed_replicas(core: Arc<Core>) {
     metrics::counter!("raft_stale_replicas_dropped_total").increment(0);
     let mut tick = tokio::time::interval(MEMBERSHIP_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(core) = core.upgrade() else { return };
-        if core.cancel.is_cancelled() {
-            return;
-        }
         let leaderless: Vec<(u32, u64)> = core
             .local
             .pin()

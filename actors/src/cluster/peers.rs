@@ -31,6 +31,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::wire::{Notice, Reply, Request};
+use crate::tasks::Tasks;
 
 /// The process group every node's peer actor joins.
 const ALL: &str = "linkrift.nodes";
@@ -78,7 +79,7 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn notice(&self, notice: Notice);
 }
 
-struct PeerActor<H>(Arc<OnceLock<Weak<H>>>);
+struct PeerActor<H>(Arc<OnceLock<Weak<H>>>, Tasks);
 
 impl<H: Handler> Actor for PeerActor<H> {
     type Msg = PeerMsg;
@@ -104,8 +105,9 @@ impl<H: Handler> Actor for PeerActor<H> {
             },
             PeerMsg::Call(bytes, reply) => {
                 // Each call in its own task: a slow one (a replica catching up) must not
-                // hold up the others.
-                tokio::spawn(async move {
+                // hold up the others. (Once the node is shutting down, none starts: the
+                // caller sees the call fail and asks elsewhere.)
+                self.1.spawn("answer a peer's call", async move {
                     let answer = match (codec::decode::<Request>(&bytes), handler) {
                         (Ok(request), Some(h)) => h.handle(request).await,
                         (Ok(_), None) => Reply::Refused(super::wire::Refusal::Unavailable(
@@ -141,6 +143,7 @@ struct Events {
     /// Incoming connections not authenticated yet, by peer address: each holds one of
     /// [`MAX_PENDING`] places until it authenticates or closes.
     pending: Mutex<HashMap<String, Pending>>,
+    tasks: Tasks,
 }
 
 /// Incoming connections on the cluster port that have not authenticated yet, at most; more
@@ -183,8 +186,8 @@ impl NodeEventSubscription for Subscriber {
         // connection that sends nothing must not hold a place (and an actor) for ever.
         if s.is_server {
             let events = self.0.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
+            {
+                self.tasks.spawn("cluster authentication deadline", async move {
                     tokio::time::sleep(AUTH_DEADLINE).await;
                     let still = events
                         .authenticated
@@ -241,7 +244,6 @@ pub(crate) struct Peers<H> {
     server_task: Mutex<Option<JoinHandle<()>>>,
     actor: ActorRef<PeerMsg>,
     actor_task: Mutex<Option<JoinHandle<()>>>,
-    listener_task: JoinHandle<()>,
     handler: Arc<OnceLock<Weak<H>>>,
     events: Arc<Events>,
     dialing: Mutex<HashMap<NodeId, Instant>>,
@@ -259,7 +261,13 @@ fn cookie(secret: &[u8]) -> String {
 impl<H: Handler> Peers<H> {
     /// Listens on `addr` (port 0 picks one) and starts the node server. With `tls`, every
     /// session runs over mutual TLS (the cookie's challenge inside it).
-    pub async fn start(addr: SocketAddr, secret: &[u8], tls: Option<Tls>) -> std::io::Result<Self> {
+    /// Its tasks (the listener, handshakes, calls from peers) run under `tasks`.
+    pub async fn start(
+        addr: SocketAddr,
+        secret: &[u8],
+        tls: Option<Tls>,
+        tasks: Tasks,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         // The server's own listener is not used (ours accepts); give it a port nobody asks for.
@@ -280,6 +288,7 @@ impl<H: Handler> Peers<H> {
             tx,
             authenticated: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            tasks: tasks.clone(),
         });
         server
             .cast(NodeServerMessage::SubscribeToEvents {
@@ -288,14 +297,16 @@ impl<H: Handler> Peers<H> {
             })
             .map_err(|e| std::io::Error::other(format!("subscribing to sessions: {e}")))?;
         let handler = Arc::new(OnceLock::new());
-        let (actor, actor_task) = Actor::spawn(None, PeerActor::<H>(handler.clone()), ())
-            .await
-            .map_err(|e| std::io::Error::other(format!("starting the peer actor: {e}")))?;
+        let (actor, actor_task) =
+            Actor::spawn(None, PeerActor::<H>(handler.clone(), tasks.clone()), ())
+                .await
+                .map_err(|e| std::io::Error::other(format!("starting the peer actor: {e}")))?;
         let accepting = server.clone();
         let accept_tls = tls.clone();
         let places = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
         let accept_events = events.clone();
-        let listener_task = tokio::spawn(async move {
+        let handshakes = tasks.clone();
+        tasks.spawn("cluster listener", async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, remote)) => {
@@ -325,7 +336,7 @@ impl<H: Handler> Peers<H> {
                         }
                         let (server, tls) = (accepting.clone(), accept_tls.clone());
                         let events = accept_events.clone();
-                        tokio::spawn(async move {
+                        handshakes.spawn("cluster handshake", async move {
                             let handed = tokio::time::timeout(
                                 AUTH_DEADLINE,
                                 hand_over(&server, stream, true, tls.as_ref(), None),
@@ -358,7 +369,6 @@ impl<H: Handler> Peers<H> {
             server_task: Mutex::new(Some(server_task)),
             actor,
             actor_task: Mutex::new(Some(actor_task)),
-            listener_task,
             handler,
             events,
             dialing: Mutex::new(HashMap::new()),
@@ -521,9 +531,8 @@ impl<H: Handler> Peers<H> {
         }
     }
 
-    /// Closes every session and stops the listener.
+    /// Closes every session. (The listener is one of the node's tasks, stopped with them.)
     pub async fn shutdown(&self) {
-        self.listener_task.abort();
         self.actor.stop(None);
         if let Some(task) = self.take(&self.actor_task) {
             let _ = task.await;

@@ -741,10 +741,9 @@ impl LinkService {
     pub async fn shutdown(self) {
         // Clicks still batched go to their store (or the ClickHouse spool) first.
         self.core.clicks.stop().await;
-        self.core.cancel.cancel();
-        for task in self.tasks {
-            task.abort();
-            let _ = task.await;
+        let aborted = self.core.tasks.shutdown(TASKS_STOP_WITHIN).await;
+        if !aborted.is_empty() {
+            tracing::warn!(?aborted, "background tasks aborted at shutdown");
         }
         self.core.peers.shutdown().await;
         let shards: Vec<u32> = self.core.local.pin().keys().copied().collect();
@@ -754,10 +753,21 @@ impl LinkService {
                 local.stop_actor().await;
             }
         }
-        let core = wait_for_sole_owner(self.core).await;
-        let Core { node, meta, .. } = core;
-        drop(meta);
-        node.shutdown().await;
+        // Every task holding the core has ended, and no peer can reach it: this is its
+        // last handle, unless a request from another node is still being answered.
+        match Arc::try_unwrap(self.core) {
+            Ok(Core { node, meta, .. }) => {
+                drop(meta);
+                node.shutdown().await;
+            }
+            Err(core) => {
+                tracing::warn!(
+                    holders = Arc::strong_count(&core) - 1,
+                    "the node's state is still in use at shutdown; its groups stop, and its data directory stays locked until the last user lets go"
+                );
+                core.node.close().await;
+            }
+        }
     }
 }
 

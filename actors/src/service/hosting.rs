@@ -58,26 +58,27 @@ impl Core {
         let mut metrics = group.raft().metrics();
         let flag = serving.clone();
         let me = self.me;
-        tokio::spawn(async move {
-            loop {
-                // A replica starts serving reads once it is a voter and has applied
-                // everything up to the change that made it one (it was caught up before
-                // that change, but a follower sees a membership entry when it arrives,
-                // before applying it); it stops when it is no longer a voter.
-                let serving = {
-                    let m = metrics.borrow_and_update();
-                    let config = &m.membership_config;
-                    let voter = config.membership().voter_ids().any(|v| v == me);
-                    let since = config.log_id().map_or(0, |l| l.index);
-                    let applied = m.last_applied.map_or(0, |l| l.index) >= since;
-                    voter && (applied || flag.load(Ordering::Acquire))
-                };
-                flag.store(serving, Ordering::Release);
-                if metrics.changed().await.is_err() {
-                    return;
+        self.tasks
+            .spawn("watch a replica's serving state", async move {
+                loop {
+                    // A replica starts serving reads once it is a voter and has applied
+                    // everything up to the change that made it one (it was caught up before
+                    // that change, but a follower sees a membership entry when it arrives,
+                    // before applying it); it stops when it is no longer a voter.
+                    let serving = {
+                        let m = metrics.borrow_and_update();
+                        let config = &m.membership_config;
+                        let voter = config.membership().voter_ids().any(|v| v == me);
+                        let since = config.log_id().map_or(0, |l| l.index);
+                        let applied = m.last_applied.map_or(0, |l| l.index) >= since;
+                        voter && (applied || flag.load(Ordering::Acquire))
+                    };
+                    flag.store(serving, Ordering::Release);
+                    if metrics.changed().await.is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            });
         self.local.pin().insert(
             shard,
             Arc::new(LocalShard {

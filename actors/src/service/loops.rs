@@ -5,7 +5,7 @@ use super::*;
 
 /// Keeps sessions with the other nodes up, and this node's addresses in the meta group
 /// current.
-pub(super) async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs) {
+pub(super) async fn keep_in_touch(core: Arc<Core>, addrs: NodeAddrs) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recorded = false;
@@ -14,10 +14,6 @@ pub(super) async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs)
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
-        let Some(core) = core.upgrade() else { return };
-        if core.cancel.is_cancelled() {
-            return;
-        }
         ticks += 1;
         if ticks % RECORD_ACKNOWLEDGED_TICKS == 0 {
             core.record_acknowledged().await;
@@ -46,12 +42,8 @@ pub(super) async fn keep_in_touch(core: std::sync::Weak<Core>, addrs: NodeAddrs)
 
 /// Makes this node active again after it drained itself for a shutdown (unless an
 /// operator made it leave meanwhile).
-pub(super) async fn undrain(core: std::sync::Weak<Core>) {
+pub(super) async fn undrain(core: Arc<Core>) {
     loop {
-        let Some(core) = core.upgrade() else { return };
-        if core.cancel.is_cancelled() {
-            return;
-        }
         let done = match core.my_state() {
             Some(NodeState::Draining) => {
                 let cancel = MetaCommand::SetNodeState {
@@ -76,7 +68,6 @@ pub(super) async fn undrain(core: std::sync::Weak<Core>) {
             tracing::info!("active again after draining for the last shutdown");
             return;
         }
-        drop(core);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -30,7 +30,6 @@ use ractor::{Actor, ActorRef};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cluster::cache::{CacheConfig, NearCache};
@@ -202,13 +201,13 @@ pub(crate) struct Core {
     code_length: usize,
     url_policy: UrlPolicy,
     write_timeout: Duration,
-    pub(crate) cancel: CancellationToken,
+    /// The owner of every background task of the node.
+    pub(crate) tasks: crate::tasks::Tasks,
 }
 
 /// One node's link service.
 pub struct LinkService {
     pub(crate) core: Arc<Core>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 pub use linkrift_model::now_ms;
@@ -238,10 +237,12 @@ impl LinkService {
         let io = |context: String| move |source| OpenError::Io { context, source };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
+        let tasks = crate::tasks::Tasks::new();
         let peers: Peers<Core> = Peers::start(
             config.cluster_addr,
             &config.cluster_secret,
             config.tls.clone(),
+            tasks.clone(),
         )
         .await
         .map_err(io(format!(
@@ -362,9 +363,14 @@ impl LinkService {
             }
             None => None,
         };
-        let clicks =
-            crate::clicks::Clicks::start(sink, config.click_ip, countries, node.fault().clone())
-                .map_err(|e| OpenError::Config(format!("opening the click spool: {e}")))?;
+        let clicks = crate::clicks::Clicks::start(
+            sink,
+            config.click_ip,
+            countries,
+            node.fault().clone(),
+            &tasks,
+        )
+        .map_err(|e| OpenError::Config(format!("opening the click spool: {e}")))?;
         let core = Arc::new(Core {
             clicks,
             rollups,
@@ -388,7 +394,7 @@ impl LinkService {
             code_length: config.code_length,
             url_policy: config.url_policy,
             write_timeout: config.write_timeout,
-            cancel: CancellationToken::new(),
+            tasks,
         });
         core.peers.serve(Arc::downgrade(&core));
         for id in core.node.group_ids() {
@@ -436,40 +442,35 @@ impl LinkService {
         if !fresh {
             refuse_rolled_back(&core).await?;
         }
-        let mut tasks = vec![
-            tokio::spawn(crate::cluster::driver::run(Arc::downgrade(&core))),
-            tokio::spawn(keep_in_touch(Arc::downgrade(&core), addrs)),
-            tokio::spawn(crate::cluster::membership::drop_removed_replicas(
-                Arc::downgrade(&core),
-            )),
-        ];
+        let mirror = match &config.postgres_url {
+            Some(url) => Some(
+                crate::mirror::pool(url)
+                    .map_err(|e| OpenError::Config(format!("postgres_url: {e}")))?,
+            ),
+            None => None,
+        };
+        let tasks = &core.tasks;
+        tasks.spawn(
+            "placement driver",
+            crate::cluster::driver::run(core.clone()),
+        );
+        tasks.spawn("keep in touch", keep_in_touch(core.clone(), addrs));
+        tasks.spawn(
+            "drop removed replicas",
+            crate::cluster::membership::drop_removed_replicas(core.clone()),
+        );
         if identity.drained_for_shutdown {
-            tasks.push(tokio::spawn(undrain(Arc::downgrade(&core))));
+            tasks.spawn("undrain", undrain(core.clone()));
         }
-        if let Some(url) = &config.postgres_url {
-            let pool = crate::mirror::pool(url)
-                .map_err(|e| OpenError::Config(format!("postgres_url: {e}")))?;
-            tasks.push(tokio::spawn(crate::mirror::run(
-                Arc::downgrade(&core),
-                pool,
-            )));
+        if let Some(pool) = mirror {
+            tasks.spawn("postgres mirror", crate::mirror::run(core.clone(), pool));
         }
-        Ok(Self { core, tasks })
+        Ok(Self { core })
     }
 }
 
-/// Waits until the background tasks have dropped their handles to `core`.
-async fn wait_for_sole_owner(mut core: Arc<Core>) -> Core {
-    loop {
-        match Arc::try_unwrap(core) {
-            Ok(core) => return core,
-            Err(shared) => {
-                core = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
+/// How long the node's background tasks have to stop at shutdown.
+const TASKS_STOP_WITHIN: Duration = Duration::from_secs(10);
 
 /// The openraft metrics type, re-exported for the HTTP layer.
 pub mod openraft_metrics {
