@@ -22,3 +22,11 @@ pub mod shard;
 pub mod tasks;
 
 pub use linkrift_model::{domain, meta, placement, status};
+
+// The surface the HTTP layer and the binary use, so that they name no module path inside.
+pub use clicks::clickhouse::{ClickHouseConfig, ExportFormat};
+pub use clicks::event::{IpPolicy, RawClick};
+pub use clicks::rollup::{Bots, DIMENSIONS};
+pub use clicks::Summary;
+pub use cluster::cache::CacheConfig;
+pub use cluster::membership::{Departure, Operation};

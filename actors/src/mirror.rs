@@ -174,7 +174,7 @@ async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
         }
     }
     metrics::gauge!("mirror_last_success_timestamp_seconds")
-        .set(crate::service::now_ms() as f64 / 1000.0);
+        .set(linkrift_model::now_ms() as f64 / 1000.0);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use linkrift_actors::cluster::membership::Operation;
+use linkrift_actors::Operation;
 use linkrift_actors::domain::Scope;
 use linkrift_actors::meta::NodeRecord;
 use serde::{Deserialize, Serialize};

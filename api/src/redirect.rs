@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use linkrift_actors::clicks::event::RawClick;
+use linkrift_actors::RawClick;
 use linkrift_actors::service::{now_ms, Lookup};
 
 use crate::error::ApiError;

@@ -6,17 +6,11 @@
 //! The nodes must be built with the `failpoints` feature (`scripts/chaos` does that).
 
 mod check;
-#[allow(dead_code)]
-#[path = "../../node/tests/support/clickhouse.rs"]
-mod clickhouse;
 mod cluster;
 mod disk;
 mod history;
 mod nemesis;
 mod net;
-#[allow(dead_code)]
-#[path = "../../node/tests/support/postgres.rs"]
-mod postgres;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,11 +24,11 @@ use clap::Parser;
 use rand::{Rng, SeedableRng};
 use sqlx::Row;
 
-use clickhouse::ClickHouse;
 use cluster::{Cluster, Launch, ADMIN_KEY};
 use history::{Call, FaultRecord, Op, Ret};
+use linkrift_testkit::clickhouse::ClickHouse;
+use linkrift_testkit::postgres::Postgres;
 use nemesis::{Env, Fault};
-use postgres::Postgres;
 use workload::{micros, value_of, Workload};
 
 /// How a run is shaped.

@@ -110,6 +110,16 @@ pub enum NodeState {
     Removed,
 }
 
+/// A move between node states that is not allowed (see [`NodeState::may_become`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the node is {}, it cannot become {}", from.name(), to.name())]
+pub struct TransitionRefused {
+    /// The state the node is in.
+    pub from: NodeState,
+    /// The state asked for.
+    pub to: NodeState,
+}
+
 impl NodeState {
     /// The lowercase name `cluster status` shows.
     pub fn name(self) -> &'static str {
@@ -124,7 +134,7 @@ impl NodeState {
     }
 
     /// Whether a node in this state may be moved to `next`; `Err` says why not.
-    pub fn may_become(self, next: NodeState) -> Result<(), String> {
+    pub fn may_become(self, next: NodeState) -> Result<(), TransitionRefused> {
         use NodeState::*;
         let allowed = match (self, next) {
             (a, b) if a == b => true,
@@ -138,11 +148,10 @@ impl NodeState {
         if allowed {
             Ok(())
         } else {
-            Err(format!(
-                "the node is {}, it cannot become {}",
-                self.name(),
-                next.name()
-            ))
+            Err(TransitionRefused {
+                from: self,
+                to: next,
+            })
         }
     }
 
@@ -398,7 +407,7 @@ impl MetaState {
             MetaCommand::SetNodeState { id, state, at } => match keys.nodes.get_mut(&id) {
                 None => MetaOutcome::NodeNotFound,
                 Some(node) => match node.state.may_become(state) {
-                    Err(why) => MetaOutcome::Refused(why),
+                    Err(why) => MetaOutcome::Refused(why.to_string()),
                     Ok(()) => {
                         if node.state != state {
                             node.state = state;

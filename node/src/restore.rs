@@ -179,7 +179,6 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<String> {
             .map(|l| (l.code.as_str(), l.url.as_str(), l.version)),
     );
     let keys_back = service.keys().len();
-    let service = Arc::into_inner(service).context("the service is still shared")?;
     service.shutdown().await;
     if restored.len() != links.len() || restored_sum != mirror_sum || keys_back != keys.len() {
         bail!(

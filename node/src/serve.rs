@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use linkrift_actors::cluster::cache::CacheConfig;
-use linkrift_actors::cluster::membership::Departure;
+use linkrift_actors::{CacheConfig, Departure};
 use linkrift_actors::domain::{canonical_host, UrlPolicy};
 use linkrift_actors::service::{LinkService, ServiceConfig};
 use linkrift_api::{ApiConfig, AppState, REDIRECT_BUCKETS};
@@ -109,13 +108,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         dead_after: Duration::from_millis(config.dead_after_ms),
         postgres_url: config.postgres_url.clone(),
-        click_ip: linkrift_actors::clicks::event::IpPolicy {
+        click_ip: linkrift_actors::IpPolicy {
             v4_bits: config.click_ip_v4_bits,
             v6_bits: config.click_ip_v6_bits,
         },
         geoip_database: config.geoip_database.clone(),
         clickhouse: config.clickhouse_url.clone().map(|url| {
-            linkrift_actors::clicks::clickhouse::ClickHouseConfig {
+            linkrift_actors::ClickHouseConfig {
                 url,
                 database: config.clickhouse_database.clone(),
                 user: config.clickhouse_user.clone(),
@@ -229,9 +228,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("serving HTTP")?;
 
     tracing::info!("shutting down");
-    // Connection tasks that axum has let go of may still hold the router's state for a
-    // moment; wait for them to drop it.
-    let service = wait_for_sole_owner(service).await?;
     tokio::time::timeout(Duration::from_secs(30), service.shutdown())
         .await
         .context("shutdown took longer than 30 s")?;
@@ -301,20 +297,6 @@ fn rejoin(config: &Config, members: &[String]) -> anyhow::Result<()> {
     let error =
         std::os::unix::process::CommandExt::exec(std::process::Command::new(exe).args(args));
     Err(error).context("starting again to rejoin")
-}
-
-async fn wait_for_sole_owner<T>(mut shared: Arc<T>) -> anyhow::Result<T> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match Arc::try_unwrap(shared) {
-            Ok(owned) => return Ok(owned),
-            Err(still_shared) if tokio::time::Instant::now() < deadline => {
-                shared = still_shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(_) => anyhow::bail!("HTTP connections still held the service 10 s after shutdown"),
-        }
-    }
 }
 
 /// How long a node whose storage failed goes on answering (not ready, reads and writes

@@ -185,9 +185,31 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Idle pooled connections are closed before ClickHouse's own 3 s keep-alive timeout would.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why a ClickHouse client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `clickhouse_ca` does not read as PEM certificates.
+    #[error("clickhouse_ca {}: {source}", path.display())]
+    CaUnreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// `clickhouse_ca` holds no certificate.
+    #[error("clickhouse_ca {} holds no certificate", path.display())]
+    CaEmpty {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// rustls refused a certificate of `clickhouse_ca`, or the TLS settings.
+    #[error("clickhouse_ca: {0}")]
+    Tls(#[source] rustls::Error),
+}
+
 /// A ClickHouse client whose https trusts the system's roots and `ca` (the clickhouse
 /// crate's own would panic where the system has no roots, and takes no CA of ours).
-fn client(ca: Option<&std::path::Path>) -> Result<clickhouse::Client, String> {
+fn client(ca: Option<&std::path::Path>) -> Result<clickhouse::Client, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable system certificates are skipped: `ca` may be all that is needed.
     let system = rustls_native_certs::load_native_certs();
@@ -196,17 +218,17 @@ fn client(ca: Option<&std::path::Path>) -> Result<clickhouse::Client, String> {
         use rustls::pki_types::pem::PemObject;
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("clickhouse_ca {}: {e}", path.display()))?;
+            .map_err(|source| ClientError::CaUnreadable {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(format!(
-                "clickhouse_ca {} holds no certificate",
-                path.display()
-            ));
+            return Err(ClientError::CaEmpty {
+                path: path.to_path_buf(),
+            });
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("clickhouse_ca {}: {e}", path.display()))?;
+            roots.add(cert).map_err(ClientError::Tls)?;
         }
     } else if added == 0 {
         tracing::debug!("no system CA certificates found; https to ClickHouse needs clickhouse_ca");
@@ -215,7 +237,7 @@ fn client(ca: Option<&std::path::Path>) -> Result<clickhouse::Client, String> {
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .map_err(ClientError::Tls)?
     .with_root_certificates(roots)
     .with_no_client_auth();
     let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -236,7 +258,7 @@ fn client(ca: Option<&std::path::Path>) -> Result<clickhouse::Client, String> {
 impl ClickHouse {
     /// A handle; nothing is sent until the store is used. Fails only on a `ca` file that
     /// does not load.
-    pub fn new(config: ClickHouseConfig) -> Result<Self, String> {
+    pub fn new(config: ClickHouseConfig) -> Result<Self, ClientError> {
         let client = client(config.ca.as_deref())?
             .with_url(&config.url)
             .with_user(&config.user)

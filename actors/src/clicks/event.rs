@@ -255,11 +255,25 @@ struct IsoCode<'a> {
     iso_code: Option<&'a str>,
 }
 
+/// The GeoIP database did not open.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the MaxMind database {}: {source}", path.display())]
+pub struct GeoIpError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    #[source]
+    pub source: maxminddb::MaxMindDbError,
+}
+
 impl Countries {
     /// Reads the database file.
-    pub fn open(path: &std::path::Path) -> Result<Self, String> {
-        let reader = maxminddb::Reader::open_readfile(path)
-            .map_err(|e| format!("reading the MaxMind database {}: {e}", path.display()))?;
+    pub fn open(path: &std::path::Path) -> Result<Self, GeoIpError> {
+        let reader =
+            maxminddb::Reader::open_readfile(path).map_err(|source| GeoIpError {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self { reader })
     }
 
@@ -520,7 +534,7 @@ mod tests {
         assert_eq!(country(&mut describer, click("::1", None)), "");
         let garbage = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(garbage.path(), b"not a database").unwrap();
-        let err = Countries::open(garbage.path()).err().unwrap();
+        let err = Countries::open(garbage.path()).err().unwrap().to_string();
         assert!(err.contains("MaxMind"), "{err}");
     }
 

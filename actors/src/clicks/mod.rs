@@ -320,7 +320,7 @@ fn report_spool(spool: &Spool) {
     metrics::gauge!("clicks_spooled").set(spool.events() as f64);
     metrics::gauge!("clicks_spool_bytes").set(spool.bytes() as f64);
     let lag = spool.oldest_ms().map_or(0.0, |t| {
-        (crate::service::now_ms() - t).max(0) as f64 / 1000.0
+        (linkrift_model::now_ms() - t).max(0) as f64 / 1000.0
     });
     metrics::gauge!("clicks_ingest_lag_seconds").set(lag);
 }

@@ -35,7 +35,7 @@ const LEARNER_SILENCE: Duration = Duration::from_secs(5);
 /// How often a node that is no longer a member is told so.
 const RETELL: Duration = Duration::from_secs(2);
 
-type Step = (u32, Plan, Result<Progress, String>);
+type Step = (u32, Plan, Result<Progress, Refusal>);
 
 /// What the driver remembers between ticks; forgotten when this node stops leading.
 #[derive(Default)]
@@ -153,14 +153,14 @@ fn moved_addresses(
 async fn update_addresses(
     group: &Group<GroupState>,
     moved: BTreeMap<NodeId, BasicNode>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     tracing::info!(group = %group.id(), nodes = ?moved, "recording new peer addresses");
     group
         .raft()
         .change_membership(ChangeMembers::SetNodes(moved), false)
         .await
         .map(|_| ())
-        .map_err(|e| format!("recording new peer addresses: {e}"))
+        .map_err(|e| Refusal::Unavailable(format!("recording new peer addresses: {e}")))
 }
 
 /// Marks lost the members that have had no session with this node (the meta leader) for
@@ -350,14 +350,50 @@ async fn finish_leaves(core: &Core, plan: &Plan, on_target: &HashMap<u32, (Plan,
     }
 }
 
+/// One step of a shard's group toward its target, as [`next_step`] decides it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Step {
+    /// Target nodes already in the group as learners: caught up (again) first.
+    catch_up: Vec<NodeId>,
+    /// Target nodes not in the group: each hosts an empty replica, added as a learner and
+    /// caught up.
+    add: Vec<NodeId>,
+    /// The voter set to change to, when it is not the target yet.
+    voters: Option<BTreeSet<NodeId>>,
+    /// Members outside the target: removed from the group, then told to delete their
+    /// replicas.
+    release: Vec<NodeId>,
+}
+
+/// What the leader of a group with `voters` and `members` (voters and learners) does next
+/// to reach the voter set `want`; `None` once both are `want`.
+fn next_step(
+    voters: &BTreeSet<NodeId>,
+    members: &BTreeSet<NodeId>,
+    want: &BTreeSet<NodeId>,
+) -> Option<Step> {
+    if voters == want && members == want {
+        return None;
+    }
+    let (catch_up, add) = want
+        .difference(voters)
+        .partition(|node| members.contains(node));
+    Some(Step {
+        catch_up,
+        add,
+        voters: (voters != want).then(|| want.clone()),
+        release: members.difference(want).copied().collect(),
+    })
+}
+
 /// Asks the leader of `shard` for one step toward the target, trying the nodes likely to
 /// hold the shard first.
-async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress, String> {
+async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress, Refusal> {
     let members =
         core.directory
             .in_states(&[NodeState::Active, NodeState::Draining, NodeState::Leaving]);
     let ask = placement::replicas(shard, &members, members.len());
-    let mut last = String::from("no node holds the shard");
+    let mut last = Refusal::Unavailable("no node holds the shard".into());
     for node in ask {
         let answer = if node == core.me {
             tokio::time::timeout(STEP_TIMEOUT, reconcile_here(core, shard, plan.clone(), 1))
@@ -379,10 +415,10 @@ async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress
         match answer {
             Ok(progress) => return Ok(progress),
             // Not there, or not the leader and could not forward: ask the next node.
-            Err(r @ (Refusal::NotHosted | Refusal::NotLeader { .. })) => last = r.to_string(),
+            Err(r @ (Refusal::NotHosted | Refusal::NotLeader { .. })) => last = r,
             // The leader tried and could not: the next tick tries again, with the
             // placement as it is then (asking another node now would repeat a stale step).
-            Err(r) => return Err(r.to_string()),
+            Err(r) => return Err(r),
         }
     }
     Err(last)
@@ -432,9 +468,7 @@ pub(crate) async fn reconcile_here(
     };
     let moved = moved_addresses(group, |id| plan.addr(id).map(str::to_string));
     if !moved.is_empty() {
-        update_addresses(group, moved)
-            .await
-            .map_err(Refusal::Unavailable)?;
+        update_addresses(group, moved).await?;
         return Ok(Progress::Moved);
     }
     let current: Vec<NodeId> = members.iter().copied().collect();
@@ -442,16 +476,15 @@ pub(crate) async fn reconcile_here(
     if want.is_empty() {
         return Err(Refusal::Failed("no node may hold the shard".into()));
     }
-    if voters == want && members == want {
+    let Some(step) = next_step(&voters, &members, &want) else {
         return Ok(Progress::Converged);
-    }
+    };
     // 1. An empty replica on every new node, caught up as a learner (also a learner added
     // by an earlier step: it may have fallen behind, or died, since).
-    for &node in want.difference(&voters) {
-        if members.contains(&node) {
-            catch_up(core, group, node).await?;
-            continue;
-        }
+    for &node in &step.catch_up {
+        catch_up(core, group, node).await?;
+    }
+    for &node in &step.add {
         let Some(addr) = plan.addr(node) else {
             return Err(Refusal::Failed(format!("no address for node {node}")));
         };
@@ -478,11 +511,11 @@ pub(crate) async fn reconcile_here(
         tracing::info!(shard, node, "new replica caught up");
     }
     // 2. The target becomes the voter set; members outside it leave the group.
-    if voters != want {
-        tracing::info!(shard, from = ?voters, to = ?want, "changing voters");
+    if let Some(new_voters) = step.voters {
+        tracing::info!(shard, from = ?voters, to = ?new_voters, "changing voters");
         group
             .raft()
-            .change_membership(want.clone(), false)
+            .change_membership(new_voters, false)
             .await
             .map_err(|e| Refusal::Unavailable(format!("changing voters: {e}")))?;
     }
@@ -504,7 +537,7 @@ pub(crate) async fn reconcile_here(
             .map_err(|e| Refusal::Unavailable(format!("removing learners: {e}")))?;
     }
     // 3. The nodes that left delete their replicas.
-    for node in members.difference(&want) {
+    for node in &step.release {
         if *node == core.me {
             let (tasks, core) = (core.tasks.clone(), core.clone());
             tasks.spawn("release a replica moved away", async move {
@@ -561,5 +594,88 @@ async fn catch_up(core: &Core, group: &Group<GroupState>, node: NodeId) -> Resul
             )));
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn each_step_adds_learners_then_changes_voters_then_releases() {
+        // (voters, members, want) -> step
+        let cases: [(&[NodeId], &[NodeId], &[NodeId], Option<Step>); 6] = [
+            // On target: nothing to do.
+            (&[1, 2, 3], &[1, 2, 3], &[1, 2, 3], None),
+            // Node 4 replaces node 3: host and add 4, change voters, release 3.
+            (
+                &[1, 2, 3],
+                &[1, 2, 3],
+                &[1, 2, 4],
+                Some(Step {
+                    add: vec![4],
+                    voters: Some(set(&[1, 2, 4])),
+                    release: vec![3],
+                    ..Step::default()
+                }),
+            ),
+            // Node 4 is a learner already (an earlier step added it): caught up again, not
+            // added twice.
+            (
+                &[1, 2, 3],
+                &[1, 2, 3, 4],
+                &[1, 2, 4],
+                Some(Step {
+                    catch_up: vec![4],
+                    voters: Some(set(&[1, 2, 4])),
+                    release: vec![3],
+                    ..Step::default()
+                }),
+            ),
+            // Voters on target, a learner left over (a step that stopped after the voter
+            // change): only its removal and release.
+            (
+                &[1, 2, 4],
+                &[1, 2, 3, 4],
+                &[1, 2, 4],
+                Some(Step {
+                    release: vec![3],
+                    ..Step::default()
+                }),
+            ),
+            // Growing from one replica to three.
+            (
+                &[1],
+                &[1],
+                &[1, 2, 3],
+                Some(Step {
+                    add: vec![2, 3],
+                    voters: Some(set(&[1, 2, 3])),
+                    ..Step::default()
+                }),
+            ),
+            // Shrinking: the voter change alone, then the release.
+            (
+                &[1, 2, 3],
+                &[1, 2, 3],
+                &[1, 2],
+                Some(Step {
+                    voters: Some(set(&[1, 2])),
+                    release: vec![3],
+                    ..Step::default()
+                }),
+            ),
+        ];
+        for (voters, members, want, expected) in cases {
+            assert_eq!(
+                next_step(&set(voters), &set(members), &set(want)),
+                expected,
+                "voters {voters:?}, members {members:?}, want {want:?}"
+            );
+        }
     }
 }

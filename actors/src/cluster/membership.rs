@@ -144,15 +144,13 @@ impl Core {
                 .flatten()
                 .map(|(n, l)| (*n, l.map_or(0, |l| l.index)))
                 .collect();
-            let mut ranked: Vec<NodeId> = others
+            let reachable: Vec<NodeId> = others
                 .into_iter()
                 .filter(|&n| self.peers.is_connected(n))
                 .collect();
-            ranked.sort_by_key(|n| (std::cmp::Reverse(matched.get(n).copied()), *n));
-            if ranked.is_empty() {
+            let Some(pick) = follower_to_ask(reachable, &matched, y.asked) else {
                 continue;
-            }
-            let pick = ranked[y.asked % ranked.len()];
+            };
             y.asked += 1;
             y.last_ask = Some(now);
             let core = self.clone();
@@ -241,13 +239,12 @@ impl Core {
                 let request = &request;
                 async move { self.peers.call(n.id, request, MEMBERSHIP_CHECK).await }
             });
-        futures::future::join_all(asks)
+        let answers: Vec<Reply> = futures::future::join_all(asks)
             .await
             .into_iter()
-            .any(|answer| match answer {
-                Ok(Reply::Members { at, members }) => at > since && !members.contains(&self.me),
-                _ => false,
-            })
+            .filter_map(Result::ok)
+            .collect();
+        removed_by(&answers, since, self.me)
     }
 
     /// Checks this node's own record: lost or removed means it departed.
@@ -329,7 +326,7 @@ impl LinkService {
             }
         };
         if let Err(why) = record.state.may_become(state) {
-            return refuse(why);
+            return refuse(why.to_string());
         }
         let command = MetaCommand::SetNodeState {
             id,
@@ -366,20 +363,17 @@ impl LinkService {
                 "node {id} cannot leave: {why}"
             )))
         };
-        if others_active.is_empty() {
-            return refuse("it is the last active node".into());
-        }
         let holders = core
             .directory
             .in_states(&[NodeState::Active, NodeState::Draining])
             .len();
-        let rf = core.replication_factor.min(holders);
-        if others_active.len() < rf && !force {
-            return refuse(format!(
-                "the shards keep {rf} replicas and only {} other active node(s) could take them; \
-                 join a node first, or leave with --force to run with fewer replicas",
-                others_active.len()
-            ));
+        if let Some(why) = too_few_takers(
+            others_active.len(),
+            holders,
+            core.replication_factor,
+            force,
+        ) {
+            return refuse(why);
         }
         let status = self.status().await;
         let reachable: HashSet<NodeId> = status
@@ -388,23 +382,88 @@ impl LinkService {
             .filter(|n| n.reachable)
             .map(|n| n.id)
             .collect();
-        for group in status.groups.iter().filter(|g| g.voters.contains(&id)) {
-            let quorum = group.voters.len() / 2 + 1;
-            let up: Vec<NodeId> = group
-                .voters
+        let groups: Vec<(&str, &[NodeId])> = status
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.voters.as_slice()))
+            .collect();
+        match quorum_lost(id, &groups, &reachable) {
+            Some(why) => refuse(why),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why the other active nodes cannot take a leaving node's replicas, if they cannot:
+/// `others_active` active nodes besides it, `holders` nodes that hold replicas (active or
+/// draining, it included), replicas per shard `replication_factor`; `force` accepts fewer
+/// replicas (never none).
+fn too_few_takers(
+    others_active: usize,
+    holders: usize,
+    replication_factor: usize,
+    force: bool,
+) -> Option<String> {
+    if others_active == 0 {
+        return Some("it is the last active node".into());
+    }
+    let rf = replication_factor.min(holders);
+    (others_active < rf && !force).then(|| {
+        format!(
+            "the shards keep {rf} replicas and only {others_active} other active node(s) could \
+             take them; join a node first, or leave with --force to run with fewer replicas"
+        )
+    })
+}
+
+/// The first group of `groups` (name, voters) that would lose its quorum if `leaving`
+/// left, with only the `reachable` voters besides it up; why, if one would.
+fn quorum_lost(
+    leaving: NodeId,
+    groups: &[(&str, &[NodeId])],
+    reachable: &HashSet<NodeId>,
+) -> Option<String> {
+    groups
+        .iter()
+        .filter(|(_, voters)| voters.contains(&leaving))
+        .find_map(|(name, voters)| {
+            let quorum = voters.len() / 2 + 1;
+            let up: Vec<NodeId> = voters
                 .iter()
                 .copied()
-                .filter(|v| *v != id && reachable.contains(v))
+                .filter(|v| *v != leaving && reachable.contains(v))
                 .collect();
-            if up.len() < quorum {
-                return refuse(format!(
-                    "{} would lose its quorum: of its voters {:?}, only {:?} are reachable besides it",
-                    group.name, group.voters, up
-                ));
-            }
-        }
-        Ok(())
+            (up.len() < quorum).then(|| {
+                format!(
+                    "{name} would lose its quorum: of its voters {voters:?}, only {up:?} are reachable besides it"
+                )
+            })
+        })
+}
+
+/// Whether the `answers` to "who leads this group, with which members" show that node `me`
+/// was removed from the group: some leader's committed membership is newer than the one
+/// `me` has (recorded at index `since`), and leaves it out.
+fn removed_by(answers: &[Reply], since: u64, me: NodeId) -> bool {
+    answers.iter().any(|answer| match answer {
+        Reply::Members { at, members } => *at > since && !members.contains(&me),
+        _ => false,
+    })
+}
+
+/// Which follower a yielding leader asks to stand, on its `asked`th try: of the `reachable`
+/// followers, the most caught up first (by the index `matched` says each has; ties by id),
+/// the next on each retry.
+fn follower_to_ask(
+    mut reachable: Vec<NodeId>,
+    matched: &HashMap<NodeId, u64>,
+    asked: usize,
+) -> Option<NodeId> {
+    if reachable.is_empty() {
+        return None;
     }
+    reachable.sort_by_key(|n| (std::cmp::Reverse(matched.get(n).copied()), *n));
+    Some(reachable[asked % reachable.len()])
 }
 
 /// Deletes the replicas of shard groups this node was removed from while it was away.
@@ -447,5 +506,112 @@ pub(crate) async fn drop_removed_replicas(core: Arc<Core>) {
                 tracing::warn!(shard, error = %e, "could not delete this node's old replica");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leave_needs_nodes_to_take_the_replicas() {
+        // (other active nodes, holders, replication factor, force) -> refused?
+        let cases = [
+            ((0, 1, 3, false), Some("it is the last active node")),
+            ((0, 3, 3, true), Some("it is the last active node")),
+            // 3 holders, rf 3: the 2 others cannot hold 3 replicas.
+            ((2, 3, 3, false), Some("the shards keep 3 replicas and only 2")),
+            ((2, 3, 3, true), None),
+            ((3, 4, 3, false), None),
+            // rf above the holders counts only the holders: 2 holders keep 2 replicas.
+            ((1, 2, 3, false), Some("the shards keep 2 replicas and only 1")),
+            ((2, 2, 3, false), None),
+            ((1, 1, 1, false), None),
+        ];
+        for ((others, holders, rf, force), want) in cases {
+            let got = too_few_takers(others, holders, rf, force);
+            match want {
+                None => assert_eq!(got, None, "{others} {holders} {rf} {force}"),
+                Some(start) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(start)),
+                    "{others} {holders} {rf} {force}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_leave_must_not_cost_a_group_its_quorum() {
+        let set = |ids: &[NodeId]| ids.iter().copied().collect::<HashSet<_>>();
+        let three: &[NodeId] = &[1, 2, 3];
+        let five: &[NodeId] = &[1, 2, 3, 4, 5];
+        let cases: [(&[(&str, &[NodeId])], HashSet<NodeId>, Option<&str>); 6] = [
+            // Both others up: 2 of 3 remain, a quorum.
+            (&[("shard 0", three)], set(&[2, 3]), None),
+            // One other down: 1 of 3 is no quorum.
+            (&[("shard 0", three)], set(&[2]), Some("shard 0")),
+            // Not a voter of the group: no concern of this leave.
+            (&[("shard 0", &[2, 3, 4])], set(&[]), None),
+            // Of 5, 3 must be up besides the leaving one.
+            (&[("meta", five)], set(&[2, 3, 4]), None),
+            (&[("meta", five)], set(&[2, 3]), Some("meta")),
+            // The first group that would lose it is named.
+            (
+                &[("shard 0", three), ("shard 1", three)],
+                set(&[3]),
+                Some("shard 0"),
+            ),
+        ];
+        for (groups, reachable, want) in cases {
+            let got = quorum_lost(1, groups, &reachable);
+            assert_eq!(
+                got.as_deref().map(|g| g.split(" would").next().unwrap()),
+                want,
+                "{groups:?} {reachable:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replica_is_orphaned_only_by_a_newer_membership_without_it() {
+        let members = |at: u64, ids: &[NodeId]| Reply::Members {
+            at,
+            members: ids.to_vec(),
+        };
+        let cases = [
+            // A newer membership without node 3: removed.
+            (vec![members(10, &[1, 2, 4])], 5, true),
+            // A newer membership with it: kept.
+            (vec![members(10, &[1, 2, 3])], 5, false),
+            // An older or equal membership says nothing about it.
+            (vec![members(5, &[1, 2])], 5, false),
+            (vec![members(4, &[1, 2])], 5, false),
+            // Any one leader that knows is enough; other answers do not count.
+            (
+                vec![
+                    Reply::Refused(Refusal::NotHosted),
+                    members(3, &[1, 2]),
+                    members(9, &[1, 2]),
+                ],
+                5,
+                true,
+            ),
+            (vec![], 5, false),
+        ];
+        for (answers, since, want) in cases {
+            assert_eq!(removed_by(&answers, since, 3), want, "{answers:?} since {since}");
+        }
+    }
+
+    #[test]
+    fn the_most_caught_up_follower_is_asked_first_then_the_next() {
+        let matched: HashMap<NodeId, u64> = [(2, 40), (3, 90), (4, 90)].into_iter().collect();
+        // 3 and 4 tie on 90: the lower id first; 5 has no figure, so it comes last.
+        let order: Vec<NodeId> = (0..5)
+            .map(|asked| follower_to_ask(vec![5, 4, 2, 3], &matched, asked).unwrap())
+            .collect();
+        assert_eq!(order, [3, 4, 2, 5, 3]);
+        assert_eq!(follower_to_ask(vec![], &matched, 0), None);
+        assert_eq!(follower_to_ask(vec![7], &matched, 3), Some(7));
     }
 }

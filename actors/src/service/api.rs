@@ -380,27 +380,25 @@ impl LinkService {
 
     /// Whether this node is ready for traffic: it is active, the meta group has a leader,
     /// and every replica it holds serves reads and knows its leader. If not, why.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let core = &self.core;
         if let Some(reason) = core.node.fault().reason() {
-            return Err(format!("storage failed ({reason}); this node is stopping"));
+            return Err(NotReady::StorageFailed(reason));
         }
         match core.directory.node(core.me) {
             Some(n) if n.state == NodeState::Active => {}
-            Some(n) => return Err(format!("this node is {}", n.state.name())),
-            None => return Err("this node is not in the cluster's directory yet".into()),
+            Some(n) => return Err(NotReady::NotActive(n.state.name())),
+            None => return Err(NotReady::NotInDirectory),
         }
         if core.meta.leader().is_none() {
-            return Err("the meta group has no leader".into());
+            return Err(NotReady::NoMetaLeader);
         }
         for (shard, local) in core.local_shards() {
             if !local.is_serving() {
-                return Err(format!(
-                    "shard {shard}: this node's replica is not a caught-up voter"
-                ));
+                return Err(NotReady::ReplicaNotServing(shard));
             }
             if local.group.leader().is_none() {
-                return Err(format!("shard {shard} has no leader"));
+                return Err(NotReady::NoShardLeader(shard));
             }
         }
         Ok(())
@@ -736,9 +734,10 @@ impl LinkService {
         Ok(out)
     }
 
-    /// Stops the background tasks, leaves the cluster's sessions, stops every group and
-    /// flushes the data to disk.
-    pub async fn shutdown(self) {
+    /// Stops the background tasks (the last started first), leaves the cluster's sessions,
+    /// stops every group and flushes the data to disk. Requests still in flight are refused
+    /// from then on; the data directory is unlocked when the service is dropped.
+    pub async fn shutdown(&self) {
         // Clicks still batched go to their store (or the ClickHouse spool) first.
         self.core.clicks.stop().await;
         let aborted = self.core.tasks.shutdown(TASKS_STOP_WITHIN).await;
@@ -753,21 +752,7 @@ impl LinkService {
                 local.stop_actor().await;
             }
         }
-        // Every task holding the core has ended, and no peer can reach it: this is its
-        // last handle, unless a request from another node is still being answered.
-        match Arc::try_unwrap(self.core) {
-            Ok(Core { node, meta, .. }) => {
-                drop(meta);
-                node.shutdown().await;
-            }
-            Err(core) => {
-                tracing::warn!(
-                    holders = Arc::strong_count(&core) - 1,
-                    "the node's state is still in use at shutdown; its groups stop, and its data directory stays locked until the last user lets go"
-                );
-                core.node.close().await;
-            }
-        }
+        self.core.node.close().await;
     }
 }
 

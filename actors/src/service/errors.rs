@@ -32,12 +32,84 @@ pub enum ServiceError {
     Internal(String),
 }
 
-/// Errors opening a node's data.
+/// Errors opening a node: bad settings, a data directory that is not what it should be,
+/// and the parts that could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// Bad settings.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A setting outside its range.
+    #[error("invalid configuration: {setting} must be {range}, not {value}")]
+    OutOfRange {
+        /// The setting's name.
+        setting: &'static str,
+        /// What it may be.
+        range: &'static str,
+        /// What it was.
+        value: u64,
+    },
+    /// The identity file does not parse.
+    #[error("{} is damaged: {source}", path.display())]
+    IdentityDamaged {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// The identity file is gone from a running node's directory.
+    #[error("the identity file {IDENTITY_FILE} is missing from {}", dir.display())]
+    IdentityMissing {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// A directory with data in it but no identity file.
+    #[error(
+        "{} holds data ({}) but no {IDENTITY_FILE}: it is not a new node's directory, and which \
+         node it belonged to is unknown. If it was a member, restore its identity file; \
+         otherwise empty the directory (or use a new one) and join the cluster as a new node",
+        dir.display(),
+        found.join(", ")
+    )]
+    DataWithoutIdentity {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is in it.
+        found: Vec<String>,
+    },
+    /// A Raft group on disk is not the kind its id says (or the meta group is missing).
+    #[error("the data directory's group {group} is {found}, not {expected}")]
+    GroupKind {
+        /// The group.
+        group: GroupId,
+        /// What it should be.
+        expected: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
+    /// A shard's actor did not start.
+    #[error("cannot start the actor of shard {shard}: {source}")]
+    ShardActor {
+        /// The shard.
+        shard: u32,
+        /// Why.
+        source: ractor::SpawnErr,
+    },
+    /// The embedded click store did not open.
+    #[error("opening the click store: {0}")]
+    ClickStore(#[source] sled::Error),
+    /// The ClickHouse spool did not open.
+    #[error("opening the click spool: {0}")]
+    ClickSpool(#[source] std::io::Error),
+    /// The ClickHouse client could not be made (its CA file).
+    #[error(transparent)]
+    ClickHouse(#[from] crate::clicks::clickhouse::ClientError),
+    /// The GeoIP database did not open.
+    #[error(transparent)]
+    GeoIp(#[from] crate::clicks::event::GeoIpError),
+    /// `postgres_url` does not parse.
+    #[error("postgres_url: {0}")]
+    PostgresUrl(#[source] sqlx::Error),
+    /// The first record of a new cluster could not be written.
+    #[error("recording the new cluster: {0}")]
+    Bootstrap(#[source] ServiceError),
     /// Disk trouble.
     #[error("{context}: {source}")]
     Io {
@@ -55,6 +127,40 @@ pub enum OpenError {
     /// The data directory is older than the cluster's record of this node.
     #[error("{0}")]
     RolledBack(String),
+}
+
+/// Why a node is not ready for traffic (`/readyz`).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// The node's storage failed; it is about to exit.
+    #[error("storage failed ({0}); this node is stopping")]
+    StorageFailed(Arc<str>),
+    /// The node is joining, draining, leaving, lost or removed.
+    #[error("this node is {0}")]
+    NotActive(&'static str),
+    /// The meta group does not know the node yet.
+    #[error("this node is not in the cluster's directory yet")]
+    NotInDirectory,
+    /// The meta group has no leader.
+    #[error("the meta group has no leader")]
+    NoMetaLeader,
+    /// A replica here is not a caught-up voter.
+    #[error("shard {0}: this node's replica is not a caught-up voter")]
+    ReplicaNotServing(u32),
+    /// A shard held here has no leader.
+    #[error("shard {0} has no leader")]
+    NoShardLeader(u32),
+}
+
+/// Why a replica could not be released.
+#[derive(Debug, thiserror::Error)]
+#[error("releasing the replica of shard {shard}: {source}")]
+pub struct ReleaseError {
+    /// The shard.
+    pub shard: u32,
+    /// What Raft said.
+    #[source]
+    pub source: linkrift_raft::node::NodeError,
 }
 
 impl From<linkrift_raft::node::NodeError> for OpenError {

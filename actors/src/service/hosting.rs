@@ -7,7 +7,9 @@ impl Core {
     /// Records in the identity file whether this node drained itself for a shutdown.
     pub(super) fn mark_drained_for_shutdown(&self, drained: bool) -> Result<(), OpenError> {
         let Some(identity) = read_identity(&self.data_dir)? else {
-            return Err(OpenError::Config("the identity file is missing".into()));
+            return Err(OpenError::IdentityMissing {
+                dir: self.data_dir.clone(),
+            });
         };
         write_identity(
             &self.data_dir,
@@ -47,13 +49,15 @@ impl Core {
         };
         let reader = group.read(|a| match &a.state {
             GroupState::Shard(s) => Ok(s.reader()),
-            GroupState::Meta(_) => Err(OpenError::Config(format!("group {id} is not a shard"))),
+            GroupState::Meta(_) => Err(OpenError::GroupKind {
+                group: id,
+                expected: "a shard",
+                found: "a meta group",
+            }),
         })?;
         let (actor, actor_task) = Actor::spawn(None, ShardActor, group.clone())
             .await
-            .map_err(|e| {
-                OpenError::Config(format!("cannot start the actor of shard {shard}: {e}"))
-            })?;
+            .map_err(|source| OpenError::ShardActor { shard, source })?;
         let serving = Arc::new(AtomicBool::new(false));
         let mut metrics = group.raft().metrics();
         let flag = serving.clone();
@@ -94,7 +98,7 @@ impl Core {
     }
 
     /// Stops hosting `shard` and deletes this node's replica.
-    pub(crate) async fn release(&self, shard: u32) -> Result<(), String> {
+    pub(crate) async fn release(&self, shard: u32) -> Result<(), ReleaseError> {
         let _serial = self.hosting.lock().await;
         let Some(local) = self.local.pin().remove(&shard).cloned() else {
             return Ok(());
@@ -106,7 +110,7 @@ impl Core {
         // stopping the actor first waited for it forever, holding `hosting` (chaos `long`).
         let removed = self.node.remove_group(shard_group(shard)).await;
         local.stop_actor().await;
-        removed.map_err(|e| e.to_string())?;
+        removed.map_err(|source| ReleaseError { shard, source })?;
         tracing::info!(shard, "released this node's replica");
         Ok(())
     }

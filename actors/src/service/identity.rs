@@ -36,7 +36,7 @@ pub(super) fn read_identity(dir: &Path) -> Result<Option<Identity>, OpenError> {
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| OpenError::Config(format!("{} is damaged: {e}", path.display()))),
+            .map_err(|source| OpenError::IdentityDamaged { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(OpenError::Io {
             context: format!("reading {}", path.display()),
@@ -82,11 +82,8 @@ pub(super) fn refuse_data_without_identity(dir: &Path) -> Result<(), OpenError> 
     if found.is_empty() {
         return Ok(());
     }
-    Err(OpenError::Config(format!(
-        "{} holds data ({}) but no {IDENTITY_FILE}: it is not a new node's directory, and which node it \
-         belonged to is unknown. If it was a member, restore its identity file; otherwise \
-         empty the directory (or use a new one) and join the cluster as a new node",
-        dir.display(),
-        found.join(", ")
-    )))
+    Err(OpenError::DataWithoutIdentity {
+        dir: dir.to_path_buf(),
+        found,
+    })
 }

@@ -60,7 +60,7 @@ mod routing;
 mod rpc;
 
 pub use config::ServiceConfig;
-pub use errors::{OpenError, ServiceError};
+pub use errors::{NotReady, OpenError, ReleaseError, ServiceError};
 pub use identity::IDENTITY_FILE;
 use identity::*;
 use join::*;
@@ -216,23 +216,19 @@ impl LinkService {
     /// Opens the node's data: an existing directory as it was; an empty one as a new
     /// single-node cluster, or, with `join`, as a new member of the cluster at `join`.
     pub async fn open(config: ServiceConfig) -> Result<Self, OpenError> {
+        let out_of_range = |setting, range, value: usize| OpenError::OutOfRange {
+            setting,
+            range,
+            value: value as u64,
+        };
         if !(1..=4096).contains(&config.shard_count) {
-            return Err(OpenError::Config(format!(
-                "shard_count must be 1 to 4096, not {}",
-                config.shard_count
-            )));
+            return Err(out_of_range("shard_count", "1 to 4096", config.shard_count as usize));
         }
         if !(4..=ShortCode::MAX_LEN).contains(&config.code_length) {
-            return Err(OpenError::Config(format!(
-                "code_length must be 4 to 64, not {}",
-                config.code_length
-            )));
+            return Err(out_of_range("code_length", "4 to 64", config.code_length));
         }
         if !(1..=7).contains(&config.replication_factor) {
-            return Err(OpenError::Config(format!(
-                "replication_factor must be 1 to 7, not {}",
-                config.replication_factor
-            )));
+            return Err(out_of_range("replication_factor", "1 to 7", config.replication_factor));
         }
         let io = |context: String| move |source| OpenError::Io { context, source };
         std::fs::create_dir_all(&config.data_dir)
@@ -329,12 +325,18 @@ impl LinkService {
                 }
             }
         }
-        let meta = node
-            .group(META)
-            .ok_or_else(|| OpenError::Config("the meta group is missing".into()))?;
+        let meta = node.group(META).ok_or(OpenError::GroupKind {
+            group: META,
+            expected: "the meta group",
+            found: "missing",
+        })?;
         let directory = meta.read(|a| match &a.state {
             GroupState::Meta(m) => Ok(m.reader()),
-            GroupState::Shard(_) => Err(OpenError::Config("group 0 is not the meta group".into())),
+            GroupState::Shard(_) => Err(OpenError::GroupKind {
+                group: META,
+                expected: "the meta group",
+                found: "a shard",
+            }),
         })?;
         peers.announce(me);
         let rollups = crate::clicks::rollup::Rollups::open(
@@ -342,13 +344,12 @@ impl LinkService {
             &config.data_dir.join("click-wal"),
             config.click_spool_max_bytes,
         )
-        .map_err(|e| OpenError::Config(format!("opening the click store: {e}")))?;
+        .map_err(OpenError::ClickStore)?;
         let clickhouse = config
             .clickhouse
             .clone()
             .map(crate::clicks::clickhouse::ClickHouse::new)
-            .transpose()
-            .map_err(OpenError::Config)?;
+            .transpose()?;
         let sink = match &clickhouse {
             Some(store) => crate::clicks::ClickSink::ClickHouse {
                 store: Box::new(store.clone()),
@@ -359,7 +360,7 @@ impl LinkService {
         };
         let countries = match &config.geoip_database {
             Some(path) => {
-                Some(crate::clicks::event::Countries::open(path).map_err(OpenError::Config)?)
+                Some(crate::clicks::event::Countries::open(path)?)
             }
             None => None,
         };
@@ -370,7 +371,7 @@ impl LinkService {
             node.fault().clone(),
             &tasks,
         )
-        .map_err(|e| OpenError::Config(format!("opening the click spool: {e}")))?;
+        .map_err(OpenError::ClickSpool)?;
         let core = Arc::new(Core {
             clicks,
             rollups,
@@ -417,7 +418,7 @@ impl LinkService {
                 node: first,
             })
             .await
-            .map_err(|e| OpenError::Config(format!("recording the new cluster: {e}")))?;
+            .map_err(OpenError::Bootstrap)?;
             write_identity(
                 &config.data_dir,
                 &Identity {
@@ -445,7 +446,7 @@ impl LinkService {
         let mirror = match &config.postgres_url {
             Some(url) => Some(
                 crate::mirror::pool(url)
-                    .map_err(|e| OpenError::Config(format!("postgres_url: {e}")))?,
+                    .map_err(OpenError::PostgresUrl)?,
             ),
             None => None,
         };

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-pub mod clickhouse;
 pub mod cluster;
-pub mod postgres;
+// (Each test binary uses what it needs of them.)
+#[allow(unused_imports)]
+pub use linkrift_testkit::{clickhouse, postgres};
 
 /// `linkrift certs ARGS`, which must succeed; what it printed.
 pub fn certs(args: &[&str]) -> String {

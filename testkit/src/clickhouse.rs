@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A running ClickHouse server of a test's own.
 pub struct ClickHouse {
     dir: tempfile::TempDir,
     child: Option<Child>,

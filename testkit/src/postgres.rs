@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A running PostgreSQL server of a test's own.
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -183,6 +184,7 @@ impl Postgres {
         );
     }
 
+    /// Its data directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
