@@ -95,7 +95,10 @@ fn no_module_imports_from_a_layer_above_it() {
             continue;
         }
         let Some((own, _)) = place(&module) else {
-            panic!("{module} ({}) is in no layer: add it to LAYERS", file.display());
+            panic!(
+                "{module} ({}) is in no layer: add it to LAYERS",
+                file.display()
+            );
         };
         let text = std::fs::read_to_string(file).unwrap();
         for path in crate_paths(&text) {
@@ -117,7 +120,11 @@ fn no_module_imports_from_a_layer_above_it() {
             }
         }
     }
-    assert!(upward.is_empty(), "imports from above:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports from above:\n{}",
+        upward.join("\n")
+    );
     for known in KNOWN_UPWARD {
         assert!(
             known_seen.contains(known),

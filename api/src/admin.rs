@@ -3,9 +3,9 @@
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use linkrift_actors::Operation;
 use linkrift_actors::domain::Scope;
 use linkrift_actors::meta::NodeRecord;
+use linkrift_actors::Operation;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::authorize;

@@ -19,10 +19,12 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.service.readiness() {
         Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(why) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.to_string())
-                .into_response()
-        }
+        Err(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            why.to_string(),
+        )
+        .into_response(),
     }
 }
 

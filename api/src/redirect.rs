@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use linkrift_actors::RawClick;
 use linkrift_actors::service::{now_ms, Lookup};
+use linkrift_actors::RawClick;
 
 use crate::error::ApiError;
 use crate::{ApiConfig, AppState};

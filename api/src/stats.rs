@@ -7,9 +7,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use linkrift_actors::{Bots, ExportFormat, Summary, DIMENSIONS};
 use linkrift_actors::domain::{Invalid, Scope};
 use linkrift_actors::service::now_ms;
+use linkrift_actors::{Bots, ExportFormat, Summary, DIMENSIONS};
 use serde::{Deserialize, Serialize};
 
 use futures::StreamExt;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use linkrift_actors::{CacheConfig, Departure};
 use linkrift_actors::domain::{canonical_host, UrlPolicy};
 use linkrift_actors::service::{LinkService, ServiceConfig};
+use linkrift_actors::{CacheConfig, Departure};
 use linkrift_api::{ApiConfig, AppState, REDIRECT_BUCKETS};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -113,15 +113,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             v6_bits: config.click_ip_v6_bits,
         },
         geoip_database: config.geoip_database.clone(),
-        clickhouse: config.clickhouse_url.clone().map(|url| {
-            linkrift_actors::ClickHouseConfig {
+        clickhouse: config
+            .clickhouse_url
+            .clone()
+            .map(|url| linkrift_actors::ClickHouseConfig {
                 url,
                 database: config.clickhouse_database.clone(),
                 user: config.clickhouse_user.clone(),
                 password: config.clickhouse_password.clone(),
                 ca: config.clickhouse_ca.clone(),
-            }
-        }),
+            }),
         click_spool_max_bytes: config.click_spool_max_bytes,
         raft: linkrift_actors::service::RaftConfig {
             snapshot_after_entries: config.snapshot_after_entries,

@@ -269,11 +269,10 @@ pub struct GeoIpError {
 impl Countries {
     /// Reads the database file.
     pub fn open(path: &std::path::Path) -> Result<Self, GeoIpError> {
-        let reader =
-            maxminddb::Reader::open_readfile(path).map_err(|source| GeoIpError {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let reader = maxminddb::Reader::open_readfile(path).map_err(|source| GeoIpError {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self { reader })
     }
 

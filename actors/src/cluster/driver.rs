@@ -35,7 +35,7 @@ const LEARNER_SILENCE: Duration = Duration::from_secs(5);
 /// How often a node that is no longer a member is told so.
 const RETELL: Duration = Duration::from_secs(2);
 
-type Step = (u32, Plan, Result<Progress, Refusal>);
+type Done = (u32, Plan, Result<Progress, Refusal>);
 
 /// What the driver remembers between ticks; forgotten when this node stops leading.
 #[derive(Default)]
@@ -52,7 +52,7 @@ struct Memory {
 pub(crate) async fn run(core: Arc<Core>) {
     let mut memory = Memory::default();
     let mut moving: HashSet<u32> = HashSet::new();
-    let mut in_flight: JoinSet<Step> = JoinSet::new();
+    let mut in_flight: JoinSet<Done> = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -608,7 +608,13 @@ mod tests {
     #[test]
     fn each_step_adds_learners_then_changes_voters_then_releases() {
         // (voters, members, want) -> step
-        let cases: [(&[NodeId], &[NodeId], &[NodeId], Option<Step>); 6] = [
+        type Case = (
+            &'static [NodeId],
+            &'static [NodeId],
+            &'static [NodeId],
+            Option<Step>,
+        );
+        let cases: [Case; 6] = [
             // On target: nothing to do.
             (&[1, 2, 3], &[1, 2, 3], &[1, 2, 3], None),
             // Node 4 replaces node 3: host and add 4, change voters, release 3.

@@ -367,12 +367,9 @@ impl LinkService {
             .directory
             .in_states(&[NodeState::Active, NodeState::Draining])
             .len();
-        if let Some(why) = too_few_takers(
-            others_active.len(),
-            holders,
-            core.replication_factor,
-            force,
-        ) {
+        if let Some(why) =
+            too_few_takers(others_active.len(), holders, core.replication_factor, force)
+        {
             return refuse(why);
         }
         let status = self.status().await;
@@ -520,11 +517,17 @@ mod tests {
             ((0, 1, 3, false), Some("it is the last active node")),
             ((0, 3, 3, true), Some("it is the last active node")),
             // 3 holders, rf 3: the 2 others cannot hold 3 replicas.
-            ((2, 3, 3, false), Some("the shards keep 3 replicas and only 2")),
+            (
+                (2, 3, 3, false),
+                Some("the shards keep 3 replicas and only 2"),
+            ),
             ((2, 3, 3, true), None),
             ((3, 4, 3, false), None),
             // rf above the holders counts only the holders: 2 holders keep 2 replicas.
-            ((1, 2, 3, false), Some("the shards keep 2 replicas and only 1")),
+            (
+                (1, 2, 3, false),
+                Some("the shards keep 2 replicas and only 1"),
+            ),
             ((2, 2, 3, false), None),
             ((1, 1, 1, false), None),
         ];
@@ -543,21 +546,23 @@ mod tests {
     #[test]
     fn a_leave_must_not_cost_a_group_its_quorum() {
         let set = |ids: &[NodeId]| ids.iter().copied().collect::<HashSet<_>>();
-        let three: &[NodeId] = &[1, 2, 3];
-        let five: &[NodeId] = &[1, 2, 3, 4, 5];
-        let cases: [(&[(&str, &[NodeId])], HashSet<NodeId>, Option<&str>); 6] = [
+        const THREE: &[NodeId] = &[1, 2, 3];
+        const FIVE: &[NodeId] = &[1, 2, 3, 4, 5];
+        // (groups with their voters, reachable nodes) -> the group that loses its quorum
+        type Groups = &'static [(&'static str, &'static [NodeId])];
+        let cases: [(Groups, HashSet<NodeId>, Option<&str>); 6] = [
             // Both others up: 2 of 3 remain, a quorum.
-            (&[("shard 0", three)], set(&[2, 3]), None),
+            (&[("shard 0", THREE)], set(&[2, 3]), None),
             // One other down: 1 of 3 is no quorum.
-            (&[("shard 0", three)], set(&[2]), Some("shard 0")),
+            (&[("shard 0", THREE)], set(&[2]), Some("shard 0")),
             // Not a voter of the group: no concern of this leave.
             (&[("shard 0", &[2, 3, 4])], set(&[]), None),
             // Of 5, 3 must be up besides the leaving one.
-            (&[("meta", five)], set(&[2, 3, 4]), None),
-            (&[("meta", five)], set(&[2, 3]), Some("meta")),
+            (&[("meta", FIVE)], set(&[2, 3, 4]), None),
+            (&[("meta", FIVE)], set(&[2, 3]), Some("meta")),
             // The first group that would lose it is named.
             (
-                &[("shard 0", three), ("shard 1", three)],
+                &[("shard 0", THREE), ("shard 1", THREE)],
                 set(&[3]),
                 Some("shard 0"),
             ),
@@ -599,7 +604,11 @@ mod tests {
             (vec![], 5, false),
         ];
         for (answers, since, want) in cases {
-            assert_eq!(removed_by(&answers, since, 3), want, "{answers:?} since {since}");
+            assert_eq!(
+                removed_by(&answers, since, 3),
+                want,
+                "{answers:?} since {since}"
+            );
         }
     }
 

@@ -222,13 +222,21 @@ impl LinkService {
             value: value as u64,
         };
         if !(1..=4096).contains(&config.shard_count) {
-            return Err(out_of_range("shard_count", "1 to 4096", config.shard_count as usize));
+            return Err(out_of_range(
+                "shard_count",
+                "1 to 4096",
+                config.shard_count as usize,
+            ));
         }
         if !(4..=ShortCode::MAX_LEN).contains(&config.code_length) {
             return Err(out_of_range("code_length", "4 to 64", config.code_length));
         }
         if !(1..=7).contains(&config.replication_factor) {
-            return Err(out_of_range("replication_factor", "1 to 7", config.replication_factor));
+            return Err(out_of_range(
+                "replication_factor",
+                "1 to 7",
+                config.replication_factor,
+            ));
         }
         let io = |context: String| move |source| OpenError::Io { context, source };
         std::fs::create_dir_all(&config.data_dir)
@@ -359,9 +367,7 @@ impl LinkService {
             None => crate::clicks::ClickSink::Embedded(rollups.clone()),
         };
         let countries = match &config.geoip_database {
-            Some(path) => {
-                Some(crate::clicks::event::Countries::open(path)?)
-            }
+            Some(path) => Some(crate::clicks::event::Countries::open(path)?),
             None => None,
         };
         let clicks = crate::clicks::Clicks::start(
@@ -444,10 +450,7 @@ impl LinkService {
             refuse_rolled_back(&core).await?;
         }
         let mirror = match &config.postgres_url {
-            Some(url) => Some(
-                crate::mirror::pool(url)
-                    .map_err(OpenError::PostgresUrl)?,
-            ),
+            Some(url) => Some(crate::mirror::pool(url).map_err(OpenError::PostgresUrl)?),
             None => None,
         };
         let tasks = &core.tasks;

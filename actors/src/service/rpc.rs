@@ -89,7 +89,7 @@ impl Handler for Core {
             },
             Request::Release { shard } => match self.release(shard).await {
                 Ok(()) => Reply::Done,
-                Err(e) => Reply::Refused(Refusal::Failed(e)),
+                Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
             },
             Request::Members { shard } => self.members_as_leader(shard),
             Request::Reconcile { shard, plan, hops } => {
