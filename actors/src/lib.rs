@@ -17,6 +17,7 @@ pub mod clicks;
 pub mod cluster;
 pub mod groups;
 pub mod mirror;
+mod replicas;
 pub mod service;
 pub mod shard;
 pub mod tasks;

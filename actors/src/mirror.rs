@@ -19,7 +19,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use crate::domain::Link;
-use crate::service::Core;
+use crate::groups::GroupState;
+use crate::meta::MetaReader;
+use crate::replicas::{LocalShard, Replicas};
 use crate::shard::feed::{Change, Since};
 
 /// How often the task looks for new changes.
@@ -33,6 +35,19 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The watermark row of the meta group (API keys).
 const KEYS: i32 = -1;
+
+/// What the mirror reads of its node: the replicas it hosts (the shards it leads are
+/// mirrored), the meta group and its directory (the API keys), and the watermarks it keeps.
+pub(crate) struct Mirrored {
+    /// The node's shard replicas.
+    pub(crate) replicas: Arc<Replicas>,
+    /// The meta group.
+    pub(crate) meta: linkrift_raft::Group<GroupState>,
+    /// Its state, read.
+    pub(crate) directory: MetaReader,
+    /// The watermarks, shared with the node's status.
+    pub(crate) state: Arc<MirrorState>,
+}
 
 /// The mirror's state shared with the rest of the node: the watermark of each group it
 /// mirrors (by watermark row: the shard, or [`KEYS`]).
@@ -84,7 +99,7 @@ enum MirrorError {
 }
 
 /// Runs the mirror until the node stops.
-pub(crate) async fn run(core: Arc<Core>, pool: PgPool) {
+pub(crate) async fn run(node: Mirrored, pool: PgPool) {
     let mut migrated = false;
     let mut last_log: Option<Instant> = None;
     let mut pause = TICK;
@@ -106,7 +121,7 @@ pub(crate) async fn run(core: Arc<Core>, pool: PgPool) {
                 migrated = true;
                 tracing::info!("postgres mirror tables are up to date");
             }
-            round(&core, &pool).await
+            round(&node, &pool).await
         }
         .await;
         match result {
@@ -125,36 +140,31 @@ pub(crate) async fn run(core: Arc<Core>, pool: PgPool) {
 
 /// One pass over the groups this node leads, in one transaction (one commit per pass, however
 /// many shards moved).
-async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
-    let shards: Vec<(u32, Arc<crate::service::LocalShard>)> = core
-        .local
-        .pin()
-        .iter()
-        .map(|(s, l)| (*s, l.clone()))
-        .collect();
+async fn round(node: &Mirrored, pool: &PgPool) -> Result<(), MirrorError> {
+    let shards = node.replicas.all();
     let mut tx = pool.begin().await?;
     let mut moved: Vec<(i32, u64)> = Vec::new();
     let forget_raced = |e: MirrorError| {
         if let MirrorError::Raced(id) = e {
-            core.mirror.set(id, None);
+            node.state.set(id, None);
         }
         e
     };
     for (shard, local) in shards {
         if !local.group.is_leader() {
-            core.mirror.set(shard as i32, None);
+            node.state.set(shard as i32, None);
             continue;
         }
-        if let Some(w) = mirror_shard(core, pool, &mut tx, shard, &local)
+        if let Some(w) = mirror_shard(node, pool, &mut tx, shard, &local)
             .await
             .map_err(forget_raced)?
         {
             moved.push((shard as i32, w));
         }
     }
-    if !core.meta.is_leader() {
-        core.mirror.set(KEYS, None);
-    } else if let Some(w) = mirror_keys(core, pool, &mut tx)
+    if !node.meta.is_leader() {
+        node.state.set(KEYS, None);
+    } else if let Some(w) = mirror_keys(node, pool, &mut tx)
         .await
         .map_err(forget_raced)?
     {
@@ -164,10 +174,10 @@ async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
         tx.commit().await?;
     }
     for (id, w) in moved {
-        core.mirror.set(id, Some(w));
+        node.state.set(id, Some(w));
     }
-    for (shard, local) in core.local.pin().iter() {
-        if let Some(w) = core.mirror.watermark(*shard as i32) {
+    for (shard, local) in node.replicas.pin().iter() {
+        if let Some(w) = node.state.watermark(*shard as i32) {
             let through = local.group.last_applied().map_or(0, |l| l.index);
             metrics::gauge!("mirror_lag_entries", "shard" => shard.to_string())
                 .set(through.saturating_sub(w) as f64);
@@ -179,12 +189,12 @@ async fn round(core: &Arc<Core>, pool: &PgPool) -> Result<(), MirrorError> {
 }
 
 /// The watermark of `id`, cached while this node leads it.
-async fn watermark(core: &Core, pool: &PgPool, id: i32) -> Result<u64, sqlx::Error> {
-    match core.mirror.watermark(id) {
+async fn watermark(node: &Mirrored, pool: &PgPool, id: i32) -> Result<u64, sqlx::Error> {
+    match node.state.watermark(id) {
         Some(w) => Ok(w),
         None => {
             let w = read_watermark(pool, id).await?;
-            core.mirror.set(id, Some(w));
+            node.state.set(id, Some(w));
             Ok(w)
         }
     }
@@ -193,14 +203,14 @@ async fn watermark(core: &Core, pool: &PgPool, id: i32) -> Result<u64, sqlx::Err
 /// Writes shard `shard`'s changes since its watermark (one batch, or one resync) into
 /// `tx`; the watermark it moves to, if any.
 async fn mirror_shard(
-    core: &Core,
+    node: &Mirrored,
     pool: &PgPool,
     tx: &mut Transaction<'_, Postgres>,
     shard: u32,
-    local: &crate::service::LocalShard,
+    local: &LocalShard,
 ) -> Result<Option<u64>, MirrorError> {
     let id = shard as i32;
-    let mirrored = watermark(core, pool, id).await?;
+    let mirrored = watermark(node, pool, id).await?;
     let reader = local.reader();
     match reader.changes_since(mirrored, BATCH) {
         Since::Changes(changes, upto) => {
@@ -245,15 +255,15 @@ async fn mirror_shard(
 /// Writes the API keys into `tx` when the meta group moved past their watermark: keys are
 /// few, so every change writes them all (hashes only). The watermark it moves to, if any.
 async fn mirror_keys(
-    core: &Core,
+    node: &Mirrored,
     pool: &PgPool,
     tx: &mut Transaction<'_, Postgres>,
 ) -> Result<Option<u64>, MirrorError> {
-    let mirrored = watermark(core, pool, KEYS).await?;
+    let mirrored = watermark(node, pool, KEYS).await?;
     // The keys and the index they reflect, read together under the group's lock.
-    let (keys, through) = core.meta.read(|a| {
+    let (keys, through) = node.meta.read(|a| {
         let through = a.last_applied.map_or(0, |l| l.index);
-        (core.directory.all(), through)
+        (node.directory.all(), through)
     });
     if through <= mirrored {
         return Ok(None);

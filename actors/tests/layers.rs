@@ -12,7 +12,12 @@ const LAYERS: &[&[&str]] = &[
     // The state machine type the groups run, the shard actors, the click pipeline.
     &["groups", "shard", "clicks"],
     // The cluster transport and the near cache.
-    &["cluster::wire", "cluster::cache", "cluster::peers"],
+    &[
+        "cluster::wire",
+        "cluster::cache",
+        "cluster::peers",
+        "replicas",
+    ],
     // The control loops and the mirror, which act on the node's state.
     &["cluster::driver", "cluster::membership", "mirror"],
     // The composition root: the service and the RPC dispatch.
@@ -24,7 +29,6 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN_UPWARD: &[(&str, &str)] = &[
     ("cluster::driver", "service"),
     ("cluster::membership", "service"),
-    ("mirror", "service"),
 ];
 
 /// The listed module that `module` is, or is inside, and its layer (the longest match).

@@ -432,7 +432,7 @@ pub(crate) async fn reconcile_here(
     plan: Plan,
     hops: u8,
 ) -> Result<Progress, Refusal> {
-    let Some(local) = core.local.pin().get(&shard).cloned() else {
+    let Some(local) = core.replicas.pin().get(&shard).cloned() else {
         return Err(Refusal::NotHosted);
     };
     let group = &local.group;

@@ -84,7 +84,7 @@ impl Core {
     /// The meta group and every shard group this node holds.
     pub(crate) fn all_groups(&self) -> Vec<Group<GroupState>> {
         let mut groups = vec![self.meta.clone()];
-        groups.extend(self.local.pin().values().map(|l| l.group.clone()));
+        groups.extend(self.replicas.pin().values().map(|l| l.group.clone()));
         groups
     }
 
@@ -198,7 +198,7 @@ impl Core {
 
     /// `shard`'s members, if this node leads its group (the answer to [`Request::Members`]).
     pub(crate) fn members_as_leader(&self, shard: u32) -> Reply {
-        let Some(local) = self.local.pin().get(&shard).cloned() else {
+        let Some(local) = self.replicas.pin().get(&shard).cloned() else {
             return Reply::Refused(Refusal::NotHosted);
         };
         let group = &local.group;
@@ -480,7 +480,7 @@ pub(crate) async fn drop_removed_replicas(core: Arc<Core>) {
     loop {
         tick.tick().await;
         let leaderless: Vec<(u32, u64)> = core
-            .local
+            .replicas
             .pin()
             .iter()
             .filter_map(|(shard, local)| {

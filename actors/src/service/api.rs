@@ -37,7 +37,7 @@ impl LinkService {
     /// shard, or from the near cache. Lock-free, no I/O: the redirect path.
     pub fn lookup(&self, code: &str) -> Lookup {
         let shard = shard_of(code, self.core.shard_count);
-        if let Some(local) = self.core.local.pin().get(&shard) {
+        if let Some(local) = self.core.replicas.pin().get(&shard) {
             if local.is_serving() {
                 match local.reader.get(code) {
                     Some(link) => return Lookup::Local(Some(link)),
@@ -180,7 +180,7 @@ impl LinkService {
     /// Number of links in this node's replicas.
     pub fn link_count(&self) -> usize {
         self.core
-            .local
+            .replicas
             .pin()
             .values()
             .filter(|l| l.is_serving())
@@ -630,7 +630,7 @@ impl LinkService {
     /// openraft's metrics of every group on this node.
     pub fn raft_metrics(&self) -> Vec<(GroupId, openraft_metrics::Metrics)> {
         let mut groups = vec![self.core.meta.clone()];
-        groups.extend(self.core.local.pin().values().map(|l| l.group.clone()));
+        groups.extend(self.core.replicas.pin().values().map(|l| l.group.clone()));
         groups
             .iter()
             .map(|g| (g.id(), g.raft().metrics().borrow().clone()))
@@ -745,9 +745,9 @@ impl LinkService {
             tracing::warn!(?aborted, "background tasks aborted at shutdown");
         }
         self.core.peers.shutdown().await;
-        let shards: Vec<u32> = self.core.local.pin().keys().copied().collect();
+        let shards: Vec<u32> = self.core.replicas.pin().keys().copied().collect();
         for shard in shards {
-            if let Some(local) = self.core.local.pin().remove(&shard).cloned() {
+            if let Some(local) = self.core.replicas.pin().remove(&shard).cloned() {
                 // Stopping lets the proposals already in Raft finish and answer.
                 local.stop_actor().await;
             }

@@ -21,25 +21,18 @@ impl Core {
     }
 
     pub(super) fn local_shard(&self, shard: u32) -> Option<Arc<LocalShard>> {
-        self.local.pin().get(&shard).cloned()
+        self.replicas.pin().get(&shard).cloned()
     }
 
     /// Every replica this node holds, by shard.
     pub(super) fn local_shards(&self) -> Vec<(u32, Arc<LocalShard>)> {
-        let mut shards: Vec<(u32, Arc<LocalShard>)> = self
-            .local
-            .pin()
-            .iter()
-            .map(|(s, l)| (*s, l.clone()))
-            .collect();
-        shards.sort_by_key(|(s, _)| *s);
-        shards
+        self.replicas.all()
     }
 
     /// Starts hosting a replica of `shard` (an empty one, unless this node has its data).
     pub(crate) async fn host(self: &Arc<Self>, shard: u32) -> Result<(), OpenError> {
         let _serial = self.hosting.lock().await;
-        if self.local.pin().contains_key(&shard) {
+        if self.replicas.pin().contains_key(&shard) {
             return Ok(());
         }
         let id = shard_group(shard);
@@ -83,7 +76,7 @@ impl Core {
                     }
                 }
             });
-        self.local.pin().insert(
+        self.replicas.pin().insert(
             shard,
             Arc::new(LocalShard {
                 group,
@@ -100,7 +93,7 @@ impl Core {
     /// Stops hosting `shard` and deletes this node's replica.
     pub(crate) async fn release(&self, shard: u32) -> Result<(), ReleaseError> {
         let _serial = self.hosting.lock().await;
-        let Some(local) = self.local.pin().remove(&shard).cloned() else {
+        let Some(local) = self.replicas.pin().remove(&shard).cloned() else {
             return Ok(());
         };
         local.serving.store(false, Ordering::Release);

@@ -113,7 +113,7 @@ impl Core {
     pub(super) async fn stand_for_lost_leaders(&self, lost: &mut LostLeaders) {
         let now = Instant::now();
         let mut groups = vec![self.meta.clone()];
-        groups.extend(self.local.pin().values().map(|l| l.group.clone()));
+        groups.extend(self.replicas.pin().values().map(|l| l.group.clone()));
         lost.since.retain(|node, _| !self.peers.is_connected(*node));
         for group in groups {
             let (leader, voters) = {

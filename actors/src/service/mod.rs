@@ -25,11 +25,9 @@ use std::time::{Duration, Instant};
 use linkrift_raft::node::NodeOptions;
 pub use linkrift_raft::RaftConfig;
 use linkrift_raft::{Group, GroupError, GroupId, NodeId, RaftNode};
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cluster::cache::{CacheConfig, NearCache};
@@ -43,9 +41,8 @@ use crate::domain::{
 use crate::groups::{shard_group, Command, GroupState, Outcome, META};
 use crate::meta::{MetaCommand, MetaOutcome, MetaReader, NodeAddrs, NodeRecord, NodeState};
 use crate::placement;
-use crate::shard::{
-    shard_of, RequestId, ShardActor, ShardCommand, ShardMsg, ShardOutcome, ShardReader,
-};
+pub(crate) use crate::replicas::{LocalShard, Replicas};
+use crate::shard::{shard_of, RequestId, ShardActor, ShardCommand, ShardOutcome};
 use crate::status::{ClusterStatus, GroupStatus, ReplicaDigest};
 
 mod api;
@@ -99,64 +96,6 @@ const ADMIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// has acknowledged: every 5 s.
 const RECORD_ACKNOWLEDGED_TICKS: u64 = 20;
 
-/// A shard this node holds a replica of.
-pub(crate) struct LocalShard {
-    pub(crate) group: Group<GroupState>,
-    reader: ShardReader,
-    actor: ActorRef<ShardMsg>,
-    actor_task: Mutex<Option<JoinHandle<()>>>,
-    /// The replica is a voter: it has caught up and may answer reads.
-    serving: Arc<AtomicBool>,
-    /// The node's storage fault latch: once tripped, no replica here serves.
-    fault: linkrift_raft::StorageFault,
-}
-
-impl LocalShard {
-    /// Reads this replica's links and change feed.
-    pub(crate) fn reader(&self) -> ShardReader {
-        self.reader.clone()
-    }
-
-    /// Stops the shard's actor and waits until it has.
-    async fn stop_actor(&self) {
-        self.actor.stop(None);
-        let task = self
-            .actor_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-    }
-
-    /// Whether this replica may answer reads: a caught-up voter, on a node whose storage
-    /// has not failed (a replica that can no longer write cannot keep current).
-    fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && !self.fault.is_tripped()
-    }
-
-    async fn propose(
-        &self,
-        command: ShardCommand,
-        within: Duration,
-    ) -> Result<ShardOutcome, GroupError> {
-        let reply = self
-            .actor
-            .call(|port| ShardMsg::Propose(command, port), Some(within))
-            .await;
-        match reply {
-            Ok(CallResult::Success(outcome)) => outcome,
-            Ok(CallResult::Timeout) => Err(GroupError::Unavailable(format!(
-                "no answer within {within:?}"
-            ))),
-            Ok(CallResult::SenderError) | Err(_) => Err(GroupError::Unavailable(
-                "the shard actor has stopped".into(),
-            )),
-        }
-    }
-}
-
 /// How a code was answered without waiting.
 #[derive(Debug)]
 pub enum Lookup {
@@ -176,7 +115,8 @@ pub(crate) struct Core {
     pub(crate) meta: Group<GroupState>,
     pub(crate) directory: MetaReader,
     pub(crate) shard_count: u32,
-    pub(crate) local: papaya::HashMap<u32, Arc<LocalShard>>,
+    /// The shard replicas this node hosts.
+    pub(crate) replicas: Arc<Replicas>,
     /// Serialises hosting and releasing replicas.
     hosting: tokio::sync::Mutex<()>,
     cache: NearCache,
@@ -191,7 +131,7 @@ pub(crate) struct Core {
     /// Set once this node learns it is no longer a member.
     pub(crate) departure: tokio::sync::watch::Sender<Option<Departure>>,
     /// The watermarks of the shards this node mirrors to Postgres.
-    pub(crate) mirror: crate::mirror::MirrorState,
+    pub(crate) mirror: Arc<crate::mirror::MirrorState>,
     /// The click actor's handle, and the store it writes: ClickHouse when configured,
     /// else the embedded roll-ups.
     clicks: crate::clicks::Clicks,
@@ -387,7 +327,7 @@ impl LinkService {
             meta,
             directory,
             shard_count: identity.shard_count,
-            local: papaya::HashMap::new(),
+            replicas: Arc::new(Replicas::default()),
             hosting: tokio::sync::Mutex::new(()),
             cache: NearCache::new(config.cache),
             peers,
@@ -467,7 +407,13 @@ impl LinkService {
             tasks.spawn("undrain", undrain(core.clone()));
         }
         if let Some(pool) = mirror {
-            tasks.spawn("postgres mirror", crate::mirror::run(core.clone(), pool));
+            let mirrored = crate::mirror::Mirrored {
+                replicas: core.replicas.clone(),
+                meta: core.meta.clone(),
+                directory: core.directory.clone(),
+                state: core.mirror.clone(),
+            };
+            tasks.spawn("postgres mirror", crate::mirror::run(mirrored, pool));
         }
         Ok(Self { core })
     }
