@@ -28,6 +28,8 @@ pub type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 pub struct Flusher {
     tx: mpsc::UnboundedSender<FlushDone>,
     stats: Arc<FlushStats>,
+    /// Becomes true once the task has ended and let go of the database.
+    ended: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Counters that show how well flushes are batched.
@@ -46,6 +48,7 @@ impl Flusher {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushDone>();
         let stats = Arc::new(FlushStats::default());
         let task_stats = stats.clone();
+        let (ended_tx, ended) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -76,8 +79,10 @@ impl Flusher {
                     });
                 }
             }
+            drop(db);
+            let _ = ended_tx.send(true);
         });
-        Self { tx, stats }
+        Self { tx, stats, ended }
     }
 
     /// Calls `done` once everything written before this call is on disk.
@@ -98,10 +103,15 @@ impl Flusher {
             .unwrap_or_else(|_| Err(io::Error::other("the flusher has stopped")))
     }
 
-    /// Becomes dead once every handle is dropped and the task has ended, i.e. once this
-    /// flusher no longer keeps the database open.
-    pub fn liveness(&self) -> std::sync::Weak<FlushStats> {
-        Arc::downgrade(&self.stats)
+    /// Resolves once every handle is dropped and the task has ended, i.e. once this
+    /// flusher no longer keeps the database open. (It keeps no handle itself: call it,
+    /// then drop the handles.)
+    pub fn ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut ended = self.ended.clone();
+        async move {
+            // An error means the task is gone without saying so (a panic): ended as well.
+            let _ = ended.wait_for(|e| *e).await;
+        }
     }
 
     /// Batching counters since start.
@@ -173,7 +183,32 @@ mod tests {
         let flusher = Flusher {
             tx,
             stats: Arc::default(),
+            ended: tokio::sync::watch::channel(true).1,
         };
         assert!(flusher.flush().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_flusher_ends_once_its_last_handle_is_dropped_and_lets_the_database_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = DurableDb::open(dir.path(), 1 << 20).unwrap();
+        let flusher = Flusher::start(durable, StorageFault::default());
+        let other = flusher.clone();
+        let ended = flusher.ended();
+        tokio::pin!(ended);
+        drop(flusher);
+        // One handle is left: the task runs on.
+        other.flush().await.unwrap();
+        tokio::select! {
+            biased;
+            _ = ended.as_mut() => panic!("ended while a handle is left"),
+            _ = std::future::ready(()) => {}
+        }
+        drop(other);
+        tokio::time::timeout(std::time::Duration::from_secs(10), ended)
+            .await
+            .expect("the task ends with its last handle");
+        // The task held the only database handle: it can be opened again.
+        DurableDb::open(dir.path(), 1 << 20).unwrap();
     }
 }

@@ -682,15 +682,13 @@ impl<S: StateMachine> RaftNode<S> {
         // tasks drop a group's stores (each holding a flusher handle) shortly after
         // shutdown returns, and the flusher task holds the database until the last handle
         // is gone: wait for that, so the directory can be opened again at once.
-        let liveness = self.flusher.liveness();
+        let ended = self.flusher.ended();
         drop(self);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while liveness.strong_count() > 0 {
-            if std::time::Instant::now() > deadline {
-                tracing::warn!("raft storage still open 10 s after shutdown");
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if tokio::time::timeout(std::time::Duration::from_secs(10), ended)
+            .await
+            .is_err()
+        {
+            tracing::warn!("raft storage still open 10 s after shutdown");
         }
     }
 
