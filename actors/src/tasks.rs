@@ -83,11 +83,6 @@ impl Tasks {
         self.inner.closing.is_cancelled()
     }
 
-    /// Resolves once shutdown has begun.
-    pub async fn closing(&self) {
-        self.inner.closing.cancelled().await
-    }
-
     /// How many tasks have not ended.
     pub fn len(&self) -> usize {
         let mut running = self.running();
