@@ -15,10 +15,13 @@
 
 pub mod clicks;
 pub mod cluster;
+mod errors;
 pub mod groups;
+mod meta_client;
 pub mod mirror;
 mod replicas;
 pub mod service;
+mod settings;
 pub mod shard;
 pub mod tasks;
 

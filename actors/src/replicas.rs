@@ -1,19 +1,21 @@
 //! The shard replicas a node hosts: each one's Raft group, lock-free reader, actor and
-//! serving flag, and the map of them. A handle of its own, so that what reads replicas (the
-//! redirect path, the mirror, the control loops) needs nothing else of the node; hosting and
-//! releasing them is the service's (`service/hosting.rs`).
+//! serving flag, the map of them, and hosting and releasing them (one at a time). A handle
+//! of its own, so that what reads or moves replicas (the redirect path, the mirror, the
+//! control loops) needs nothing else of the node.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linkrift_raft::{Group, GroupError};
+use linkrift_raft::{Group, GroupError, NodeId, RaftNode};
 use ractor::rpc::CallResult;
-use ractor::ActorRef;
+use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::groups::GroupState;
-use crate::shard::{ShardCommand, ShardMsg, ShardOutcome, ShardReader};
+use crate::errors::{HostError, ReleaseError};
+use crate::groups::{shard_group, GroupState};
+use crate::shard::{ShardActor, ShardCommand, ShardMsg, ShardOutcome, ShardReader};
+use crate::tasks::Tasks;
 
 /// A shard this node holds a replica of.
 pub(crate) struct LocalShard {
@@ -75,12 +77,33 @@ impl LocalShard {
 }
 
 /// The replicas this node hosts, by shard.
-#[derive(Default)]
 pub(crate) struct Replicas {
     shards: papaya::HashMap<u32, Arc<LocalShard>>,
+    node: Arc<RaftNode<GroupState>>,
+    me: NodeId,
+    /// Serialises hosting and releasing replicas.
+    hosting: tokio::sync::Mutex<()>,
+    tasks: Tasks,
 }
 
 impl Replicas {
+    /// No replicas yet, on `node` (this node is `me`); the tasks that watch each replica's
+    /// serving state run under `tasks`.
+    pub(crate) fn new(node: Arc<RaftNode<GroupState>>, me: NodeId, tasks: Tasks) -> Self {
+        Self {
+            shards: papaya::HashMap::new(),
+            node,
+            me,
+            hosting: tokio::sync::Mutex::new(()),
+            tasks,
+        }
+    }
+
+    /// `shard`'s replica here, if this node hosts one.
+    pub(crate) fn get(&self, shard: u32) -> Option<Arc<LocalShard>> {
+        self.pin().get(&shard).cloned()
+    }
+
     /// A pinned view of the map: lock-free, no reference count touched (the redirect path).
     pub(crate) fn pin(
         &self,
@@ -95,5 +118,87 @@ impl Replicas {
             self.pin().iter().map(|(s, l)| (*s, l.clone())).collect();
         all.sort_by_key(|(s, _)| *s);
         all
+    }
+
+    /// Starts hosting a replica of `shard` (an empty one, unless this node has its data).
+    pub(crate) async fn host(&self, shard: u32) -> Result<(), HostError> {
+        let _serial = self.hosting.lock().await;
+        if self.pin().contains_key(&shard) {
+            return Ok(());
+        }
+        let id = shard_group(shard);
+        let group = match self.node.group(id) {
+            Some(g) => g,
+            None => self
+                .node
+                .create_group(id)
+                .await
+                .map_err(|e| HostError::Raft(Box::new(e)))?,
+        };
+        let reader = group.read(|a| match &a.state {
+            GroupState::Shard(s) => Ok(s.reader()),
+            GroupState::Meta(_) => Err(HostError::GroupKind {
+                group: id,
+                found: "a meta group",
+            }),
+        })?;
+        let (actor, actor_task) = Actor::spawn(None, ShardActor, group.clone())
+            .await
+            .map_err(|source| HostError::ShardActor { shard, source })?;
+        let serving = Arc::new(AtomicBool::new(false));
+        let mut metrics = group.raft().metrics();
+        let flag = serving.clone();
+        let me = self.me;
+        self.tasks
+            .spawn("watch a replica's serving state", async move {
+                loop {
+                    // A replica starts serving reads once it is a voter and has applied
+                    // everything up to the change that made it one (it was caught up before
+                    // that change, but a follower sees a membership entry when it arrives,
+                    // before applying it); it stops when it is no longer a voter.
+                    let serving = {
+                        let m = metrics.borrow_and_update();
+                        let config = &m.membership_config;
+                        let voter = config.membership().voter_ids().any(|v| v == me);
+                        let since = config.log_id().map_or(0, |l| l.index);
+                        let applied = m.last_applied.map_or(0, |l| l.index) >= since;
+                        voter && (applied || flag.load(Ordering::Acquire))
+                    };
+                    flag.store(serving, Ordering::Release);
+                    if metrics.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        self.pin().insert(
+            shard,
+            Arc::new(LocalShard {
+                group,
+                reader,
+                actor,
+                actor_task: Mutex::new(Some(actor_task)),
+                serving,
+                fault: self.node.fault().clone(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Stops hosting `shard` and deletes this node's replica.
+    pub(crate) async fn release(&self, shard: u32) -> Result<(), ReleaseError> {
+        let _serial = self.hosting.lock().await;
+        let Some(local) = self.pin().remove(&shard).cloned() else {
+            return Ok(());
+        };
+        local.serving.store(false, Ordering::Release);
+        // Raft first, then the actor, which waits for the writes it handed to Raft. A write
+        // this node proposed as the group's leader that the group will never apply here (the
+        // node was removed before the entry committed) is answered only when Raft stops:
+        // stopping the actor first waited for it forever, holding `hosting` (chaos `long`).
+        let removed = self.node.remove_group(shard_group(shard)).await;
+        local.stop_actor().await;
+        removed.map_err(|source| ReleaseError { shard, source })?;
+        tracing::info!(shard, "released this node's replica");
+        Ok(())
     }
 }

@@ -1,5 +1,8 @@
 //! The faults, each done, held and undone, with a record of whether it demonstrably
 //! happened.
+//!
+//! (Over 600 lines: one `match` arm per fault, each doing, holding and undoing it, so that
+//! a fault's whole life reads in one place.)
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,9 @@
 //! The Postgres mirror against a real PostgreSQL server started for each test: mixed
 //! traffic on three nodes lands row by row, and Postgres stopped under load costs no
 //! request and is caught up with.
+//!
+//! (Over 600 lines: the mirror's end-to-end tests, each starting real nodes and a real
+//! PostgreSQL; they share this file's helpers.)
 
 mod support;
 

@@ -8,6 +8,10 @@
 //!
 //! [`Group`] is the typed handle the application uses: it encodes commands, proposes them,
 //! and decodes the responses; and it reads the applied state.
+//!
+//! (Over 600 lines: the node runtime and the `Group` handle, which reach into each other's
+//! private state (the group table, the flusher, the fault latch); the transport, proposer,
+//! storage and snapshots are in their own files.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

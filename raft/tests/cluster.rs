@@ -1,6 +1,9 @@
 //! Three real nodes on 127.0.0.1–3 (plus a fourth on 127.0.0.4), eight groups each, over
 //! the real peer transport: election, replication, leader loss, membership changes,
 //! snapshot catch-up and restart from disk.
+//!
+//! (Over 600 lines: the replication core's multi-node tests, sharing one harness of real
+//! nodes.)
 
 mod support;
 

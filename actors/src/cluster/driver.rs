@@ -9,6 +9,9 @@
 //! a quorum throughout), then tell the nodes that left to delete their replica. At most
 //! one request per shard is in flight, and at most `max_moves` across the cluster. Active
 //! nodes take replicas; draining ones keep theirs; leaving and lost ones lose theirs.
+//!
+//! (Over 600 lines with its table tests, about 90 of them; the loop itself is about 530.
+//! Liveness is in `liveness.rs`.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,11 +21,13 @@ use linkrift_raft::openraft::{BasicNode, ChangeMembers};
 use linkrift_raft::{Group, NodeId};
 use tokio::task::JoinSet;
 
+use super::control::Control;
+use super::liveness;
 use super::wire::{Plan, Progress, Refusal, Reply, Request};
 use crate::groups::GroupState;
 use crate::meta::{MetaCommand, NodeState};
 use crate::placement;
-use crate::service::{now_ms, Core};
+use linkrift_model::now_ms;
 
 /// How often the driver looks for work.
 const TICK: Duration = Duration::from_millis(250);
@@ -32,8 +37,6 @@ const RECHECK: Duration = Duration::from_secs(30);
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a learner's node may be out of touch before its catch-up is given up.
 const LEARNER_SILENCE: Duration = Duration::from_secs(5);
-/// How often a node that is no longer a member is told so.
-const RETELL: Duration = Duration::from_secs(2);
 
 type Done = (u32, Plan, Result<Progress, Refusal>);
 
@@ -49,7 +52,7 @@ struct Memory {
 }
 
 /// Runs the driver until the node stops.
-pub(crate) async fn run(core: Arc<Core>) {
+pub(crate) async fn run(cx: Arc<Control>) {
     let mut memory = Memory::default();
     let mut moving: HashSet<u32> = HashSet::new();
     let mut in_flight: JoinSet<Done> = JoinSet::new();
@@ -72,19 +75,19 @@ pub(crate) async fn run(core: Arc<Core>) {
                 continue;
             }
         }
-        if !core.meta.is_leader() || core.is_yielding() {
+        if !cx.meta.group.is_leader() || cx.is_yielding() {
             memory = Memory::default();
             continue;
         }
-        watch_for_lost(&core, &mut memory.silent).await;
-        tell_former_members(&core, &mut memory.told);
-        balance_meta_voters(&core).await;
-        let plan = plan(&core);
+        liveness::watch_for_lost(&cx, &mut memory.silent).await;
+        liveness::tell_former_members(&cx, &mut memory.told);
+        balance_meta_voters(&cx).await;
+        let plan = plan(&cx);
         if plan.takers.is_empty() {
             continue;
         }
-        for shard in 0..core.shard_count {
-            if in_flight.len() >= core.max_moves {
+        for shard in 0..cx.settings.shard_count {
+            if in_flight.len() >= cx.settings.max_moves {
                 break;
             }
             if moving.contains(&shard) {
@@ -100,22 +103,22 @@ pub(crate) async fn run(core: Arc<Core>) {
             // Only a step that finds the shard on target puts it back.
             memory.on_target.remove(&shard);
             moving.insert(shard);
-            let core = core.clone();
+            let cx = cx.clone();
             let plan = plan.clone();
             in_flight.spawn(async move {
                 let started = Instant::now();
-                let result = reconcile(&core, shard, &plan).await;
+                let result = reconcile(&cx, shard, &plan).await;
                 tracing::debug!(shard, took = ?started.elapsed(), ?result, "reconcile step");
                 (shard, plan, result)
             });
         }
-        finish_leaves(&core, &plan, &memory.on_target).await;
+        finish_leaves(&cx, &plan, &memory.on_target).await;
     }
 }
 
 /// Where replicas may go now: active nodes take them, draining ones keep theirs.
-fn plan(core: &Core) -> Plan {
-    let nodes = core.directory.nodes();
+fn plan(cx: &Control) -> Plan {
+    let nodes = cx.meta.directory.nodes();
     let with = |state: NodeState| -> Vec<(NodeId, String)> {
         nodes
             .iter()
@@ -127,7 +130,7 @@ fn plan(core: &Core) -> Plan {
         takers: with(NodeState::Active),
         keepers: with(NodeState::Draining),
         leavers: with(NodeState::Leaving),
-        rf: core.replication_factor as u8,
+        rf: cx.settings.replication_factor as u8,
     }
 }
 
@@ -163,80 +166,11 @@ async fn update_addresses(
         .map_err(|e| Refusal::Unavailable(format!("recording new peer addresses: {e}")))
 }
 
-/// Marks lost the members that have had no session with this node (the meta leader) for
-/// longer than `dead_after`.
-async fn watch_for_lost(core: &Core, silent: &mut HashMap<NodeId, Instant>) {
-    let now = Instant::now();
-    let members: Vec<NodeId> = core
-        .directory
-        .nodes()
-        .into_iter()
-        .filter(|n| n.id != core.me && n.state.is_member())
-        .map(|n| n.id)
-        .collect();
-    silent.retain(|n, _| members.contains(n));
-    for node in members {
-        if core.peers.is_connected(node) {
-            silent.remove(&node);
-            continue;
-        }
-        let since = *silent.entry(node).or_insert(now);
-        if now.duration_since(since) < core.dead_after {
-            continue;
-        }
-        let lost = MetaCommand::SetNodeState {
-            id: node,
-            state: NodeState::Lost,
-            at: now_ms(),
-        };
-        match core.meta_command(lost).await {
-            Ok(_) => {
-                tracing::warn!(node, silent_for = ?now.duration_since(since), "node marked lost; its replicas will be re-created on the others");
-                silent.remove(&node);
-            }
-            Err(e) => tracing::info!(node, error = %e, "could not mark a node lost; will retry"),
-        }
-    }
-}
-
-/// Tells lost and removed nodes that come back that they are members no more.
-fn tell_former_members(core: &Arc<Core>, told: &mut HashMap<NodeId, Instant>) {
-    let nodes = core.directory.nodes();
-    let members: Vec<String> = nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Active)
-        .map(|n| n.addrs.cluster.clone())
-        .collect();
-    for node in nodes {
-        let rejoin = match node.state {
-            NodeState::Lost => true,
-            NodeState::Removed => false,
-            _ => continue,
-        };
-        if !core.peers.is_connected(node.id)
-            || told.get(&node.id).is_some_and(|at| at.elapsed() < RETELL)
-        {
-            continue;
-        }
-        told.insert(node.id, Instant::now());
-        let request = Request::Replaced {
-            id: node.id,
-            rejoin,
-            members: members.clone(),
-        };
-        let (tasks, core) = (core.tasks.clone(), core.clone());
-        tasks.spawn("tell a former member", async move {
-            let answer = core.peers.call(node.id, &request, RETELL).await;
-            tracing::info!(node = node.id, rejoin, answer = ?answer.ok(), "told a former member it was replaced");
-        });
-    }
-}
-
 /// Keeps `meta_voter_count` voters in the meta group, from the active and draining nodes
 /// (current voters stay; a drain, as for a restart, changes nothing), and removes lost and
 /// removed nodes from it. Every other node stays a learner.
-async fn balance_meta_voters(core: &Core) {
-    let nodes = core.directory.nodes();
+async fn balance_meta_voters(cx: &Control) {
+    let nodes = cx.meta.directory.nodes();
     let pick = |states: &[NodeState]| -> Vec<NodeId> {
         nodes
             .iter()
@@ -251,21 +185,21 @@ async fn balance_meta_voters(core: &Core) {
         .chain(pick(&[NodeState::Draining]))
         .collect();
     let gone = pick(&[NodeState::Lost, NodeState::Removed]);
-    let moved = moved_addresses(&core.meta, |id| {
+    let moved = moved_addresses(&cx.meta.group, |id| {
         nodes
             .iter()
             .find(|n| n.id == id && n.state.is_member() && !n.addrs.peer.is_empty())
             .map(|n| n.addrs.peer.clone())
     });
     if !moved.is_empty() {
-        if let Err(e) = update_addresses(&core.meta, moved).await {
+        if let Err(e) = update_addresses(&cx.meta.group, moved).await {
             tracing::info!(error = %e, "will retry");
         }
         return;
     }
     let want = placement::meta_voter_count(eligible.len());
     let (voters, members): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
-        let m = core.meta.raft().metrics().borrow().clone();
+        let m = cx.meta.group.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership();
         if membership.get_joint_config().len() > 1 {
             return; // a change is under way
@@ -290,7 +224,13 @@ async fn balance_meta_voters(core: &Core) {
         }
     }
     if next != voters && !next.is_empty() {
-        match core.meta.raft().change_membership(next.clone(), true).await {
+        match cx
+            .meta
+            .group
+            .raft()
+            .change_membership(next.clone(), true)
+            .await
+        {
             Ok(_) => tracing::info!(voters = ?next, "meta group voters changed"),
             Err(e) => {
                 tracing::info!(error = %e, "changing the meta group's voters failed; will retry")
@@ -305,7 +245,7 @@ async fn balance_meta_voters(core: &Core) {
         .collect();
     if !drop.is_empty() {
         let change = ChangeMembers::RemoveNodes(drop.clone());
-        match core.meta.raft().change_membership(change, false).await {
+        match cx.meta.group.raft().change_membership(change, false).await {
             Ok(_) => tracing::info!(nodes = ?drop, "former members left the meta group"),
             Err(e) => {
                 tracing::info!(error = %e, "removing former members from the meta group failed; will retry")
@@ -316,18 +256,19 @@ async fn balance_meta_voters(core: &Core) {
 
 /// Removes the leaving nodes that hold nothing any more: every shard is on target for the
 /// current plan (which leaves them out), and they are no longer meta voters.
-async fn finish_leaves(core: &Core, plan: &Plan, on_target: &HashMap<u32, (Plan, Instant)>) {
-    let leaving = core.directory.in_states(&[NodeState::Leaving]);
+async fn finish_leaves(cx: &Control, plan: &Plan, on_target: &HashMap<u32, (Plan, Instant)>) {
+    let leaving = cx.meta.directory.in_states(&[NodeState::Leaving]);
     if leaving.is_empty() {
         return;
     }
     let all_on_target =
-        (0..core.shard_count).all(|s| on_target.get(&s).is_some_and(|(p, _)| p == plan));
+        (0..cx.settings.shard_count).all(|s| on_target.get(&s).is_some_and(|(p, _)| p == plan));
     if !all_on_target {
         return;
     }
-    let meta_voters: Vec<NodeId> = core
+    let meta_voters: Vec<NodeId> = cx
         .meta
+        .group
         .read(|a| a.membership.membership().voter_ids().collect());
     for node in leaving {
         if meta_voters.contains(&node) {
@@ -338,7 +279,7 @@ async fn finish_leaves(core: &Core, plan: &Plan, on_target: &HashMap<u32, (Plan,
             state: NodeState::Removed,
             at: now_ms(),
         };
-        match core.meta_command(removed).await {
+        match cx.meta.propose_as_leader(removed).await {
             Ok(_) => tracing::info!(
                 node,
                 "node holds no replica any more and has left the cluster"
@@ -388,15 +329,16 @@ fn next_step(
 
 /// Asks the leader of `shard` for one step toward the target, trying the nodes likely to
 /// hold the shard first.
-async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress, Refusal> {
+async fn reconcile(cx: &Arc<Control>, shard: u32, plan: &Plan) -> Result<Progress, Refusal> {
     let members =
-        core.directory
+        cx.meta
+            .directory
             .in_states(&[NodeState::Active, NodeState::Draining, NodeState::Leaving]);
     let ask = placement::replicas(shard, &members, members.len());
     let mut last = Refusal::Unavailable("no node holds the shard".into());
     for node in ask {
-        let answer = if node == core.me {
-            tokio::time::timeout(STEP_TIMEOUT, reconcile_here(core, shard, plan.clone(), 1))
+        let answer = if node == cx.settings.me {
+            tokio::time::timeout(STEP_TIMEOUT, reconcile_here(cx, shard, plan.clone(), 1))
                 .await
                 .unwrap_or_else(|_| Err(Refusal::Unavailable("the step timed out".into())))
         } else {
@@ -405,7 +347,7 @@ async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress
                 plan: plan.clone(),
                 hops: 1,
             };
-            match core.peers.call(node, &request, STEP_TIMEOUT).await {
+            match cx.peers.call(node, &request, STEP_TIMEOUT).await {
                 Ok(Reply::Reconciled(p)) => Ok(p),
                 Ok(Reply::Refused(r)) => Err(r),
                 Ok(other) => Err(Refusal::Failed(format!("reconcile answered {other:?}"))),
@@ -427,24 +369,24 @@ async fn reconcile(core: &Arc<Core>, shard: u32, plan: &Plan) -> Result<Progress
 /// One step of `shard`'s membership toward the target `plan` implies, taken by its leader
 /// (this node, or the leader it forwards to).
 pub(crate) async fn reconcile_here(
-    core: &Arc<Core>,
+    cx: &Arc<Control>,
     shard: u32,
     plan: Plan,
     hops: u8,
 ) -> Result<Progress, Refusal> {
-    let Some(local) = core.replicas.pin().get(&shard).cloned() else {
+    let Some(local) = cx.replicas.get(shard) else {
         return Err(Refusal::NotHosted);
     };
     let group = &local.group;
     if !group.is_leader() {
         return match group.leader() {
-            Some(leader) if leader != core.me && hops > 0 => {
+            Some(leader) if leader != cx.settings.me && hops > 0 => {
                 let request = Request::Reconcile {
                     shard,
                     plan,
                     hops: hops - 1,
                 };
-                match core.peers.call(leader, &request, STEP_TIMEOUT).await {
+                match cx.peers.call(leader, &request, STEP_TIMEOUT).await {
                     Ok(Reply::Reconciled(p)) => Ok(p),
                     Ok(Reply::Refused(r)) => Err(r),
                     Ok(other) => Err(Refusal::Failed(format!("reconcile answered {other:?}"))),
@@ -454,7 +396,7 @@ pub(crate) async fn reconcile_here(
             leader => Err(Refusal::NotLeader { leader }),
         };
     }
-    if core.is_yielding() {
+    if cx.is_yielding() {
         return Err(Refusal::Unavailable(
             "this node is handing over its leaderships".into(),
         ));
@@ -482,13 +424,13 @@ pub(crate) async fn reconcile_here(
     // 1. An empty replica on every new node, caught up as a learner (also a learner added
     // by an earlier step: it may have fallen behind, or died, since).
     for &node in &step.catch_up {
-        catch_up(core, group, node).await?;
+        catch_up(cx, group, node).await?;
     }
     for &node in &step.add {
         let Some(addr) = plan.addr(node) else {
             return Err(Refusal::Failed(format!("no address for node {node}")));
         };
-        match core
+        match cx
             .peers
             .call(node, &Request::Host { shard }, Duration::from_secs(10))
             .await
@@ -507,7 +449,7 @@ pub(crate) async fn reconcile_here(
             .await
             .map_err(|e| Refusal::Unavailable(format!("adding node {node} as learner: {e}")))?;
         tracing::info!(shard, node, "catching up a new replica");
-        catch_up(core, group, node).await?;
+        catch_up(cx, group, node).await?;
         tracing::info!(shard, node, "new replica caught up");
     }
     // 2. The target becomes the voter set; members outside it leave the group.
@@ -538,14 +480,14 @@ pub(crate) async fn reconcile_here(
     }
     // 3. The nodes that left delete their replicas.
     for node in &step.release {
-        if *node == core.me {
-            let (tasks, core) = (core.tasks.clone(), core.clone());
+        if *node == cx.settings.me {
+            let (tasks, cx) = (cx.tasks.clone(), cx.clone());
             tasks.spawn("release a replica moved away", async move {
-                if let Err(e) = core.release(shard).await {
+                if let Err(e) = cx.replicas.release(shard).await {
                     tracing::warn!(shard, error = %e, "could not delete this node's old replica");
                 }
             });
-        } else if let Err(e) = core
+        } else if let Err(e) = cx
             .peers
             .call(*node, &Request::Release { shard }, Duration::from_secs(10))
             .await
@@ -559,7 +501,7 @@ pub(crate) async fn reconcile_here(
 /// Waits until learner `node` has every entry the leader had when it was added. Gives up
 /// when this node stops leading, the learner's node is out of touch for longer than
 /// [`LEARNER_SILENCE`], or the step takes longer than [`STEP_TIMEOUT`].
-async fn catch_up(core: &Core, group: &Group<GroupState>, node: NodeId) -> Result<(), Refusal> {
+async fn catch_up(cx: &Control, group: &Group<GroupState>, node: NodeId) -> Result<(), Refusal> {
     let mut metrics = group.raft().metrics();
     let goal = metrics.borrow().last_log_index.unwrap_or(0);
     let deadline = Instant::now() + STEP_TIMEOUT;
@@ -567,7 +509,7 @@ async fn catch_up(core: &Core, group: &Group<GroupState>, node: NodeId) -> Resul
     loop {
         let matched = {
             let m = metrics.borrow_and_update();
-            if m.current_leader != Some(core.me) {
+            if m.current_leader != Some(cx.settings.me) {
                 return Err(Refusal::NotLeader {
                     leader: m.current_leader,
                 });
@@ -581,7 +523,7 @@ async fn catch_up(core: &Core, group: &Group<GroupState>, node: NodeId) -> Resul
             return Ok(());
         }
         let now = Instant::now();
-        if core.peers.is_connected(node) {
+        if cx.peers.is_connected(node) {
             silent_since = None;
         } else if now.duration_since(*silent_since.get_or_insert(now)) > LEARNER_SILENCE {
             return Err(Refusal::Unavailable(format!(

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use linkrift_raft::{Group, GroupId, NodeId};
 
+use super::control::Control;
 use super::wire::{Refusal, Reply, Request};
 use crate::groups::GroupState;
-use crate::meta::{MetaCommand, MetaOutcome, NodeRecord, NodeState};
-use crate::service::{now_ms, Core, LinkService, ServiceError};
+use crate::meta::NodeState;
 
 /// How long after the followers' leases are over a yielding leader waits before asking
 /// another follower to stand.
@@ -65,29 +65,7 @@ fn other_voters(group: &Group<GroupState>, me: NodeId) -> Vec<NodeId> {
     })
 }
 
-impl Core {
-    /// This node's state, as its copy of the meta group records it.
-    pub(crate) fn my_state(&self) -> Option<NodeState> {
-        self.directory.node(self.me).map(|n| n.state)
-    }
-
-    /// Whether this node is draining or leaving: it gives up its leaderships.
-    pub(crate) fn is_yielding(&self) -> bool {
-        self.my_state().is_some_and(NodeState::yields)
-    }
-
-    /// Whether this node leads `group` only to hand it over: it takes no new writes.
-    pub(crate) fn is_handing_over(&self, group: &Group<GroupState>) -> bool {
-        self.is_yielding() && group.is_leader() && !other_voters(group, self.me).is_empty()
-    }
-
-    /// The meta group and every shard group this node holds.
-    pub(crate) fn all_groups(&self) -> Vec<Group<GroupState>> {
-        let mut groups = vec![self.meta.clone()];
-        groups.extend(self.replicas.pin().values().map(|l| l.group.clone()));
-        groups
-    }
-
+impl Control {
     /// One round of handing over: called every tick. Turns this node's elections off (or
     /// back on after a cancel), stops heartbeats in the groups it leads, and once the
     /// followers' leases are over asks one of them to stand.
@@ -110,7 +88,7 @@ impl Core {
             if handover.quiet.insert(id) {
                 group.raft().runtime_config().elect(false);
             }
-            let others = other_voters(&group, self.me);
+            let others = other_voters(&group, self.settings.me);
             if !group.is_leader() || others.is_empty() {
                 if handover.leading.remove(&id).is_some() {
                     group.raft().runtime_config().heartbeat(true);
@@ -127,7 +105,8 @@ impl Core {
                     last_ask: None,
                 }
             });
-            let leases_over = now.duration_since(y.since) >= self.leader_lease + ASK_AGAIN / 4;
+            let leases_over =
+                now.duration_since(y.since) >= self.settings.leader_lease + ASK_AGAIN / 4;
             if !leases_over
                 || y.last_ask
                     .is_some_and(|at| now.duration_since(at) < ASK_AGAIN)
@@ -153,10 +132,10 @@ impl Core {
             };
             y.asked += 1;
             y.last_ask = Some(now);
-            let core = self.clone();
+            let peers = self.peers.clone();
             self.tasks.spawn("ask a follower to stand", async move {
                 let ask = Request::Stand { group: id.0 };
-                if let Err(e) = core.peers.call(pick, &ask, ASK_AGAIN).await {
+                if let Err(e) = peers.call(pick, &ask, ASK_AGAIN).await {
                     tracing::info!(group = %id, node = pick, error = %e, "could not ask a follower to stand");
                 }
             });
@@ -188,7 +167,7 @@ impl Core {
             }
             tracing::warn!(
                 ?departure,
-                node = self.me,
+                node = self.settings.me,
                 "this node is no longer a member of the cluster"
             );
             *d = Some(departure);
@@ -198,7 +177,7 @@ impl Core {
 
     /// `shard`'s members, if this node leads its group (the answer to [`Request::Members`]).
     pub(crate) fn members_as_leader(&self, shard: u32) -> Reply {
-        let Some(local) = self.replicas.pin().get(&shard).cloned() else {
+        let Some(local) = self.replicas.get(shard) else {
             return Reply::Refused(Refusal::NotHosted);
         };
         let group = &local.group;
@@ -231,10 +210,13 @@ impl Core {
     async fn removed_from(&self, shard: u32, since: u64) -> bool {
         let request = Request::Members { shard };
         let asks = self
+            .meta
             .directory
             .nodes()
             .into_iter()
-            .filter(|n| n.id != self.me && n.state.is_member() && self.peers.is_connected(n.id))
+            .filter(|n| {
+                n.id != self.settings.me && n.state.is_member() && self.peers.is_connected(n.id)
+            })
             .map(|n| {
                 let request = &request;
                 async move { self.peers.call(n.id, request, MEMBERSHIP_CHECK).await }
@@ -244,20 +226,21 @@ impl Core {
             .into_iter()
             .filter_map(Result::ok)
             .collect();
-        removed_by(&answers, since, self.me)
+        removed_by(&answers, since, self.settings.me)
     }
 
     /// Checks this node's own record: lost or removed means it departed.
     pub(crate) fn check_standing(&self) {
         let members = || {
-            self.directory
+            self.meta
+                .directory
                 .nodes()
                 .into_iter()
-                .filter(|n| n.state == NodeState::Active && n.id != self.me)
+                .filter(|n| n.state == NodeState::Active && n.id != self.settings.me)
                 .map(|n| n.addrs.cluster)
                 .collect()
         };
-        match self.my_state() {
+        match self.meta.my_state() {
             Some(NodeState::Lost) => self.depart(Departure::Replaced { members: members() }),
             Some(NodeState::Removed) => self.depart(Departure::Left),
             _ => {}
@@ -280,122 +263,11 @@ pub enum Operation {
     Cancel,
 }
 
-impl LinkService {
-    /// Drains, removes or reinstates node `id`, once it is safe: a leave that would drop a
-    /// group below its quorum, or below the replication factor with no node to take the
-    /// replicas (unless `force`), is refused with the reason.
-    pub async fn operate(
-        &self,
-        id: NodeId,
-        operation: Operation,
-    ) -> Result<NodeRecord, ServiceError> {
-        let core = &self.core;
-        let Some(record) = core.directory.node(id) else {
-            return Err(ServiceError::NotFound(format!("node {id}")));
-        };
-        let refuse = |why: String| Err(ServiceError::Refused(format!("node {id}: {why}")));
-        let others_active: Vec<NodeId> = core
-            .directory
-            .active_nodes()
-            .into_iter()
-            .filter(|&n| n != id)
-            .collect();
-        let state = match operation {
-            Operation::Cancel => {
-                if !record.state.yields() {
-                    return refuse(format!(
-                        "it is {}, not draining or leaving",
-                        record.state.name()
-                    ));
-                }
-                NodeState::Active
-            }
-            Operation::Drain => {
-                if record.state == NodeState::Active && others_active.is_empty() {
-                    return refuse(
-                        "it is the only active node; nothing would serve traffic".into(),
-                    );
-                }
-                NodeState::Draining
-            }
-            Operation::Leave { force } => {
-                if record.state != NodeState::Leaving {
-                    self.check_leave(id, &others_active, force).await?;
-                }
-                NodeState::Leaving
-            }
-        };
-        if let Err(why) = record.state.may_become(state) {
-            return refuse(why.to_string());
-        }
-        let command = MetaCommand::SetNodeState {
-            id,
-            state,
-            at: now_ms(),
-        };
-        match core.propose_meta(command).await? {
-            MetaOutcome::Node(record) => {
-                tracing::info!(
-                    node = id,
-                    state = record.state.name(),
-                    "node state changed by an operator"
-                );
-                Ok(record)
-            }
-            MetaOutcome::Refused(why) => refuse(why),
-            MetaOutcome::NodeNotFound => Err(ServiceError::NotFound(format!("node {id}"))),
-            other => Err(ServiceError::Internal(format!(
-                "meta group answered {other:?}"
-            ))),
-        }
-    }
-
-    /// Refuses a leave of `id` that would lose a quorum, or replicas nobody can take.
-    async fn check_leave(
-        &self,
-        id: NodeId,
-        others_active: &[NodeId],
-        force: bool,
-    ) -> Result<(), ServiceError> {
-        let core = &self.core;
-        let refuse = |why: String| {
-            Err(ServiceError::Refused(format!(
-                "node {id} cannot leave: {why}"
-            )))
-        };
-        let holders = core
-            .directory
-            .in_states(&[NodeState::Active, NodeState::Draining])
-            .len();
-        if let Some(why) =
-            too_few_takers(others_active.len(), holders, core.replication_factor, force)
-        {
-            return refuse(why);
-        }
-        let status = self.status().await;
-        let reachable: HashSet<NodeId> = status
-            .nodes
-            .iter()
-            .filter(|n| n.reachable)
-            .map(|n| n.id)
-            .collect();
-        let groups: Vec<(&str, &[NodeId])> = status
-            .groups
-            .iter()
-            .map(|g| (g.name.as_str(), g.voters.as_slice()))
-            .collect();
-        match quorum_lost(id, &groups, &reachable) {
-            Some(why) => refuse(why),
-            None => Ok(()),
-        }
-    }
-}
-
 /// Why the other active nodes cannot take a leaving node's replicas, if they cannot:
 /// `others_active` active nodes besides it, `holders` nodes that hold replicas (active or
 /// draining, it included), replicas per shard `replication_factor`; `force` accepts fewer
 /// replicas (never none).
-fn too_few_takers(
+pub(crate) fn too_few_takers(
     others_active: usize,
     holders: usize,
     replication_factor: usize,
@@ -415,7 +287,7 @@ fn too_few_takers(
 
 /// The first group of `groups` (name, voters) that would lose its quorum if `leaving`
 /// left, with only the `reachable` voters besides it up; why, if one would.
-fn quorum_lost(
+pub(crate) fn quorum_lost(
     leaving: NodeId,
     groups: &[(&str, &[NodeId])],
     reachable: &HashSet<NodeId>,
@@ -473,13 +345,13 @@ fn follower_to_ask(
 /// knows no leader asks the other nodes who leads its group, and is deleted when that
 /// leader's committed membership, newer than its own, leaves this node out. An empty
 /// replica waiting to be added as a learner (no membership yet) is left alone.
-pub(crate) async fn drop_removed_replicas(core: Arc<Core>) {
+pub(crate) async fn drop_removed_replicas(cx: Arc<Control>) {
     metrics::counter!("raft_stale_replicas_dropped_total").increment(0);
     let mut tick = tokio::time::interval(MEMBERSHIP_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let leaderless: Vec<(u32, u64)> = core
+        let leaderless: Vec<(u32, u64)> = cx
             .replicas
             .pin()
             .iter()
@@ -491,7 +363,7 @@ pub(crate) async fn drop_removed_replicas(core: Arc<Core>) {
             })
             .collect();
         for (shard, since) in leaderless {
-            if !core.removed_from(shard, since).await {
+            if !cx.removed_from(shard, since).await {
                 continue;
             }
             tracing::warn!(
@@ -499,7 +371,7 @@ pub(crate) async fn drop_removed_replicas(core: Arc<Core>) {
                 "this node was removed from the shard's group while it was away; deleting its replica"
             );
             metrics::counter!("raft_stale_replicas_dropped_total").increment(1);
-            if let Err(e) = core.release(shard).await {
+            if let Err(e) = cx.replicas.release(shard).await {
                 tracing::warn!(shard, error = %e, "could not delete this node's old replica");
             }
         }

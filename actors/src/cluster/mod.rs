@@ -3,7 +3,9 @@
 //! draining, leaving and being replaced.
 
 pub mod cache;
+pub(crate) mod control;
 pub mod driver;
+pub(crate) mod liveness;
 pub mod membership;
 pub mod peers;
 pub mod wire;

@@ -2,35 +2,7 @@
 //! opening a node (`OpenError`).
 
 use super::*;
-
-/// Why a service call failed, by what the caller should do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    /// The input breaks a rule.
-    #[error(transparent)]
-    Invalid(#[from] Invalid),
-    /// No such link or key.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The custom code is taken.
-    #[error("code {0:?} is already taken")]
-    CodeTaken(String),
-    /// The link changed since the caller read it.
-    #[error("the link is at version {current}, not the version given in If-Match")]
-    VersionMismatch {
-        /// The current version.
-        current: u64,
-    },
-    /// The cluster refuses the operation as it stands (a leave that would lose a quorum).
-    #[error("refused: {0}")]
-    Refused(String),
-    /// Retryable: no leader, shutting down, overloaded.
-    #[error("temporarily unavailable: {0}")]
-    Unavailable(String),
-    /// A bug or broken data: not the caller's fault, not retryable.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
+pub use crate::errors::{HostError, ReleaseError, ServiceError};
 
 /// Errors opening a node: bad settings, a data directory that is not what it should be,
 /// and the parts that could not start.
@@ -84,14 +56,9 @@ pub enum OpenError {
         /// What it is.
         found: &'static str,
     },
-    /// A shard's actor did not start.
-    #[error("cannot start the actor of shard {shard}: {source}")]
-    ShardActor {
-        /// The shard.
-        shard: u32,
-        /// Why.
-        source: ractor::SpawnErr,
-    },
+    /// A replica could not be hosted.
+    #[error(transparent)]
+    Host(#[from] HostError),
     /// The embedded click store did not open.
     #[error("opening the click store: {0}")]
     ClickStore(#[source] sled::Error),
@@ -150,17 +117,6 @@ pub enum NotReady {
     /// A shard held here has no leader.
     #[error("shard {0} has no leader")]
     NoShardLeader(u32),
-}
-
-/// Why a replica could not be released.
-#[derive(Debug, thiserror::Error)]
-#[error("releasing the replica of shard {shard}: {source}")]
-pub struct ReleaseError {
-    /// The shard.
-    pub shard: u32,
-    /// What Raft said.
-    #[source]
-    pub source: linkrift_raft::node::NodeError,
 }
 
 impl From<linkrift_raft::node::NodeError> for OpenError {

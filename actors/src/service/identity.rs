@@ -87,3 +87,21 @@ pub(super) fn refuse_data_without_identity(dir: &Path) -> Result<(), OpenError> 
         found,
     })
 }
+
+impl Core {
+    /// Records in the identity file whether this node drained itself for a shutdown.
+    pub(super) fn mark_drained_for_shutdown(&self, drained: bool) -> Result<(), OpenError> {
+        let Some(identity) = read_identity(&self.data_dir)? else {
+            return Err(OpenError::IdentityMissing {
+                dir: self.data_dir.clone(),
+            });
+        };
+        write_identity(
+            &self.data_dir,
+            &Identity {
+                drained_for_shutdown: drained,
+                ..identity
+            },
+        )
+    }
+}

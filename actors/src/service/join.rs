@@ -10,8 +10,10 @@ use super::*;
 /// other node answers (the whole cluster starting), it cannot tell, and says so.
 pub(super) async fn refuse_rolled_back(core: &Core) -> Result<(), OpenError> {
     let local = core.node.last_log_index(META)?.unwrap_or(0);
-    let ask = Request::Acknowledged { node: core.me };
-    match core.peers.call_any(&ask, CALL_TIMEOUT).await {
+    let ask = Request::Acknowledged {
+        node: core.cx.settings.me,
+    };
+    match core.cx.peers.call_any(&ask, CALL_TIMEOUT).await {
         Ok(Reply::Acknowledged(Some(recorded))) if recorded > local => {
             Err(OpenError::RolledBack(format!(
                 "this data directory is older than the cluster's record of node {me}: its meta \
@@ -19,7 +21,7 @@ pub(super) async fn refuse_rolled_back(core: &Core) -> Result<(), OpenError> {
                  old copy (a restored volume) or lost synced writes; starting it would lose \
                  committed writes. Start this node on an empty data directory with --join to \
                  rejoin as a new node (docs/OPERATIONS.md, \"Restoring a node\")",
-                me = core.me
+                me = core.cx.settings.me
             )))
         }
         Ok(_) => Ok(()),
@@ -32,7 +34,7 @@ pub(super) async fn refuse_rolled_back(core: &Core) -> Result<(), OpenError> {
 
 /// Registers with the cluster at `seed`: returns the identity it gives this node.
 pub(super) async fn register(
-    peers: &Peers<Core>,
+    peers: &Peers,
     seed: SocketAddr,
     config: &ServiceConfig,
 ) -> Result<Identity, OpenError> {
@@ -73,10 +75,13 @@ pub(super) async fn admit(
     seed: Option<SocketAddr>,
     addrs: NodeAddrs,
 ) -> Result<(), OpenError> {
-    let request = Request::Admit { id: core.me, addrs };
+    let request = Request::Admit {
+        id: core.cx.settings.me,
+        addrs,
+    };
     let deadline = Instant::now() + ADMIT_TIMEOUT;
     loop {
-        let answer = core.peers.call_any(&request, ADMIT_TIMEOUT).await;
+        let answer = core.cx.peers.call_any(&request, ADMIT_TIMEOUT).await;
         match answer {
             Ok(Reply::Done) => return Ok(()),
             Ok(Reply::Refused(Refusal::Failed(e))) => return Err(OpenError::Join(e)),
@@ -84,7 +89,7 @@ pub(super) async fn admit(
             Err(e) => {
                 tracing::info!(error = %e, "not admitted yet; trying again");
                 if let Some(seed) = seed {
-                    let _ = core.peers.connect(seed, Duration::from_secs(5)).await;
+                    let _ = core.cx.peers.connect(seed, Duration::from_secs(5)).await;
                 }
             }
         }

@@ -18,21 +18,24 @@ pub(super) async fn keep_in_touch(core: Arc<Core>, addrs: NodeAddrs) {
         if ticks % RECORD_ACKNOWLEDGED_TICKS == 0 {
             core.record_acknowledged().await;
         }
-        core.peers.maintain(core.me, &core.cluster_addrs()).await;
-        core.check_standing();
-        core.hand_over(&mut handover);
-        if !core.is_yielding() {
+        core.cx
+            .peers
+            .maintain(core.cx.settings.me, &core.cluster_addrs())
+            .await;
+        core.cx.check_standing();
+        core.cx.hand_over(&mut handover);
+        if !core.cx.is_yielding() {
             core.stand_for_lost_leaders(&mut lost).await;
         }
         if !recorded {
-            match core.directory.node(core.me) {
+            match core.cx.meta.directory.node(core.cx.settings.me) {
                 Some(r) if r.addrs == addrs => recorded = true,
                 Some(_) => {
                     let update = MetaCommand::UpdateAddrs {
-                        id: core.me,
+                        id: core.cx.settings.me,
                         addrs: addrs.clone(),
                     };
-                    recorded = core.propose_meta(update).await.is_ok();
+                    recorded = core.cx.meta.propose(update).await.is_ok();
                 }
                 None => {}
             }
@@ -44,14 +47,14 @@ pub(super) async fn keep_in_touch(core: Arc<Core>, addrs: NodeAddrs) {
 /// operator made it leave meanwhile).
 pub(super) async fn undrain(core: Arc<Core>) {
     loop {
-        let done = match core.my_state() {
+        let done = match core.cx.meta.my_state() {
             Some(NodeState::Draining) => {
                 let cancel = MetaCommand::SetNodeState {
-                    id: core.me,
+                    id: core.cx.settings.me,
                     state: NodeState::Active,
                     at: now_ms(),
                 };
-                match core.propose_meta(cancel).await {
+                match core.cx.meta.propose(cancel).await {
                     Ok(_) => true,
                     Err(e) => {
                         tracing::info!(error = %e, "could not make this node active again; will retry");
@@ -112,21 +115,27 @@ impl Core {
     /// leaderless for minutes (`Fault::MajoritiesRing`, docs/RELIABILITY.md).
     pub(super) async fn stand_for_lost_leaders(&self, lost: &mut LostLeaders) {
         let now = Instant::now();
-        let mut groups = vec![self.meta.clone()];
-        groups.extend(self.replicas.pin().values().map(|l| l.group.clone()));
-        lost.since.retain(|node, _| !self.peers.is_connected(*node));
+        let mut groups = vec![self.cx.meta.group.clone()];
+        groups.extend(self.cx.replicas.pin().values().map(|l| l.group.clone()));
+        lost.since
+            .retain(|node, _| !self.cx.peers.is_connected(*node));
         for group in groups {
             let (leader, voters) = {
                 let m = group.raft().metrics().borrow().clone();
                 let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
                 (m.current_leader, voters)
             };
-            if !voters.contains(&self.me) {
+            if !voters.contains(&self.cx.settings.me) {
                 continue;
             }
-            let rank =
-                |gone: NodeId| voters.iter().filter(|&&v| v != gone && v < self.me).count() as u32;
-            let reachable = leader.is_some_and(|l| l == self.me || self.peers.is_connected(l));
+            let rank = |gone: NodeId| {
+                voters
+                    .iter()
+                    .filter(|&&v| v != gone && v < self.cx.settings.me)
+                    .count() as u32
+            };
+            let reachable =
+                leader.is_some_and(|l| l == self.cx.settings.me || self.cx.peers.is_connected(l));
             if reachable {
                 lost.standing.remove(&group.id());
             }
@@ -136,7 +145,7 @@ impl Core {
             };
             // Its leader's session is gone: stand once the lease is over.
             let since = *lost.since.entry(gone).or_insert(now);
-            let wait = self.leader_lease + Duration::from_millis(500) * rank(gone);
+            let wait = self.cx.settings.leader_lease + Duration::from_millis(500) * rank(gone);
             if now.duration_since(since) < wait {
                 continue;
             }
@@ -151,10 +160,12 @@ impl Core {
     /// The other nodes' ids and cluster addresses: members, and lost nodes (so that one
     /// that comes back can be told it was replaced).
     pub(super) fn cluster_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
-        self.directory
+        self.cx
+            .meta
+            .directory
             .nodes()
             .into_iter()
-            .filter(|n| n.id != self.me && n.state != NodeState::Removed)
+            .filter(|n| n.id != self.cx.settings.me && n.state != NodeState::Removed)
             .filter_map(|n| n.addrs.cluster.parse().ok().map(|a| (n.id, a)))
             .collect()
     }
@@ -164,11 +175,11 @@ impl Core {
     pub(super) async fn connect_to_peers(&self, within: Duration) {
         let deadline = Instant::now() + within;
         let nodes = self.cluster_addrs();
-        let mut events = self.peers.events();
-        self.peers.maintain(self.me, &nodes).await;
+        let mut events = self.cx.peers.events();
+        self.cx.peers.maintain(self.cx.settings.me, &nodes).await;
         while nodes
             .iter()
-            .any(|(id, _)| *id < self.me && !self.peers.is_connected(*id))
+            .any(|(id, _)| *id < self.cx.settings.me && !self.cx.peers.is_connected(*id))
         {
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, events.recv()).await.is_err() {
@@ -183,10 +194,18 @@ impl Core {
     /// cluster writes nothing. A node whose data is older than its record was rolled back
     /// ([`refuse_rolled_back`]).
     pub(super) async fn record_acknowledged(&self) {
-        if !self.meta.is_leader() {
+        if !self.cx.meta.group.is_leader() {
             return;
         }
-        let replication = self.meta.raft().metrics().borrow().replication.clone();
+        let replication = self
+            .cx
+            .meta
+            .group
+            .raft()
+            .metrics()
+            .borrow()
+            .replication
+            .clone();
         let Some(replication) = replication else {
             return;
         };
@@ -194,13 +213,15 @@ impl Core {
             .iter()
             .filter_map(|(&node, matched)| {
                 let index = matched.as_ref()?.index;
-                let recorded = self.directory.acknowledged(node).unwrap_or(0);
+                let recorded = self.cx.meta.directory.acknowledged(node).unwrap_or(0);
                 (index > recorded + 1).then_some((node, index))
             })
             .collect();
         if !through.is_empty() {
             if let Err(e) = self
-                .meta_command(MetaCommand::RecordAcknowledged { through })
+                .cx
+                .meta
+                .propose_as_leader(MetaCommand::RecordAcknowledged { through })
                 .await
             {
                 tracing::debug!(error = %e, "could not record the members' acknowledged indexes");

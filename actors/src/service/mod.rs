@@ -8,29 +8,29 @@
 //! key) never acts twice.
 //!
 //! Its parts: `config` (settings), `errors`, `identity` (the identity file), `join` (this
-//! node's side of joining), `hosting` (the replicas it hosts), `routing` (writes to the
-//! leader, reads from other nodes), `meta_client` (proposing to the meta group from any
-//! node), `loops` (background loops), `rpc` (requests from other nodes, and the other
-//! side of joining), `api` (the public methods). Here: `Core`, the state they share,
-//! and opening a node. `Core` is still one struct that all of them reach into; making
-//! it small handles passed to whoever needs them is the next step.
+//! node's side of joining), `routing` (writes to the leader, reads from other nodes),
+//! `loops` (background loops), `rpc` (requests from other nodes, and the other side of
+//! joining), `operate` (drain, leave, cancel), `api` (the public methods). Here: `Core`,
+//! the composition root, and opening a node. What `Core` shares with the control loops
+//! is the handles in `cx` (`cluster::control::Control`: settings, the meta client, the
+//! replicas, the peers, the task owner); the loops take those, never `Core`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkrift_raft::node::NodeOptions;
 pub use linkrift_raft::RaftConfig;
 use linkrift_raft::{Group, GroupError, GroupId, NodeId, RaftNode};
-use ractor::Actor;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cluster::cache::{CacheConfig, NearCache};
+use crate::cluster::control::Control;
 use crate::cluster::membership::{Departure, Handover};
 use crate::cluster::peers::{Handler, Peers};
 use crate::cluster::wire::{Notice, Refusal, Reply, Request};
@@ -38,21 +38,26 @@ use crate::domain::{
     ApiKey, ApiKeyHash, ApiKeyRecord, DestinationUrl, Invalid, Link, LinkPatch, NewLink,
     RedirectStatus, Scope, ShortCode, Tag, Title, UrlPolicy,
 };
-use crate::groups::{shard_group, Command, GroupState, Outcome, META};
-use crate::meta::{MetaCommand, MetaOutcome, MetaReader, NodeAddrs, NodeRecord, NodeState};
+use crate::groups::{shard_group, GroupState, META};
+use crate::meta::{MetaCommand, MetaOutcome, NodeAddrs, NodeRecord, NodeState};
+use crate::meta_client::MetaClient;
 use crate::placement;
 pub(crate) use crate::replicas::{LocalShard, Replicas};
-use crate::shard::{shard_of, RequestId, ShardActor, ShardCommand, ShardOutcome};
+use crate::settings::Settings;
+use crate::shard::{shard_of, RequestId, ShardCommand, ShardOutcome};
 use crate::status::{ClusterStatus, GroupStatus, ReplicaDigest};
 
 mod api;
+mod click_api;
 mod config;
 mod errors;
-mod hosting;
 mod identity;
 mod join;
+mod keys;
 mod loops;
-mod meta_client;
+mod state;
+
+mod operate;
 mod routing;
 mod rpc;
 
@@ -110,26 +115,11 @@ pub enum Lookup {
 /// The node's shared state: what the HTTP layer, the peer actor and the background tasks
 /// all use.
 pub(crate) struct Core {
-    pub(crate) node: RaftNode<GroupState>,
-    pub(crate) me: NodeId,
-    pub(crate) meta: Group<GroupState>,
-    pub(crate) directory: MetaReader,
-    pub(crate) shard_count: u32,
-    /// The shard replicas this node hosts.
-    pub(crate) replicas: Arc<Replicas>,
-    /// Serialises hosting and releasing replicas.
-    hosting: tokio::sync::Mutex<()>,
+    pub(crate) node: Arc<RaftNode<GroupState>>,
+    /// The handles the node's parts share: settings, the meta client, the replicas this
+    /// node hosts, the peers, the task owner (also what the control loops take).
+    pub(crate) cx: Arc<Control>,
     cache: NearCache,
-    pub(crate) peers: Peers<Core>,
-    pub(crate) replication_factor: usize,
-    pub(crate) max_moves: usize,
-    /// openraft's leader lease (its longest election timeout): how long a voter refuses
-    /// to vote after it last heard from its leader.
-    pub(crate) leader_lease: Duration,
-    /// How long a member may be out of touch before the meta leader marks it lost.
-    pub(crate) dead_after: Duration,
-    /// Set once this node learns it is no longer a member.
-    pub(crate) departure: tokio::sync::watch::Sender<Option<Departure>>,
     /// The watermarks of the shards this node mirrors to Postgres.
     pub(crate) mirror: Arc<crate::mirror::MirrorState>,
     /// The click actor's handle, and the store it writes: ClickHouse when configured,
@@ -140,9 +130,6 @@ pub(crate) struct Core {
     data_dir: PathBuf,
     code_length: usize,
     url_policy: UrlPolicy,
-    write_timeout: Duration,
-    /// The owner of every background task of the node.
-    pub(crate) tasks: crate::tasks::Tasks,
 }
 
 /// One node's link service.
@@ -182,7 +169,7 @@ impl LinkService {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
         let tasks = crate::tasks::Tasks::new();
-        let peers: Peers<Core> = Peers::start(
+        let peers: Peers = Peers::start(
             config.cluster_addr,
             &config.cluster_secret,
             config.tls.clone(),
@@ -318,35 +305,43 @@ impl LinkService {
             &tasks,
         )
         .map_err(OpenError::ClickSpool)?;
+        let node = Arc::new(node);
+        let settings = Settings {
+            me,
+            shard_count: identity.shard_count,
+            replication_factor: config.replication_factor,
+            max_moves: config.max_moves.max(1),
+            leader_lease: config.raft.election_max,
+            dead_after: config.dead_after,
+            write_timeout: config.write_timeout,
+        };
+        let peers = Arc::new(peers);
+        let cx = Arc::new(Control {
+            settings,
+            node: node.clone(),
+            meta: MetaClient::new(me, meta, directory, peers.clone(), config.write_timeout),
+            replicas: Arc::new(Replicas::new(node.clone(), me, tasks.clone())),
+            peers,
+            tasks,
+            departure: tokio::sync::watch::channel(None).0,
+        });
         let core = Arc::new(Core {
             clicks,
             rollups,
             clickhouse,
             node,
-            me,
-            meta,
-            directory,
-            shard_count: identity.shard_count,
-            replicas: Arc::new(Replicas::default()),
-            hosting: tokio::sync::Mutex::new(()),
+            cx,
             cache: NearCache::new(config.cache),
-            peers,
-            replication_factor: config.replication_factor,
-            max_moves: config.max_moves.max(1),
-            leader_lease: config.raft.election_max,
-            dead_after: config.dead_after,
-            departure: tokio::sync::watch::channel(None).0,
             mirror: Default::default(),
             data_dir: config.data_dir.clone(),
             code_length: config.code_length,
             url_policy: config.url_policy,
-            write_timeout: config.write_timeout,
-            tasks,
         });
-        core.peers.serve(Arc::downgrade(&core));
+        let handler: Arc<dyn crate::cluster::peers::Handler> = core.clone();
+        core.cx.peers.serve(Arc::downgrade(&handler));
         for id in core.node.group_ids() {
             if id != META {
-                core.host((id.0 - 1) as u32).await?;
+                core.cx.replicas.host((id.0 - 1) as u32).await?;
             }
         }
         if bootstrapping {
@@ -359,12 +354,14 @@ impl LinkService {
                 token: 0,
                 state_since: now,
             };
-            core.meta_command(MetaCommand::Bootstrap {
-                shard_count: identity.shard_count,
-                node: first,
-            })
-            .await
-            .map_err(OpenError::Bootstrap)?;
+            core.cx
+                .meta
+                .propose_as_leader(MetaCommand::Bootstrap {
+                    shard_count: identity.shard_count,
+                    node: first,
+                })
+                .await
+                .map_err(OpenError::Bootstrap)?;
             write_identity(
                 &config.data_dir,
                 &Identity {
@@ -393,24 +390,24 @@ impl LinkService {
             Some(url) => Some(crate::mirror::pool(url).map_err(OpenError::PostgresUrl)?),
             None => None,
         };
-        let tasks = &core.tasks;
+        let tasks = &core.cx.tasks;
         tasks.spawn(
             "placement driver",
-            crate::cluster::driver::run(core.clone()),
+            crate::cluster::driver::run(core.cx.clone()),
         );
         tasks.spawn("keep in touch", keep_in_touch(core.clone(), addrs));
         tasks.spawn(
             "drop removed replicas",
-            crate::cluster::membership::drop_removed_replicas(core.clone()),
+            crate::cluster::membership::drop_removed_replicas(core.cx.clone()),
         );
         if identity.drained_for_shutdown {
             tasks.spawn("undrain", undrain(core.clone()));
         }
         if let Some(pool) = mirror {
             let mirrored = crate::mirror::Mirrored {
-                replicas: core.replicas.clone(),
-                meta: core.meta.clone(),
-                directory: core.directory.clone(),
+                replicas: core.cx.replicas.clone(),
+                meta: core.cx.meta.group.clone(),
+                directory: core.cx.meta.directory.clone(),
                 state: core.mirror.clone(),
             };
             tasks.spawn("postgres mirror", crate::mirror::run(mirrored, pool));
@@ -469,13 +466,15 @@ mod tests {
         let core = service.core.clone();
         // Draining, so that the placement driver leaves the shard's membership alone.
         let drain = MetaCommand::SetNodeState {
-            id: core.me,
+            id: core.cx.settings.me,
             state: NodeState::Draining,
             at: now_ms(),
         };
-        core.meta_command(drain).await.unwrap();
+        core.cx.meta.propose_as_leader(drain).await.unwrap();
         let local = core
-            .local_shard(0)
+            .cx
+            .replicas
+            .get(0)
             .expect("a single node holds every shard");
         let raft = local.group.raft().clone();
         // Two voters that do not exist: from the joint configuration on, nothing commits.
@@ -496,7 +495,7 @@ mod tests {
         .unwrap();
         let code = (0..)
             .map(|i| format!("stuck{i}"))
-            .find(|c| crate::shard::shard_of(c, core.shard_count) == 0)
+            .find(|c| crate::shard::shard_of(c, core.cx.settings.shard_count) == 0)
             .unwrap();
         let command = ShardCommand::Delete {
             request: 1,
@@ -517,11 +516,11 @@ mod tests {
         .unwrap();
         drop(local);
 
-        tokio::time::timeout(Duration::from_secs(10), core.release(0))
+        tokio::time::timeout(Duration::from_secs(10), core.cx.replicas.release(0))
             .await
             .expect("released within 10 s")
             .unwrap();
-        assert!(core.local_shard(0).is_none());
+        assert!(core.cx.replicas.get(0).is_none());
         let answer = tokio::time::timeout(Duration::from_secs(10), write)
             .await
             .expect("the write is answered")
@@ -533,7 +532,7 @@ mod tests {
             .unwrap();
         assert!(change.is_err(), "{change:?}");
         // Hosting is not blocked: the node takes the shard again (an empty replica).
-        tokio::time::timeout(Duration::from_secs(10), core.host(0))
+        tokio::time::timeout(Duration::from_secs(10), core.cx.replicas.host(0))
             .await
             .expect("hosted within 10 s")
             .unwrap();

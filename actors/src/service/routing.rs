@@ -4,6 +4,19 @@
 use super::*;
 
 impl Core {
+    /// Nodes to ask about `shard`: every member that may hold a replica, the likeliest
+    /// holders first.
+    pub(super) fn candidates(&self, shard: u32) -> Vec<NodeId> {
+        let members = self.cx.meta.directory.in_states(&[
+            NodeState::Active,
+            NodeState::Draining,
+            NodeState::Leaving,
+        ]);
+        let mut order = placement::replicas(shard, &members, members.len());
+        order.retain(|&n| n != self.cx.settings.me);
+        order
+    }
+
     /// Runs `command` on `shard`'s leader: here, or forwarded (at most `hops` times).
     pub(super) async fn route_write(
         self: &Arc<Self>,
@@ -15,8 +28,8 @@ impl Core {
         let left = deadline.saturating_duration_since(Instant::now());
         // A replica that is not a caught-up voter (a learner, or one this node has just
         // moved away and not yet deleted) cannot lead: the write goes to the others.
-        if let Some(local) = self.local_shard(shard).filter(|l| l.is_serving()) {
-            if self.is_handing_over(&local.group) {
+        if let Some(local) = self.cx.replicas.get(shard).filter(|l| l.is_serving()) {
+            if self.cx.is_handing_over(&local.group) {
                 return Err(Refusal::NotLeader { leader: None });
             }
             return match local.propose(command.clone(), left).await {
@@ -24,7 +37,7 @@ impl Core {
                 Err(GroupError::NotLeader {
                     leader: Some(leader),
                     ..
-                }) if leader != self.me && hops > 0 => {
+                }) if leader != self.cx.settings.me && hops > 0 => {
                     self.forward_write(leader, shard, command, hops - 1, deadline)
                         .await
                 }
@@ -67,7 +80,7 @@ impl Core {
             hops,
         };
         let started = Instant::now();
-        let result = match self.peers.call(node, &request, left).await {
+        let result = match self.cx.peers.call(node, &request, left).await {
             Ok(Reply::Written(outcome)) => Ok(outcome),
             Ok(Reply::Refused(r)) => Err(r),
             Ok(other) => Err(Refusal::Failed(format!("a write answered {other:?}"))),
@@ -87,7 +100,7 @@ impl Core {
     /// spin. (The chaos tests saw writes spin on a replica its node had just moved away.)
     pub(super) async fn pause_for_shard(&self, shard: u32, wait: Duration) {
         let started = Instant::now();
-        match self.local_shard(shard) {
+        match self.cx.replicas.get(shard) {
             Some(local) => {
                 let mut metrics = local.group.raft().metrics();
                 let _ = tokio::time::timeout(wait, metrics.changed()).await;
@@ -107,7 +120,7 @@ impl Core {
         shard: u32,
         command: ShardCommand,
     ) -> Result<ShardOutcome, ServiceError> {
-        let deadline = Instant::now() + self.write_timeout;
+        let deadline = Instant::now() + self.cx.settings.write_timeout;
         let mut pause = Duration::from_millis(10);
         loop {
             let last = match self.route_write(shard, &command, HOPS, deadline).await {
@@ -139,8 +152,8 @@ impl Core {
         code: &str,
         hops: u8,
     ) -> Result<Option<Link>, Refusal> {
-        let shard = shard_of(code, self.shard_count);
-        let local = self.local_shard(shard);
+        let shard = shard_of(code, self.cx.settings.shard_count);
+        let local = self.cx.replicas.get(shard);
         let read_here = |local: &LocalShard| {
             local
                 .is_serving()
@@ -149,7 +162,7 @@ impl Core {
         };
         if let Some(local) = &local {
             let leader = local.group.leader();
-            if leader == Some(self.me) && local.is_serving() {
+            if leader == Some(self.cx.settings.me) && local.is_serving() {
                 return Ok(local.reader.get(code).map(|l| Link::clone(&l)));
             }
             if hops == 0 || leader.is_none() {
@@ -157,13 +170,13 @@ impl Core {
                     return Ok(Some(link));
                 }
             }
-            if let Some(leader) = leader.filter(|&l| l != self.me && hops > 0) {
+            if let Some(leader) = leader.filter(|&l| l != self.cx.settings.me && hops > 0) {
                 let request = Request::Lookup {
                     code: code.to_string(),
                     hops: hops - 1,
                 };
                 if let Ok(Reply::Found(link)) =
-                    self.peers.call(leader, &request, CALL_TIMEOUT).await
+                    self.cx.peers.call(leader, &request, CALL_TIMEOUT).await
                 {
                     return Ok(link);
                 }
@@ -185,7 +198,7 @@ impl Core {
         };
         let mut refusals = Vec::new();
         for node in self.candidates(shard) {
-            match self.peers.call(node, &request, CALL_TIMEOUT).await {
+            match self.cx.peers.call(node, &request, CALL_TIMEOUT).await {
                 Ok(Reply::Found(link)) => return Ok(link),
                 Ok(Reply::Refused(r)) => refusals.push(format!("node {node}: {r}")),
                 Ok(other) => refusals.push(format!("node {node} answered {other:?}")),
@@ -209,9 +222,9 @@ impl Core {
         limit: usize,
         hops: u8,
     ) -> Result<Vec<Link>, Refusal> {
-        let local = self.local_shard(shard);
+        let local = self.cx.replicas.get(shard);
         let leader = local.as_ref().and_then(|l| l.group.leader());
-        if let Some(leader) = leader.filter(|&l| l != self.me && hops > 0) {
+        if let Some(leader) = leader.filter(|&l| l != self.cx.settings.me && hops > 0) {
             let request = Request::List {
                 hops: hops - 1,
                 shards: vec![shard],
@@ -219,7 +232,9 @@ impl Core {
                 tag: tag.cloned(),
                 limit: limit as u32,
             };
-            if let Ok(Reply::Links(links)) = self.peers.call(leader, &request, CALL_TIMEOUT).await {
+            if let Ok(Reply::Links(links)) =
+                self.cx.peers.call(leader, &request, CALL_TIMEOUT).await
+            {
                 return Ok(links);
             }
         }

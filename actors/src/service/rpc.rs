@@ -33,17 +33,35 @@ pub(super) fn group_status(name: String, g: &Group<GroupState>) -> GroupStatus {
 }
 
 impl Handler for Core {
-    async fn handle(self: Arc<Self>, request: Request) -> Reply {
+    fn handle(
+        self: Arc<Self>,
+        request: Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
+        Box::pin(self.answer(request))
+    }
+
+    fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::Invalidate { code } => self.cache.invalidate(&code),
+        }
+    }
+}
+
+impl Core {
+    /// Answers one request from another node.
+    async fn answer(self: Arc<Self>, request: Request) -> Reply {
         match request {
             Request::Register { token, addrs } => self.handle_register(token, addrs).await,
             Request::Admit { id, addrs } => self.handle_admit(id, addrs).await,
             Request::Meta(command) => {
-                if !self.meta.is_leader() {
+                if !self.cx.meta.group.is_leader() {
                     return self
-                        .to_meta_leader(&Request::Meta(command), CALL_TIMEOUT * 2)
+                        .cx
+                        .meta
+                        .to_leader(&Request::Meta(command), CALL_TIMEOUT * 2)
                         .await;
                 }
-                match self.meta_command(command).await {
+                match self.cx.meta.propose_as_leader(command).await {
                     Ok(outcome) => Reply::Meta(outcome),
                     Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
                 }
@@ -83,24 +101,24 @@ impl Handler for Core {
                 }
                 Reply::Links(links)
             }
-            Request::Host { shard } => match self.host(shard).await {
+            Request::Host { shard } => match self.cx.replicas.host(shard).await {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
             },
-            Request::Release { shard } => match self.release(shard).await {
+            Request::Release { shard } => match self.cx.replicas.release(shard).await {
                 Ok(()) => Reply::Done,
                 Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
             },
-            Request::Members { shard } => self.members_as_leader(shard),
+            Request::Members { shard } => self.cx.members_as_leader(shard),
             Request::Reconcile { shard, plan, hops } => {
-                match crate::cluster::driver::reconcile_here(&self, shard, plan, hops).await {
+                match crate::cluster::driver::reconcile_here(&self.cx, shard, plan, hops).await {
                     Ok(progress) => Reply::Reconciled(progress),
                     Err(r) => Reply::Refused(r),
                 }
             }
             Request::Groups => Reply::Groups(self.group_statuses()),
             Request::Acknowledged { node } => {
-                Reply::Acknowledged(self.directory.acknowledged(node))
+                Reply::Acknowledged(self.cx.meta.directory.acknowledged(node))
             }
             Request::Digest { shard } => match self.replica_digest(shard) {
                 Some(d) => Reply::Digest(d),
@@ -119,31 +137,25 @@ impl Handler for Core {
                 Ok(t) => Reply::Tally(t),
                 Err(e) => Reply::Refused(Refusal::Failed(format!("click store: {e}"))),
             },
-            Request::Stand { group } => self.stand(GroupId(group)).await,
+            Request::Stand { group } => self.cx.stand(GroupId(group)).await,
             Request::Replaced {
                 id,
                 rejoin,
                 members,
             } => {
-                if id != self.me {
+                if id != self.cx.settings.me {
                     return Reply::Refused(Refusal::Failed(format!(
                         "this is node {}, not node {id}",
-                        self.me
+                        self.cx.settings.me
                     )));
                 }
-                self.depart(if rejoin {
+                self.cx.depart(if rejoin {
                     Departure::Replaced { members }
                 } else {
                     Departure::Left
                 });
                 Reply::Done
             }
-        }
-    }
-
-    fn notice(&self, notice: Notice) {
-        match notice {
-            Notice::Invalidate { code } => self.cache.invalidate(&code),
         }
     }
 }
@@ -154,11 +166,13 @@ impl Core {
             token,
             addrs: addrs.clone(),
         };
-        if !self.meta.is_leader() {
-            return self.to_meta_leader(&request, CALL_TIMEOUT * 2).await;
+        if !self.cx.meta.group.is_leader() {
+            return self.cx.meta.to_leader(&request, CALL_TIMEOUT * 2).await;
         }
         match self
-            .meta_command(MetaCommand::RegisterNode {
+            .cx
+            .meta
+            .propose_as_leader(MetaCommand::RegisterNode {
                 token,
                 addrs,
                 at: now_ms(),
@@ -167,7 +181,7 @@ impl Core {
         {
             Ok(MetaOutcome::Node(record)) => Reply::Registered {
                 id: record.id,
-                shard_count: self.directory.shard_count(),
+                shard_count: self.cx.meta.directory.shard_count(),
             },
             Ok(other) => Reply::Refused(Refusal::Failed(format!("register answered {other:?}"))),
             Err(e) => Reply::Refused(Refusal::Unavailable(e.to_string())),
@@ -175,12 +189,14 @@ impl Core {
     }
 
     pub(super) async fn handle_admit(&self, id: NodeId, addrs: NodeAddrs) -> Reply {
-        if !self.meta.is_leader() {
+        if !self.cx.meta.group.is_leader() {
             return self
-                .to_meta_leader(&Request::Admit { id, addrs }, ADMIT_TIMEOUT)
+                .cx
+                .meta
+                .to_leader(&Request::Admit { id, addrs }, ADMIT_TIMEOUT)
                 .await;
         }
-        let Some(record) = self.directory.node(id) else {
+        let Some(record) = self.cx.meta.directory.node(id) else {
             return Reply::Refused(Refusal::Failed(format!("node {id} never registered")));
         };
         if record.state == NodeState::Active {
@@ -192,16 +208,21 @@ impl Core {
                 id,
                 addrs: addrs.clone(),
             };
-            if let Err(e) = self.meta_command(update).await {
+            if let Err(e) = self.cx.meta.propose_as_leader(update).await {
                 return Reply::Refused(Refusal::Unavailable(e.to_string()));
             }
         }
-        if let Err(e) = self.meta.add_learner(id, addrs.peer.clone()).await {
+        if let Err(e) = self.cx.meta.group.add_learner(id, addrs.peer.clone()).await {
             return Reply::Refused(Refusal::Unavailable(format!(
                 "adding node {id} to the meta group: {e}"
             )));
         }
-        match self.meta_command(MetaCommand::ActivateNode { id }).await {
+        match self
+            .cx
+            .meta
+            .propose_as_leader(MetaCommand::ActivateNode { id })
+            .await
+        {
             Ok(_) => {
                 tracing::info!(node = id, "node admitted");
                 Reply::Done
@@ -212,13 +233,16 @@ impl Core {
 
     /// This node's replica of `shard`, summed up.
     pub(super) fn replica_digest(&self, shard: u32) -> Option<ReplicaDigest> {
-        let local = self.local_shard(shard)?;
+        let local = self.cx.replicas.get(shard)?;
         let (links, digest) = local.reader.digest();
-        let voter = local
-            .group
-            .read(|a| a.membership.membership().voter_ids().any(|v| v == self.me));
+        let voter = local.group.read(|a| {
+            a.membership
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.cx.settings.me)
+        });
         Some(ReplicaDigest {
-            node: self.me,
+            node: self.cx.settings.me,
             voter,
             applied: local.group.last_applied().map_or(0, |l| l.index),
             links,
@@ -227,14 +251,16 @@ impl Core {
     }
 
     pub(super) fn group_statuses(&self) -> Vec<GroupStatus> {
-        let mut meta = group_status("meta".into(), &self.meta);
+        let mut meta = group_status("meta".into(), &self.cx.meta.group);
         meta.mirrored = self
+            .cx
             .meta
+            .group
             .is_leader()
             .then(|| self.mirror.watermark(-1))
             .flatten();
         let mut out = vec![meta];
-        out.extend(self.local_shards().into_iter().map(|(s, l)| {
+        out.extend(self.cx.replicas.all().into_iter().map(|(s, l)| {
             let mut status = group_status(format!("shard {s}"), &l.group);
             if l.group.is_leader() {
                 status.mirrored = self.mirror.watermark(s as i32);

@@ -1,16 +1,75 @@
 //! The meta client: proposing to the meta group from any node (here when this node
-//! leads it, else through the leader).
+//! leads it, else through the leader), and this node's record in it.
 
-use super::*;
+use std::time::{Duration, Instant};
 
-impl Core {
-    pub(super) async fn until_meta_led<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
+use linkrift_raft::{Group, GroupError, NodeId};
+
+use crate::cluster::peers::Peers;
+use crate::cluster::wire::{Refusal, Reply, Request};
+use crate::errors::ServiceError;
+use crate::groups::{Command, GroupState, Outcome};
+use crate::meta::{MetaCommand, MetaOutcome, MetaReader, NodeState};
+
+/// How long one call to another node may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A handle on the meta group from this node: its replica, its directory, and the peers
+/// to reach its leader through.
+#[derive(Clone)]
+pub(crate) struct MetaClient {
+    pub(crate) me: NodeId,
+    /// This node's replica of the meta group.
+    pub(crate) group: Group<GroupState>,
+    /// The cluster's directory, as this replica has applied it.
+    pub(crate) directory: MetaReader,
+    peers: std::sync::Arc<Peers>,
+    write_timeout: Duration,
+}
+
+impl MetaClient {
+    pub(crate) fn new(
+        me: NodeId,
+        group: Group<GroupState>,
+        directory: MetaReader,
+        peers: std::sync::Arc<Peers>,
+        write_timeout: Duration,
+    ) -> Self {
+        Self {
+            me,
+            group,
+            directory,
+            peers,
+            write_timeout,
+        }
+    }
+
+    /// This node's state, as its copy of the meta group records it.
+    pub(crate) fn my_state(&self) -> Option<NodeState> {
+        self.directory.node(self.me).map(|n| n.state)
+    }
+
+    /// Whether this node is draining or leaving: it gives up its leaderships.
+    pub(crate) fn is_yielding(&self) -> bool {
+        self.my_state().is_some_and(NodeState::yields)
+    }
+
+    /// Whether this node leads `group` only to hand it over: it takes no new writes.
+    pub(crate) fn is_handing_over(&self, group: &Group<GroupState>) -> bool {
+        self.is_yielding()
+            && group.is_leader()
+            && group.read(|a| a.membership.membership().voter_ids().any(|v| v != self.me))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the write timeout passes,
+    /// waiting for the meta group's state to change between retryable failures.
+    pub(crate) async fn until_led<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, GroupError>>,
     {
         let deadline = Instant::now() + self.write_timeout;
-        let mut metrics = self.meta.raft().metrics();
+        let mut metrics = self.group.raft().metrics();
         loop {
             match attempt().await {
                 Ok(v) => return Ok(v),
@@ -30,17 +89,17 @@ impl Core {
     }
 
     /// Proposes `command` to the meta group; this node must lead it.
-    pub(crate) async fn meta_command(
+    pub(crate) async fn propose_as_leader(
         &self,
         command: MetaCommand,
     ) -> Result<MetaOutcome, ServiceError> {
-        if self.is_handing_over(&self.meta) {
+        if self.is_handing_over(&self.group) {
             return Err(ServiceError::Unavailable(
                 "this node is handing over the meta group's leadership".into(),
             ));
         }
         let outcome = self
-            .until_meta_led(|| self.meta.write(Command::Meta(command.clone())))
+            .until_led(|| self.group.write(Command::Meta(command.clone())))
             .await?;
         match outcome {
             Outcome::Meta(o) => Ok(o),
@@ -51,14 +110,11 @@ impl Core {
     }
 
     /// Proposes `command` to the meta group, through its leader wherever it is.
-    pub(crate) async fn propose_meta(
-        &self,
-        command: MetaCommand,
-    ) -> Result<MetaOutcome, ServiceError> {
+    pub(crate) async fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, ServiceError> {
         let core = self;
-        let deadline = Instant::now() + core.write_timeout;
+        let deadline = Instant::now() + self.write_timeout;
         loop {
-            match core.meta.leader() {
+            match core.group.leader() {
                 // No leader known here (after a restart on a new peer address, the leader
                 // cannot reach this node until the change is recorded): any other member
                 // forwards to the leader it knows.
@@ -75,8 +131,8 @@ impl Core {
                         }
                     }
                 }
-                Some(leader) if leader == core.me && !core.is_handing_over(&core.meta) => {
-                    return core.meta_command(command).await
+                Some(leader) if leader == core.me && !core.is_handing_over(&core.group) => {
+                    return core.propose_as_leader(command).await
                 }
                 Some(leader) if leader == core.me => {}
                 Some(leader) => {
@@ -102,15 +158,15 @@ impl Core {
                     "the meta group's leader cannot be reached".into(),
                 ));
             }
-            let mut metrics = core.meta.raft().metrics();
+            let mut metrics = core.group.raft().metrics();
             let _ =
                 tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
         }
     }
 
     /// Sends `request` to the meta leader when it is another node.
-    pub(super) async fn to_meta_leader(&self, request: &Request, timeout: Duration) -> Reply {
-        match self.meta.leader() {
+    pub(crate) async fn to_leader(&self, request: &Request, timeout: Duration) -> Reply {
+        match self.group.leader() {
             Some(leader) if leader != self.me => self
                 .peers
                 .call(leader, request, timeout)
