@@ -170,7 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .as_deref()
             .map(linkrift_actors::domain::ApiKeyHash::of),
     });
-    let state = AppState {
+    let state = AppState::new(linkrift_api::Shared {
         service: service.clone(),
         redirect: Arc::new(linkrift_api::redirect::Prepared::new(&api_config)),
         config: api_config,
@@ -182,7 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 redirects_per_ip: rate(config.redirect_rate_per_ip, config.api_rate_burst_seconds),
             },
         )),
-    };
+    });
     tracing::info!(%http, scheme, node = service.node_id(), peer = %service.peer_addr(), cluster = %service.cluster_addr(), data_dir = %config.data_dir.display(), "linkrift serving");
     println!(
         "linkrift serving {scheme}://{http} with data in {} (node {}, peer {}, cluster {})",
