@@ -29,7 +29,9 @@ load_links $port "$links" "$work/codes"
 write_random_lua
 # Warm up, then measure once without perf (the figures to compare) and once with it.
 wrk_run "$work/codes" "http://127.0.0.1:$port" 64 3 cpu_ticks "$pid" >/dev/null
+drops() { curl -s "http://127.0.0.1:$port/metrics" | awk '/^clicks_(dropped_total|enqueued_total|ingested_total)/ {print}' | tr '\n' ' '; }
 echo "without perf (req/s p50_ms p99_ms req_per_cpu_s non3xx p999_ms): $(wrk_run "$work/codes" "http://127.0.0.1:$port" 64 "$seconds" cpu_ticks "$pid")"
+echo "clicks after it: $(drops)"
 perf record -q -F 999 -g -p "$pid" -o "$out/cpu.data" -- sleep "$seconds" 2>/dev/null &
 recorder=$!
 wrk_run "$work/codes" "http://127.0.0.1:$port" 64 "$seconds" cpu_ticks "$pid" >/dev/null
