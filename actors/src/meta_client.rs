@@ -5,14 +5,11 @@ use std::time::{Duration, Instant};
 
 use linkrift_raft::{Group, GroupError, NodeId};
 
-use crate::cluster::peers::Peers;
+use crate::cluster::peers::{Peers, CALL_TIMEOUT};
 use crate::cluster::wire::{Refusal, Reply, Request};
 use crate::errors::ServiceError;
 use crate::groups::{Command, GroupState, Outcome};
 use crate::meta::{MetaCommand, MetaOutcome, MetaReader, NodeState};
-
-/// How long one call to another node may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A handle on the meta group from this node: its replica, its directory, and the peers
 /// to reach its leader through.
@@ -111,17 +108,16 @@ impl MetaClient {
 
     /// Proposes `command` to the meta group, through its leader wherever it is.
     pub(crate) async fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, ServiceError> {
-        let core = self;
         let deadline = Instant::now() + self.write_timeout;
         loop {
-            match core.group.leader() {
+            match self.group.leader() {
                 // No leader known here (after a restart on a new peer address, the leader
                 // cannot reach this node until the change is recorded): any other member
                 // forwards to the leader it knows.
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let ask = Request::Meta(command.clone());
-                    match core.peers.call_any(&ask, left.min(CALL_TIMEOUT * 2)).await {
+                    match self.peers.call_any(&ask, left.min(CALL_TIMEOUT * 2)).await {
                         Ok(Reply::Meta(outcome)) => return Ok(outcome),
                         Ok(Reply::Refused(Refusal::Failed(e))) => {
                             return Err(ServiceError::Internal(e))
@@ -131,13 +127,13 @@ impl MetaClient {
                         }
                     }
                 }
-                Some(leader) if leader == core.me && !core.is_handing_over(&core.group) => {
-                    return core.propose_as_leader(command).await
+                Some(leader) if leader == self.me && !self.is_handing_over(&self.group) => {
+                    return self.propose_as_leader(command).await
                 }
-                Some(leader) if leader == core.me => {}
+                Some(leader) if leader == self.me => {}
                 Some(leader) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match core
+                    match self
                         .peers
                         .call(leader, &Request::Meta(command.clone()), left)
                         .await
@@ -158,7 +154,7 @@ impl MetaClient {
                     "the meta group's leader cannot be reached".into(),
                 ));
             }
-            let mut metrics = core.group.raft().metrics();
+            let mut metrics = self.group.raft().metrics();
             let _ =
                 tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
         }

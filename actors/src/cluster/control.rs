@@ -28,16 +28,6 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// Whether this node is draining or leaving: it gives up its leaderships.
-    pub(crate) fn is_yielding(&self) -> bool {
-        self.meta.is_yielding()
-    }
-
-    /// Whether this node leads `group` only to hand it over: it takes no new writes.
-    pub(crate) fn is_handing_over(&self, group: &Group<GroupState>) -> bool {
-        self.meta.is_handing_over(group)
-    }
-
     /// The meta group and every shard group this node holds.
     pub(crate) fn all_groups(&self) -> Vec<Group<GroupState>> {
         let mut groups = vec![self.meta.group.clone()];

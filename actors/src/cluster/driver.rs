@@ -75,7 +75,7 @@ pub(crate) async fn run(cx: Arc<Control>) {
                 continue;
             }
         }
-        if !cx.meta.group.is_leader() || cx.is_yielding() {
+        if !cx.meta.group.is_leader() || cx.meta.is_yielding() {
             memory = Memory::default();
             continue;
         }
@@ -396,7 +396,7 @@ pub(crate) async fn reconcile_here(
             leader => Err(Refusal::NotLeader { leader }),
         };
     }
-    if cx.is_yielding() {
+    if cx.meta.is_yielding() {
         return Err(Refusal::Unavailable(
             "this node is handing over its leaderships".into(),
         ));
@@ -481,9 +481,9 @@ pub(crate) async fn reconcile_here(
     // 3. The nodes that left delete their replicas.
     for node in &step.release {
         if *node == cx.settings.me {
-            let (tasks, cx) = (cx.tasks.clone(), cx.clone());
-            tasks.spawn("release a replica moved away", async move {
-                if let Err(e) = cx.replicas.release(shard).await {
+            let replicas = cx.replicas.clone();
+            cx.tasks.spawn("release a replica moved away", async move {
+                if let Err(e) = replicas.release(shard).await {
                     tracing::warn!(shard, error = %e, "could not delete this node's old replica");
                 }
             });

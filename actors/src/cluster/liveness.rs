@@ -4,7 +4,6 @@
 //! is told it is a member no more (it wipes its data and joins again, or stops).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkrift_model::now_ms;
@@ -55,7 +54,7 @@ pub(crate) async fn watch_for_lost(cx: &Control, silent: &mut HashMap<NodeId, In
 }
 
 /// Tells lost and removed nodes that come back that they are members no more.
-pub(crate) fn tell_former_members(cx: &Arc<Control>, told: &mut HashMap<NodeId, Instant>) {
+pub(crate) fn tell_former_members(cx: &Control, told: &mut HashMap<NodeId, Instant>) {
     let nodes = cx.meta.directory.nodes();
     let members: Vec<String> = nodes
         .iter()
@@ -79,9 +78,9 @@ pub(crate) fn tell_former_members(cx: &Arc<Control>, told: &mut HashMap<NodeId, 
             rejoin,
             members: members.clone(),
         };
-        let (tasks, cx) = (cx.tasks.clone(), cx.clone());
-        tasks.spawn("tell a former member", async move {
-            let answer = cx.peers.call(node.id, &request, RETELL).await;
+        let peers = cx.peers.clone();
+        cx.tasks.spawn("tell a former member", async move {
+            let answer = peers.call(node.id, &request, RETELL).await;
             tracing::info!(node = node.id, rejoin, answer = ?answer.ok(), "told a former member it was replaced");
         });
     }

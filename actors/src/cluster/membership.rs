@@ -71,7 +71,7 @@ impl Control {
     /// followers' leases are over asks one of them to stand.
     pub(crate) fn hand_over(self: &Arc<Self>, handover: &mut Handover) {
         let groups = self.all_groups();
-        if !self.is_yielding() {
+        if !self.meta.is_yielding() {
             for group in &groups {
                 if handover.quiet.remove(&group.id()) {
                     group.raft().runtime_config().elect(true);
@@ -147,7 +147,7 @@ impl Control {
         let Some(group) = self.node.group(group) else {
             return Reply::Refused(super::wire::Refusal::NotHosted);
         };
-        if self.is_yielding() {
+        if self.meta.is_yielding() {
             return Reply::Refused(super::wire::Refusal::Unavailable(
                 "this node is yielding too".into(),
             ));

@@ -152,6 +152,10 @@ struct Events {
     tasks: Tasks,
 }
 
+/// How long a call to another node may take, except writes (which take what is left of
+/// the write timeout) and admission (which waits for the meta group to catch up).
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Incoming connections on the cluster port that have not authenticated yet, at most; more
 /// are closed at once.
 pub const MAX_PENDING: usize = 64;

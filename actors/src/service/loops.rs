@@ -24,7 +24,7 @@ pub(super) async fn keep_in_touch(core: Arc<Core>, addrs: NodeAddrs) {
             .await;
         core.cx.check_standing();
         core.cx.hand_over(&mut handover);
-        if !core.cx.is_yielding() {
+        if !core.cx.meta.is_yielding() {
             core.stand_for_lost_leaders(&mut lost).await;
         }
         if !recorded {

@@ -32,7 +32,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::cluster::cache::{CacheConfig, NearCache};
 use crate::cluster::control::Control;
 use crate::cluster::membership::{Departure, Handover};
-use crate::cluster::peers::{Handler, Peers};
+use crate::cluster::peers::{Handler, Peers, CALL_TIMEOUT};
 use crate::cluster::wire::{Notice, Refusal, Reply, Request};
 use crate::domain::{
     ApiKey, ApiKeyHash, ApiKeyRecord, DestinationUrl, Invalid, Link, LinkPatch, NewLink,
@@ -89,9 +89,6 @@ pub struct LinkSpec {
 const CODE_ATTEMPTS: u32 = 8;
 /// How many times a write or read is passed on between nodes before it must be served.
 const HOPS: u8 = 2;
-/// How long a call to another node may take, except writes (which take what is left of
-/// the write timeout) and admission (which waits for the meta group to catch up).
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one forwarded write may take before the caller tries again (with the same
 /// request id, so nothing happens twice): a hop to a node stuck behind a dead leader, or a
 /// session that died without closing, must not use up the whole write timeout.

@@ -29,7 +29,7 @@ impl Core {
         // A replica that is not a caught-up voter (a learner, or one this node has just
         // moved away and not yet deleted) cannot lead: the write goes to the others.
         if let Some(local) = self.cx.replicas.get(shard).filter(|l| l.is_serving()) {
-            if self.cx.is_handing_over(&local.group) {
+            if self.cx.meta.is_handing_over(&local.group) {
                 return Err(Refusal::NotLeader { leader: None });
             }
             return match local.propose(command.clone(), left).await {

@@ -155,9 +155,9 @@ impl LinkService {
                 .cx
                 .all_groups()
                 .iter()
-                .filter(|g| core.cx.is_handing_over(g))
+                .filter(|g| core.cx.meta.is_handing_over(g))
                 .count();
-            if leading == 0 && core.cx.is_yielding() {
+            if leading == 0 && core.cx.meta.is_yielding() {
                 tracing::info!("drained: this node leads no group another node could lead");
                 return Ok(());
             }
