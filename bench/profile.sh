@@ -40,9 +40,10 @@ perf sched record -q -o "$out/sched.data" -- sleep 3 2>/dev/null &
 recorder=$!
 wrk_run "$work/codes" "http://127.0.0.1:$port" 64 3 cpu_ticks "$pid" >/dev/null
 wait $recorder || true
+# (`|| true`: head closing the pipe early must not end the script under pipefail.)
 echo; echo "## CPU samples by thread (comm)"
-perf report -i "$out/cpu.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15
+perf report -i "$out/cpu.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15 || true
 echo; echo "## CPU samples by function (self), top 40"
-perf report -i "$out/cpu.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -40
+perf report -i "$out/cpu.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -40 || true
 echo; echo "## Scheduling latency on the server's threads (runnable, waiting for a CPU)"
-perf sched latency -i "$out/sched.data" --sort max 2>/dev/null | grep -E "linkrift|tokio|click|raft|sled|Task|---|Max" | head -25
+perf sched latency -i "$out/sched.data" --sort max 2>/dev/null | grep -E "linkrift|tokio|click|raft|sled|Task|---|Max" | head -25 || true
