@@ -7,7 +7,8 @@
 #
 # Installs perf, wrk and hey from Debian's packages when missing (needs root). Prints the
 # reports and stops everything it started; the raw perf data is left in $PROFILE_DIR
-# (default /tmp/linkrift-profile) for a closer look.
+# (default /tmp/linkrift-profile) for a closer look. PROFILE_CALLGRAPH="--call-graph dwarf"
+# (with PROFILE_HZ=199) unwinds through libc too, to see who calls memcmp or malloc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 links=${1:-100000}; seconds=${2:-10}; shift $(( $# > 2 ? 2 : $# )) || true
@@ -32,7 +33,7 @@ wrk_run "$work/codes" "http://127.0.0.1:$port" 64 3 cpu_ticks "$pid" >/dev/null
 drops() { curl -s "http://127.0.0.1:$port/metrics" | awk '/^clicks_(dropped_total|enqueued_total|ingested_total)/ {print}' | tr '\n' ' '; }
 echo "without perf (req/s p50_ms p99_ms req_per_cpu_s non3xx p999_ms): $(wrk_run "$work/codes" "http://127.0.0.1:$port" 64 "$seconds" cpu_ticks "$pid")"
 echo "clicks after it: $(drops)"
-perf record -q -F 999 -g -p "$pid" -o "$out/cpu.data" -- sleep "$seconds" 2>/dev/null &
+perf record -q -F ${PROFILE_HZ:-999} ${PROFILE_CALLGRAPH:--g} -p "$pid" -o "$out/cpu.data" -- sleep "$seconds" 2>/dev/null &
 recorder=$!
 wrk_run "$work/codes" "http://127.0.0.1:$port" 64 "$seconds" cpu_ticks "$pid" >/dev/null
 wait $recorder || true

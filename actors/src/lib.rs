@@ -29,7 +29,7 @@ pub use linkrift_model::{domain, meta, placement, status};
 
 // The surface the HTTP layer and the binary use, so that they name no module path inside.
 pub use clicks::clickhouse::{ClickHouseConfig, ExportFormat};
-pub use clicks::event::{IpPolicy, RawClick};
+pub use clicks::event::{IpPolicy, RawClick, Seen};
 pub use clicks::rollup::{Bots, DIMENSIONS};
 pub use clicks::Summary;
 pub use cluster::cache::CacheConfig;

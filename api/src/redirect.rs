@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use linkrift_actors::service::{now_ms, Lookup};
-use linkrift_actors::RawClick;
+use linkrift_actors::Seen;
 
 use crate::error::ApiError;
 use crate::{ApiConfig, AppState};
@@ -38,23 +38,35 @@ impl Prepared {
     }
 }
 
+/// The code in a redirect's path (`/{code}`), borrowed; percent-decoded only when it has
+/// a `%` (a valid code never needs one).
+fn code_of(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = path.strip_prefix('/')?;
+    if !raw.contains('%') {
+        return Some(raw.into());
+    }
+    percent_encoding::percent_decode_str(raw).decode_utf8().ok()
+}
+
 /// Redirects to the link's destination with its status code.
 #[utoipa::path(get, path = "/{code}", params(("code" = String, Path)),
     responses((status = 302, description = "redirect (or 301, 307, 308 as the link says)"),
               (status = 404, body = crate::error::ErrorBody), (status = 410, body = crate::error::ErrorBody)))]
 pub async fn redirect(
     State(state): State<AppState>,
-    Path(code): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
     let start = Instant::now();
-    let request_headers = headers;
     let prepared = &state.redirect;
+    let Some(code) = code_of(request.uri().path()) else {
+        return ApiError::not_found("no such link").into_response();
+    };
+    let shard = state.service.shard_of(&code);
     // A hit is a redirect answered from this node's memory (its replica or the near
     // cache); a miss asks another node.
     prepared.requests.increment(1);
-    let found = match state.service.lookup(&code) {
+    let found = match state.service.lookup_in(shard, &code) {
         Lookup::Local(link) | Lookup::Cached(link) => {
             prepared.hits.increment(1);
             link
@@ -76,22 +88,20 @@ pub async fn redirect(
                     let headers = response.headers_mut();
                     headers.insert(header::LOCATION, location);
                     headers.insert(header::CACHE_CONTROL, prepared.cache_control.clone());
-                    let text = |name: &header::HeaderName| {
-                        request_headers
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string)
-                    };
                     if state.config.click_capture {
-                        state.service.record_click(RawClick {
+                        let seen = request.headers();
+                        let text = |name: &header::HeaderName| {
+                            seen.get(name).and_then(|v| v.to_str().ok())
+                        };
+                        state.service.record_click(Seen {
+                            code: Some(&link.code),
+                            shard,
                             at_ms: now_ms(),
                             ip: Some(peer.ip()),
                             user_agent: text(&header::USER_AGENT),
                             referer: text(&header::REFERER),
                             accept_language: text(&header::ACCEPT_LANGUAGE),
                             country: state.config.country_header.as_ref().and_then(text),
-                            code,
-                            shard: 0,
                         });
                     }
                     response

@@ -10,6 +10,11 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc: memory freed on another thread than the one that
+/// took it (a click's, a response's) made glibc consolidate its arenas on the redirect path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "linkrift", version, about = "A clustered URL shortener")]
 struct Cli {

@@ -157,6 +157,75 @@ async fn clicks_are_counted_exactly_and_bots_are_flagged() {
     assert_eq!(error_code(&body), "clickhouse_required", "{body}");
 }
 
+/// The value of the sample `name` (with its labels, as printed) in an exposition.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in the exposition"))
+}
+
+/// Many redirects at once, from threads that share the click slots, with many user agents
+/// and referers (interned per slot, described from memory): every one is counted, per
+/// link, and none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_redirects_are_each_counted_once() {
+    const LINKS: usize = 8;
+    const CLIENTS: usize = 16;
+    const EACH: usize = 150;
+    let root = Root::new();
+    let node = member(root.path(), 1, None, &[]);
+    node.wait_ready().await;
+    for i in 0..LINKS {
+        let (status, body) = node
+            .create(
+                ADMIN_KEY,
+                json!({ "url": format!("https://example.com/{i}"), "code": format!("many{i}") }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (http, base) = (node.http.clone(), node.url("/"));
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    let i = (c + n) % LINKS;
+                    // One code in four percent-encoded: it names the same link.
+                    let path = if n % 4 == 0 {
+                        format!("%6Dany{i}")
+                    } else {
+                        format!("many{i}")
+                    };
+                    let r = http
+                        .get(format!("{base}{path}"))
+                        .header("user-agent", format!("agent-{}/{}", c % 5, n % 7))
+                        .header("referer", format!("https://site{}.example/", n % 3))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 302, "{path}");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let per_link = (CLIENTS * EACH / LINKS) as u64;
+    for i in 0..LINKS {
+        wait_total(&node, &format!("many{i}"), "bots=include", per_link).await;
+    }
+    let metrics = node.metrics().await;
+    let total = (CLIENTS * EACH) as f64;
+    assert_eq!(sample(&metrics, "clicks_ingested_total"), total);
+    assert_eq!(sample(&metrics, "clicks_enqueued_total"), total);
+    for reason in ["queue_full", "store_error", "stopped"] {
+        let name = format!("clicks_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&metrics, &name), 0.0, "{reason}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_nodes_clicks_are_added_up() {
     let root = Root::new();

@@ -4,16 +4,42 @@
 //! allocation beyond the copies) and hands it over without waiting; describing it, user
 //! agent parsing included, happens off the hot path in [`ClickEvent::describe`].
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// What a redirect saw, copied as is.
+/// What a redirect saw, as queued for the click thread: the code shares the link's
+/// allocation and the header texts are interned per slot ([`super::Clicks::record`]), so a
+/// click owns no string of its own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawClick {
     /// The code redirected.
-    pub code: String,
+    pub code: Arc<str>,
+    /// Its shard.
+    pub shard: u32,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+    /// `User-Agent`, at most [`MAX_USER_AGENT`] bytes.
+    pub user_agent: Option<Arc<str>>,
+    /// `Referer`, at most [`MAX_REFERER`] bytes.
+    pub referer: Option<Arc<str>>,
+    /// `Accept-Language`, at most [`MAX_LANGUAGES`] bytes.
+    pub accept_language: Option<Arc<str>>,
+    /// The country a trusted proxy put in a header (e.g. `CF-IPCountry`), if configured.
+    pub country: Option<Arc<str>>,
+}
+
+/// What a redirect saw, borrowed from its request: handed to [`super::Clicks::record`],
+/// which keeps each text once rather than once per click.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seen<'a> {
+    /// The code redirected (the link's own, shared).
+    pub code: Option<&'a linkrift_model::domain::ShortCode>,
     /// Its shard.
     pub shard: u32,
     /// When, Unix milliseconds.
@@ -21,14 +47,23 @@ pub struct RawClick {
     /// The client's address.
     pub ip: Option<IpAddr>,
     /// `User-Agent`.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<&'a str>,
     /// `Referer`.
-    pub referer: Option<String>,
+    pub referer: Option<&'a str>,
     /// `Accept-Language`.
-    pub accept_language: Option<String>,
-    /// The country a trusted proxy put in a header (e.g. `CF-IPCountry`), if configured.
-    pub country: Option<String>,
+    pub accept_language: Option<&'a str>,
+    /// The trusted country header's value.
+    pub country: Option<&'a str>,
 }
+
+/// Longest user agent kept, in bytes (longer ones are cut).
+pub const MAX_USER_AGENT: usize = 512;
+/// Longest referer kept, in bytes.
+pub const MAX_REFERER: usize = 1024;
+/// Longest `Accept-Language` kept, in bytes (only its first tag is used).
+pub const MAX_LANGUAGES: usize = 256;
+/// Longest country header kept, in bytes (only two-letter codes are used).
+pub const MAX_COUNTRY: usize = 8;
 
 /// How much of the client's address is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,13 +112,14 @@ impl Device {
     }
 }
 
-/// One click, as stored.
+/// One click, as stored. Its texts are shared with the describer's memory of recent
+/// values (and stored as plain strings), so describing a click copies none of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClickEvent {
     /// A UUIDv7 (time-ordered): replays of the same event are recognised by it.
     pub id: Uuid,
     /// The code redirected.
-    pub code: String,
+    pub code: Arc<str>,
     /// Its shard.
     pub shard: u32,
     /// When, Unix milliseconds.
@@ -91,23 +127,23 @@ pub struct ClickEvent {
     /// The client's address, truncated ([`IpPolicy`]); empty when unknown.
     pub ip: String,
     /// `User-Agent`, at most 512 bytes.
-    pub user_agent: String,
+    pub user_agent: Arc<str>,
     /// `Referer`, at most 1,024 bytes.
-    pub referer: String,
+    pub referer: Arc<str>,
     /// The referer's host, lower case; empty when none.
-    pub referer_host: String,
+    pub referer_host: Arc<str>,
     /// ISO 3166 alpha-2 country, upper case; empty when unknown.
-    pub country: String,
+    pub country: Arc<str>,
     /// Device class.
     pub device: Device,
     /// Browser name (`Chrome`, `Firefox`, ...; `UNKNOWN`).
-    pub browser: String,
+    pub browser: Arc<str>,
     /// Operating system (`Windows 10`, `iPhone`, `Android`, ...; `UNKNOWN`).
-    pub os: String,
+    pub os: Arc<str>,
     /// A crawler, script or client without a user agent.
     pub bot: bool,
     /// The first language the client accepts (`en`, `pt-br`); empty when none.
-    pub language: String,
+    pub language: Arc<str>,
 }
 
 /// Substrings (lower case) of user agents that are scripts or crawlers woothee does not
@@ -132,15 +168,16 @@ const BOT_MARKERS: &[&str] = &[
     "preview",
 ];
 
-fn clip(s: &str, max: usize) -> String {
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn clipped(s: &str, max: usize) -> &str {
     if s.len() <= max {
-        return s.to_string();
+        return s;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    &s[..end]
 }
 
 /// An ISO 3166 alpha-2 code, upper case, if `s` is one.
@@ -183,59 +220,89 @@ fn first_language(header: &str) -> String {
 /// What a user agent says about the client.
 #[derive(Clone, Debug)]
 struct Agent {
+    /// The agent as kept: trimmed, at most [`MAX_USER_AGENT`] bytes.
+    text: Arc<str>,
     device: Device,
-    browser: String,
-    os: String,
+    browser: Arc<str>,
+    os: Arc<str>,
     bot: bool,
 }
 
-/// User-agent parsing, with the answers for the agents seen recently: the same few
-/// thousand agents make most clicks, and parsing one costs far more than looking it up.
-struct Agents {
-    parser: woothee::parser::Parser,
-    seen: std::collections::HashMap<String, Agent>,
+/// Answers remembered for recent inputs, at most [`MEMO_KEPT`] (forgotten all at once
+/// when full): the same few thousand user agents, referers and languages make most
+/// clicks, and working one out costs far more than looking it up.
+struct Memo<V>(HashMap<Arc<str>, V, foldhash::fast::RandomState>);
+
+/// Inputs remembered per memo, at most.
+const MEMO_KEPT: usize = 10_000;
+
+impl<V: Clone> Memo<V> {
+    fn new() -> Self {
+        Self(HashMap::default())
+    }
+
+    fn get_or(&mut self, key: &str, work: impl FnOnce(&str) -> V) -> V {
+        if let Some(known) = self.0.get(key) {
+            return known.clone();
+        }
+        let value = work(key);
+        if self.0.len() >= MEMO_KEPT {
+            self.0.clear();
+        }
+        self.0.insert(Arc::from(key), value.clone());
+        value
+    }
 }
 
-/// Agents remembered at most (the memory is cleared when full).
-const AGENTS_KEPT: usize = 10_000;
+/// User-agent parsing, remembered.
+struct Agents {
+    parser: woothee::parser::Parser,
+    seen: Memo<Agent>,
+    /// The few browser and OS names, shared.
+    names: Memo<Arc<str>>,
+}
 
 impl Default for Agents {
     fn default() -> Self {
         Self {
             parser: woothee::parser::Parser::new(),
-            seen: std::collections::HashMap::new(),
+            seen: Memo::new(),
+            names: Memo::new(),
         }
     }
 }
 
 impl Agents {
     fn describe(&mut self, ua: &str) -> Agent {
-        if let Some(known) = self.seen.get(ua) {
-            return known.clone();
-        }
-        let parsed = self.parser.parse(ua);
-        let category = parsed.as_ref().map_or("UNKNOWN", |p| p.category);
-        let lower = ua.to_ascii_lowercase();
-        let bot =
-            ua.is_empty() || category == "crawler" || BOT_MARKERS.iter().any(|m| lower.contains(m));
-        let device = match category {
-            _ if bot => Device::Bot,
-            "pc" => Device::Desktop,
-            "smartphone" | "mobilephone" => Device::Mobile,
-            "appliance" => Device::Appliance,
-            _ => Device::Unknown,
-        };
-        let agent = Agent {
-            device,
-            browser: parsed.as_ref().map_or("UNKNOWN", |p| p.name).to_string(),
-            os: parsed.as_ref().map_or("UNKNOWN", |p| p.os).to_string(),
-            bot,
-        };
-        if self.seen.len() >= AGENTS_KEPT {
-            self.seen.clear();
-        }
-        self.seen.insert(ua.to_string(), agent.clone());
-        agent
+        let Self {
+            parser,
+            seen,
+            names,
+        } = self;
+        seen.get_or(ua, |ua| {
+            let ua = clipped(ua.trim(), MAX_USER_AGENT);
+            let parsed = parser.parse(ua);
+            let category = parsed.as_ref().map_or("UNKNOWN", |p| p.category);
+            let lower = ua.to_ascii_lowercase();
+            let bot = ua.is_empty()
+                || category == "crawler"
+                || BOT_MARKERS.iter().any(|m| lower.contains(m));
+            let device = match category {
+                _ if bot => Device::Bot,
+                "pc" => Device::Desktop,
+                "smartphone" | "mobilephone" => Device::Mobile,
+                "appliance" => Device::Appliance,
+                _ => Device::Unknown,
+            };
+            let mut name = |n: &str| names.get_or(n, |n: &str| Arc::from(n));
+            Agent {
+                text: Arc::from(ua),
+                device,
+                browser: name(parsed.as_ref().map_or("UNKNOWN", |p| p.name)),
+                os: name(parsed.as_ref().map_or("UNKNOWN", |p| p.os)),
+                bot,
+            }
+        })
     }
 }
 
@@ -284,10 +351,17 @@ impl Countries {
     }
 }
 
-/// Turns what redirects saw into click events: user agents parsed (and remembered),
-/// addresses truncated, countries looked up.
+/// Turns what redirects saw into click events: user agents parsed, referers' hosts and
+/// first languages worked out (each remembered), addresses truncated, countries looked up.
 pub struct Describer {
     agents: Agents,
+    /// Referer → (referer as kept, its host).
+    referers: Memo<(Arc<str>, Arc<str>)>,
+    /// `Accept-Language` → its first language.
+    languages: Memo<Arc<str>>,
+    /// A country header's value, or a looked-up country → the country as stored.
+    countries_seen: Memo<Arc<str>>,
+    empty: Arc<str>,
     ip: IpPolicy,
     countries: Option<Countries>,
 }
@@ -298,18 +372,77 @@ impl Describer {
     pub fn new(ip: IpPolicy, countries: Option<Countries>) -> Self {
         Self {
             agents: Agents::default(),
+            referers: Memo::new(),
+            languages: Memo::new(),
+            countries_seen: Memo::new(),
+            empty: Arc::from(""),
             ip,
             countries,
         }
     }
 
-    /// Describes a click.
+    /// Describes a click: parses its user agent, truncates its address, and so on.
     pub fn describe(&mut self, raw: RawClick) -> ClickEvent {
-        let country = raw.country.as_deref().and_then(iso_country).or_else(|| {
-            let (countries, ip) = (self.countries.as_ref()?, raw.ip?);
-            countries.of(ip).as_deref().and_then(iso_country)
-        });
-        ClickEvent::describe(RawClick { country, ..raw }, &mut self.agents, self.ip)
+        let iso = |s: &str| iso_country(s).map_or_else(|| Arc::from(""), Arc::from);
+        let mut country = match raw.country.as_deref() {
+            Some(header) => self.countries_seen.get_or(header, iso),
+            None => self.empty.clone(),
+        };
+        if country.is_empty() {
+            if let (Some(countries), Some(ip)) = (self.countries.as_ref(), raw.ip) {
+                if let Some(found) = countries.of(ip) {
+                    country = self.countries_seen.get_or(&found, iso);
+                }
+            }
+        }
+        let Agent {
+            text: user_agent,
+            device,
+            browser,
+            os,
+            bot,
+        } = self
+            .agents
+            .describe(raw.user_agent.as_deref().unwrap_or_default());
+        let (referer, referer_host) = match raw.referer.as_deref() {
+            Some(referer) => self.referers.get_or(referer, |referer| {
+                let host = url::Url::parse(referer)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                    .unwrap_or_default();
+                (Arc::from(clipped(referer, MAX_REFERER)), Arc::from(host))
+            }),
+            None => (self.empty.clone(), self.empty.clone()),
+        };
+        let language = match raw.accept_language.as_deref() {
+            Some(header) => self
+                .languages
+                .get_or(header, |h| Arc::from(first_language(h))),
+            None => self.empty.clone(),
+        };
+        ClickEvent {
+            id: Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (raw.at_ms / 1000) as u64,
+                ((raw.at_ms % 1000) * 1_000_000) as u32,
+            )),
+            code: raw.code,
+            shard: raw.shard,
+            at_ms: raw.at_ms,
+            ip: raw
+                .ip
+                .map(|a| truncate_ip(a, self.ip).to_string())
+                .unwrap_or_default(),
+            user_agent,
+            referer,
+            referer_host,
+            country,
+            device,
+            browser,
+            os,
+            bot,
+            language,
+        }
     }
 }
 
@@ -325,54 +458,6 @@ impl ClickEvent {
         key[..ip.len()].copy_from_slice(ip);
         key[ip.len() + 1..ip.len() + 1 + ua.len()].copy_from_slice(ua);
         xxhash_rust::xxh3::xxh3_64(&key[..ip.len() + 1 + ua.len()])
-    }
-
-    /// Describes a click: parses its user agent, truncates its address, and so on.
-    fn describe(raw: RawClick, agents: &mut Agents, ip: IpPolicy) -> Self {
-        let ua = clip(raw.user_agent.as_deref().unwrap_or_default().trim(), 512);
-        let Agent {
-            device,
-            browser,
-            os,
-            bot,
-        } = agents.describe(&ua);
-        let referer = raw.referer.as_deref().unwrap_or_default();
-        let referer_host = url::Url::parse(referer)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-            .unwrap_or_default();
-        let country = raw
-            .country
-            .as_deref()
-            .and_then(iso_country)
-            .unwrap_or_default();
-        Self {
-            id: Uuid::new_v7(uuid::Timestamp::from_unix(
-                uuid::NoContext,
-                (raw.at_ms / 1000) as u64,
-                ((raw.at_ms % 1000) * 1_000_000) as u32,
-            )),
-            code: raw.code,
-            shard: raw.shard,
-            at_ms: raw.at_ms,
-            ip: raw
-                .ip
-                .map(|a| truncate_ip(a, ip).to_string())
-                .unwrap_or_default(),
-            user_agent: ua,
-            referer: clip(referer, 1024),
-            referer_host,
-            country,
-            device,
-            browser,
-            os,
-            bot,
-            language: raw
-                .accept_language
-                .as_deref()
-                .map(first_language)
-                .unwrap_or_default(),
-        }
     }
 }
 
@@ -391,7 +476,7 @@ mod tests {
             shard: 3,
             at_ms: 1_764_115_200_123,
             ip: Some("203.0.113.77".parse().unwrap()),
-            user_agent: ua.map(str::to_string),
+            user_agent: ua.map(Arc::from),
             referer: Some("https://News.Example.com/story?id=1".into()),
             accept_language: Some("pt-BR,pt;q=0.9,en;q=0.8".into()),
             country: Some("br".into()),
@@ -403,13 +488,13 @@ mod tests {
     fn a_browser_click_is_described() {
         let e = describe(Some(CHROME_WIN));
         assert_eq!(
-            (e.device, e.browser.as_str(), e.bot),
+            (e.device, &*e.browser, e.bot),
             (Device::Desktop, "Chrome", false)
         );
         assert!(e.os.starts_with("Windows"), "{}", e.os);
         assert_eq!(e.ip, "203.0.113.0");
-        assert_eq!(e.referer_host, "news.example.com");
-        assert_eq!((e.language.as_str(), e.country.as_str()), ("pt-br", "BR"));
+        assert_eq!(&*e.referer_host, "news.example.com");
+        assert_eq!((&*e.language, &*e.country), ("pt-br", "BR"));
         assert_eq!(e.id.get_version_num(), 7);
         let (secs, nanos) = e.id.get_timestamp().unwrap().to_unix();
         assert_eq!(
@@ -516,10 +601,10 @@ mod tests {
         let mut describer = Describer::new(IpPolicy::default(), Some(countries));
         let click = |ip: &str, header: Option<&str>| RawClick {
             ip: Some(ip.parse().unwrap()),
-            country: header.map(str::to_string),
+            country: header.map(Arc::from),
             ..RawClick::default()
         };
-        let country = |d: &mut Describer, raw| d.describe(raw).country;
+        let country = |d: &mut Describer, raw| d.describe(raw).country.to_string();
         assert_eq!(country(&mut describer, click("127.9.8.7", None)), "NZ");
         assert_eq!(
             country(&mut describer, click("127.9.8.7", Some("fr"))),
@@ -543,14 +628,14 @@ mod tests {
             referer: Some("not a url".into()),
             accept_language: Some("*;q=0.5, <script>".into()),
             country: Some("Narnia".into()),
-            user_agent: Some("x".repeat(5000)),
+            user_agent: Some("x".repeat(5000).into()),
             ..RawClick::default()
         };
         let e = Describer::new(IpPolicy::default(), None).describe(raw);
-        assert_eq!(e.referer_host, "");
-        assert_eq!(e.language, "");
-        assert_eq!(e.country, "");
-        assert_eq!(e.ip, "");
+        assert_eq!(&*e.referer_host, "");
+        assert_eq!(&*e.language, "");
+        assert_eq!(&*e.country, "");
+        assert_eq!(&*e.ip, "");
         assert_eq!(e.user_agent.len(), 512);
     }
 }

@@ -1,6 +1,6 @@
 //! Click analytics: every redirect's click, counted off the hot path.
 //!
-//! - [`event`]: from what a redirect saw ([`event::RawClick`], copied without parsing) to
+//! - [`event`]: from what a redirect saw ([`event::Seen`], then [`event::RawClick`]) to
 //!   the event that is stored ([`event::ClickEvent`]): id, truncated IP, device, browser,
 //!   OS, bot flag, referer host, language, country.
 //! - [`clickhouse`]: the ClickHouse store (`--clickhouse-url`), and [`spool`], where its
@@ -8,32 +8,34 @@
 //! - [`rollup`]: the embedded store (hourly roll-ups in sled), used when no ClickHouse is
 //!   configured.
 //!
-//! The click actor is a task fed through a bounded queue: a redirect pushes its click onto
-//! a vector under a short lock and never waits; a full queue (100,000 clicks) drops the
-//! click and counts it (`clicks_dropped_total{reason="queue_full"}`). No task is woken per
-//! click: the task takes the whole queue every 50 ms (sooner when a batch's worth waits),
-//! describes the clicks, and writes them in batches of up to 5,000, or every second: into
-//! the embedded store (which logs each batch, synced, and adds it up in memory), or into
-//! the spool, from which a second task (the shipper) sends them to ClickHouse oldest first.
-//! (ractor's mailboxes are unbounded and wake the actor per message, which is why this is a
-//! plain task.) Clicks still queued or batched when a node crashes are lost: at most a
-//! second's worth. A node that stops cleanly writes them first.
+//! The click thread is fed through slots: a redirect locks its own thread's slot (no other
+//! core takes it), interns the header texts it saw there (a click owns no string), pushes
+//! the click and never waits; a slot holding 100,000 clicks drops the next and counts it
+//! (`clicks_dropped_total{reason="queue_full"}`). Nothing is woken per click: the thread
+//! takes every slot's clicks every 50 ms (sooner when one holds a batch's worth), describes
+//! them, and writes them in batches of up to 5,000, or every second: into the embedded
+//! store (which logs each batch, synced, and adds it up in memory), or into the spool,
+//! from which a task (the shipper) sends them to ClickHouse oldest first. The thread runs at
+//! nice [`CLICK_THREAD_NICE`], so that a saturated CPU runs redirects first. Clicks still
+//! queued or batched when a node crashes are lost: at most a second's worth. A node that
+//! stops cleanly writes them first.
 
 pub mod clickhouse;
 pub mod event;
 pub mod rollup;
 pub mod spool;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use self::clickhouse::ClickHouse;
-use event::{ClickEvent, Countries, Describer, IpPolicy, RawClick};
+use event::{ClickEvent, Countries, Describer, IpPolicy, RawClick, Seen};
 use rollup::Rollups;
 use spool::Spool;
 
@@ -75,27 +77,84 @@ pub enum ClickSink {
     },
 }
 
-/// Clicks handed over by redirects, waiting for the click task. A redirect only pushes
-/// onto a vector under a lock that is never held for long: no task is woken per click (the
-/// task takes the whole vector every 50 ms, or when a batch's worth waits).
-struct Queue {
-    clicks: Mutex<Vec<RawClick>>,
-    full: Notify,
-}
-
-/// How often the click task takes what redirects handed over.
+/// How often the click thread takes what redirects handed over.
 const TAKE_EVERY: Duration = Duration::from_millis(50);
 
-/// The hot path's handle on the click actor.
+/// The click thread's niceness: above the request path's 0, so that on a saturated CPU the
+/// kernel runs redirects first, yet with a tenth of the CPU's weight when both want it
+/// (nice 10 weighs 110 against 1,024), which is several times what describing and storing
+/// clicks needs; at nice 19 (weight 15) it fell behind and dropped clicks (BENCHMARKS).
+pub const CLICK_THREAD_NICE: i32 = 5;
+
+/// Most distinct texts a slot keeps interned (it starts over when full).
+const INTERNED: usize = 1024;
+
+/// Slots at most: redirects on different threads use different slots.
+const MAX_SLOTS: usize = 16;
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's slot (modulo the number of slots): threads are dealt slots in turn.
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One slot of the hand-over: the clicks of the threads dealt it, and the texts they
+/// share. Aligned to its own cache lines, so that slots of different cores never share one.
+#[repr(align(128))]
+struct Slot(Mutex<Buffer>);
+
+#[derive(Default)]
+struct Buffer {
+    clicks: Vec<RawClick>,
+    texts: HashSet<Arc<str>, foldhash::fast::RandomState>,
+}
+
+impl Buffer {
+    /// `text`, cut to `max` bytes, as the slot's one shared copy.
+    fn intern(&mut self, text: Option<&str>, max: usize) -> Option<Arc<str>> {
+        let text = event::clipped(text?, max);
+        if let Some(kept) = self.texts.get(text) {
+            return Some(kept.clone());
+        }
+        if self.texts.len() >= INTERNED {
+            self.texts.clear();
+        }
+        let kept: Arc<str> = Arc::from(text);
+        self.texts.insert(kept.clone());
+        Some(kept)
+    }
+}
+
+/// Clicks handed over by redirects, waiting for the click thread. A redirect locks only
+/// its thread's slot, which no other core uses; the click thread takes each slot's clicks
+/// every 50 ms (or at once when one slot holds a batch's worth).
+struct Queue {
+    slots: Box<[Slot]>,
+    /// Wakes the click thread.
+    wake: std_mpsc::Sender<Command>,
+    /// Counted when a click is refused.
+    dropped_full: metrics::Counter,
+    dropped_stopped: metrics::Counter,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+enum Command {
+    /// A slot holds a batch's worth.
+    Take,
+    /// Write everything handed over, then answer.
+    Flush(oneshot::Sender<()>),
+    /// Write everything handed over, then end.
+    Stop,
+}
+
+/// The hot path's handle on the click thread.
 #[derive(Clone)]
 pub struct Clicks {
     queue: Arc<Queue>,
-    /// Asks the task to write what it has, and answers when done.
-    flushes: mpsc::Sender<oneshot::Sender<()>>,
-    stop: tokio_util::sync::CancellationToken,
 }
 
-/// Where the describing task puts its batches.
+/// Where the click thread puts its batches.
 enum Writer {
     Embedded(Rollups),
     Spool {
@@ -105,10 +164,11 @@ enum Writer {
 }
 
 impl Clicks {
-    /// Starts the click actor (and, for ClickHouse, its shipper) writing to `sink`.
+    /// Starts the click thread (and, for ClickHouse, the shipper task) writing to `sink`.
     ///
     /// A batch that cannot be written (to the roll-up log or the spool) trips `fault`: the
-    /// node stops, rather than go on dropping every click. Both run under `tasks`.
+    /// node stops, rather than go on dropping every click. The thread belongs to a task of
+    /// `tasks`, which stops it (after it has written what it holds) at shutdown.
     pub fn start(
         sink: ClickSink,
         ip: IpPolicy,
@@ -128,12 +188,6 @@ impl Clicks {
         ] {
             metrics::counter!("clicks_dropped_total", "reason" => reason).increment(0);
         }
-        let queue = Arc::new(Queue {
-            clicks: Mutex::new(Vec::new()),
-            full: Notify::new(),
-        });
-        let (flushes, flush_rx) = mpsc::channel(16);
-        let stop = tokio_util::sync::CancellationToken::new();
         let writer = match sink {
             ClickSink::Embedded(rollups) => Writer::Embedded(rollups),
             ClickSink::ClickHouse {
@@ -152,43 +206,75 @@ impl Clicks {
                 Writer::Spool { spool, spooled }
             }
         };
-        tasks.spawn(
-            "click writer",
-            run(
-                queue.clone(),
-                flush_rx,
-                writer,
-                Describer::new(ip, countries),
-                fault,
-            ),
-        );
-        Ok(Self {
-            queue,
-            flushes,
-            stop,
-        })
+        let slots = std::thread::available_parallelism()
+            .map_or(2, |n| n.get() * 2)
+            .clamp(2, MAX_SLOTS);
+        let (wake, commands) = std_mpsc::channel();
+        let queue = Arc::new(Queue {
+            slots: (0..slots).map(|_| Slot(Mutex::default())).collect(),
+            wake: wake.clone(),
+            dropped_full: metrics::counter!("clicks_dropped_total", "reason" => "queue_full"),
+            dropped_stopped: metrics::counter!("clicks_dropped_total", "reason" => "stopped"),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        });
+        let describer = Describer::new(ip, countries);
+        // The thread holds the queue only while it takes from it: once every handle is
+        // gone (a node dropped without a shutdown, as in tests), it ends.
+        let taken_from = Arc::downgrade(&queue);
+        let thread = std::thread::Builder::new()
+            .name("click writer".into())
+            .spawn(move || {
+                if let Err(e) = rustix::process::setpriority_process(
+                    Some(rustix::thread::gettid()),
+                    CLICK_THREAD_NICE,
+                ) {
+                    tracing::warn!(error = %e, "could not lower the click thread's priority");
+                }
+                run(&taken_from, &commands, &writer, describer, &fault)
+            })?;
+        let stopping = queue.clone();
+        tasks.spawn_graceful("click writer", move |stop| async move {
+            stop.cancelled().await;
+            stopping.stopped.store(true, Ordering::Relaxed);
+            let _ = wake.send(Command::Stop);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        });
+        Ok(Self { queue })
     }
 
-    /// Hands a click over without waiting.
-    pub fn record(&self, click: RawClick) {
-        if self.stop.is_cancelled() {
-            metrics::counter!("clicks_dropped_total", "reason" => "stopped").increment(1);
+    /// Hands a click over without waiting: a lock no other core takes, and no string
+    /// copied that this slot has seen recently.
+    pub fn record(&self, seen: Seen<'_>) {
+        let queue = &*self.queue;
+        if queue.stopped.load(Ordering::Relaxed) {
+            queue.dropped_stopped.increment(1);
             return;
         }
+        let slot = &queue.slots[SLOT.with(|s| *s) % queue.slots.len()];
         let waiting = {
-            let mut clicks = self.queue.clicks.lock().expect("click queue lock");
-            if clicks.len() >= QUEUE {
+            let mut buffer = slot.0.lock().expect("click slot lock");
+            if buffer.clicks.len() >= QUEUE {
                 None
             } else {
-                clicks.push(click);
-                Some(clicks.len())
+                let click = RawClick {
+                    code: seen.code.map(|c| c.shared()).unwrap_or_default(),
+                    shard: seen.shard,
+                    at_ms: seen.at_ms,
+                    ip: seen.ip,
+                    user_agent: buffer.intern(seen.user_agent, event::MAX_USER_AGENT),
+                    referer: buffer.intern(seen.referer, event::MAX_REFERER),
+                    accept_language: buffer.intern(seen.accept_language, event::MAX_LANGUAGES),
+                    country: buffer.intern(seen.country, event::MAX_COUNTRY),
+                };
+                buffer.clicks.push(click);
+                Some(buffer.clicks.len())
             }
         };
         match waiting {
-            None => {
-                metrics::counter!("clicks_dropped_total", "reason" => "queue_full").increment(1)
+            None => queue.dropped_full.increment(1),
+            Some(BATCH) => {
+                let _ = queue.wake.send(Command::Take);
             }
-            Some(BATCH) => self.queue.full.notify_one(),
             Some(_) => {}
         }
     }
@@ -196,7 +282,7 @@ impl Clicks {
     /// Writes every click handed over so far to the store, or to the spool for ClickHouse.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.flushes.send(done).await.is_ok() {
+        if self.queue.wake.send(Command::Flush(done)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -205,88 +291,79 @@ impl Clicks {
     /// stop is sent at the next start.
     pub async fn stop(&self) {
         self.flush().await;
-        self.stop.cancel();
+        self.queue.stopped.store(true, Ordering::Relaxed);
     }
 }
 
-async fn run(
-    queue: Arc<Queue>,
-    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
-    writer: Writer,
+/// The click thread: takes what the slots hold, describes it, and writes it in batches.
+fn run(
+    queue: &std::sync::Weak<Queue>,
+    commands: &std_mpsc::Receiver<Command>,
+    writer: &Writer,
     mut describer: Describer,
-    fault: linkrift_raft::StorageFault,
+    fault: &linkrift_raft::StorageFault,
 ) {
+    let enqueued = metrics::counter!("clicks_enqueued_total");
     let mut batch: Vec<ClickEvent> = Vec::with_capacity(BATCH);
     let mut taken: Vec<RawClick> = Vec::new();
-    let mut written = tokio::time::Instant::now();
+    let mut written = std::time::Instant::now();
     loop {
-        let answer = tokio::select! {
-            _ = tokio::time::sleep(TAKE_EVERY) => None,
-            _ = queue.full.notified() => None,
-            asked = flushes.recv() => match asked {
-                Some(answer) => Some(answer),
-                // Every handle is gone: the service has stopped.
-                None => return,
-            },
+        let command = match commands.recv_timeout(TAKE_EVERY) {
+            Ok(command) => Some(command),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            // Every handle is gone: write what is left, and end.
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => Some(Command::Stop),
         };
-        std::mem::swap(
-            &mut *queue.clicks.lock().expect("click queue lock"),
-            &mut taken,
-        );
-        metrics::counter!("clicks_enqueued_total").increment(taken.len() as u64);
-        for (i, raw) in taken.drain(..).enumerate() {
-            // Describing a click takes about a microsecond: let the redirects sharing this
-            // worker thread go first every so often.
-            if i % 256 == 255 {
-                tokio::task::yield_now().await;
-            }
-            batch.push(describer.describe(raw));
-            if batch.len() >= BATCH {
-                write(
-                    &writer,
-                    std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                    &fault,
-                )
-                .await;
-                written = tokio::time::Instant::now();
+        let Some(queue) = queue.upgrade() else {
+            return;
+        };
+        for slot in &*queue.slots {
+            std::mem::swap(
+                &mut slot.0.lock().expect("click slot lock").clicks,
+                &mut taken,
+            );
+            enqueued.increment(taken.len() as u64);
+            for raw in taken.drain(..) {
+                batch.push(describer.describe(raw));
+                if batch.len() >= BATCH {
+                    write(writer, &mut batch, fault);
+                    written = std::time::Instant::now();
+                }
             }
         }
-        if !batch.is_empty() && (answer.is_some() || written.elapsed() >= FLUSH_EVERY) {
-            write(
-                &writer,
-                std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                &fault,
-            )
-            .await;
-            written = tokio::time::Instant::now();
+        let now = matches!(command, Some(Command::Flush(_) | Command::Stop));
+        if !batch.is_empty() && (now || written.elapsed() >= FLUSH_EVERY) {
+            write(writer, &mut batch, fault);
+            written = std::time::Instant::now();
         }
-        if let Some(answer) = answer {
-            let _ = answer.send(());
+        match command {
+            Some(Command::Flush(answer)) => {
+                let _ = answer.send(());
+            }
+            Some(Command::Stop) => return,
+            Some(Command::Take) | None => {}
         }
     }
 }
 
-async fn write(writer: &Writer, events: Vec<ClickEvent>, fault: &linkrift_raft::StorageFault) {
+/// Writes `events` and empties it (keeping its allocation when the store does not keep the
+/// batch: freeing a megabyte per batch made the allocator consolidate its free lists).
+fn write(writer: &Writer, events: &mut Vec<ClickEvent>, fault: &linkrift_raft::StorageFault) {
     let n = events.len() as u64;
     let written = match writer {
         Writer::Embedded(rollups) => {
-            let rollups = rollups.clone();
-            tokio::task::spawn_blocking(move || rollups.record(&events).map_err(|e| e.to_string()))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
+            let recorded = rollups.record(events).map_err(|e| e.to_string());
+            events.clear();
+            recorded
         }
         Writer::Spool { spool, spooled } => {
-            let spool = spool.clone();
-            let pushed = tokio::task::spawn_blocking(move || {
+            let events = std::mem::replace(events, Vec::with_capacity(BATCH));
+            let pushed = {
                 let mut spool = spool.lock().expect("spool lock");
                 let pushed = spool.push_kept(Arc::new(events));
                 report_spool(&spool);
                 pushed.map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
+            };
             spooled.notify_one();
             pushed
         }

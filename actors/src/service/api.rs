@@ -34,7 +34,17 @@ impl LinkService {
     /// The link at `code` if this node can answer without waiting: from its replica of the
     /// shard, or from the near cache. Lock-free, no I/O: the redirect path.
     pub fn lookup(&self, code: &str) -> Lookup {
-        let shard = shard_of(code, self.core.cx.settings.shard_count);
+        self.lookup_in(self.shard_of(code), code)
+    }
+
+    /// The shard that holds `code`.
+    pub fn shard_of(&self, code: &str) -> u32 {
+        shard_of(code, self.core.cx.settings.shard_count)
+    }
+
+    /// [`Self::lookup`] for a code whose shard the caller has computed (the redirect, which
+    /// needs it again for the click).
+    pub fn lookup_in(&self, shard: u32, code: &str) -> Lookup {
         if let Some(local) = self.core.cx.replicas.pin().get(&shard) {
             if local.is_serving() {
                 match local.reader.get(code) {

@@ -4,10 +4,10 @@
 use super::*;
 
 impl LinkService {
-    /// Hands a redirect's click to the click actor, without waiting.
-    pub fn record_click(&self, mut click: crate::clicks::event::RawClick) {
-        click.shard = shard_of(&click.code, self.core.cx.settings.shard_count);
-        self.core.clicks.record(click);
+    /// Hands a redirect's click to the click thread, without waiting (`seen.shard` is the
+    /// code's, from [`LinkService::shard_of`]).
+    pub fn record_click(&self, seen: crate::clicks::event::Seen<'_>) {
+        self.core.clicks.record(seen);
     }
 
     /// The clicks of `code` from `from_ms` to `to_ms`: from ClickHouse, or every node's
