@@ -14,9 +14,8 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -133,8 +132,33 @@ impl RateLimits {
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// The middleware: counts each API request against its key's or its address's limit.
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// A request the limits let through, with the headers its response carries.
+pub struct Allowed {
+    policy: HeaderValue,
+    state: HeaderValue,
+}
+
+impl Allowed {
+    /// Adds `RateLimit-Policy` and `RateLimit` to `response`.
+    pub fn annotate(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY, self.policy);
+        headers.insert(RATELIMIT, self.state);
+    }
+}
+
+/// What the limits say of a request.
+pub enum Verdict {
+    /// No limit applies.
+    Unlimited,
+    /// Within its limit: the response carries these headers.
+    Allowed(Allowed),
+    /// Over it: answer this 429.
+    Refused(Response),
+}
+
+/// Counts a request against its key's or its address's limit.
+pub fn check(state: &AppState, request: &Request) -> Verdict {
     let path = request.uri().path();
     let limits = &state.limits;
     if !(path.starts_with("/v1/") || path.starts_with("/admin/")) {
@@ -142,11 +166,8 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         // the operator asked for it.
         let ops = matches!(path, "/healthz" | "/readyz" | "/metrics");
         return match &limits.redirects_per_ip {
-            Some(limit) if !ops => {
-                let ip = client_ip(&request);
-                respond(limit.check(&ip), limit, "address", request, next).await
-            }
-            _ => next.run(request).await,
+            Some(limit) if !ops => verdict(limit.check(&client_ip(request)), limit, "address"),
+            _ => Verdict::Unlimited,
         };
     }
     let key = crate::auth::bearer(request.headers())
@@ -154,16 +175,13 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         .map(|record| record.id);
     if let Some(id) = key {
         return match &limits.per_key {
-            Some(limit) => respond(limit.check(&id), limit, "key", request, next).await,
-            None => next.run(request).await,
+            Some(limit) => verdict(limit.check(&id), limit, "key"),
+            None => Verdict::Unlimited,
         };
     }
     match &limits.per_ip {
-        Some(limit) => {
-            let ip = client_ip(&request);
-            respond(limit.check(&ip), limit, "address", request, next).await
-        }
-        None => next.run(request).await,
+        Some(limit) => verdict(limit.check(&client_ip(request)), limit, "address"),
+        None => Verdict::Unlimited,
     }
 }
 
@@ -175,21 +193,16 @@ fn client_ip(request: &Request) -> IpAddr {
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
 }
 
-async fn respond<K: std::hash::Hash + Eq + Clone>(
+fn verdict<K: std::hash::Hash + Eq + Clone>(
     checked: Result<u32, Duration>,
     limit: &Limit<K>,
     by: &'static str,
-    request: Request,
-    next: Next,
-) -> Response {
+) -> Verdict {
     match checked {
-        Ok(remaining) => {
-            let mut response = next.run(request).await;
-            let headers = response.headers_mut();
-            headers.insert(RATELIMIT_POLICY, limit.policy());
-            headers.insert(RATELIMIT, limit.state(remaining));
-            response
-        }
+        Ok(remaining) => Verdict::Allowed(Allowed {
+            policy: limit.policy(),
+            state: limit.state(remaining),
+        }),
         Err(wait) => {
             metrics::counter!("http_rate_limited_total", "by" => by).increment(1);
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -207,7 +220,7 @@ async fn respond<K: std::hash::Hash + Eq + Clone>(
                 HeaderValue::from_str(&format!("\"{}\";r=0;t={seconds}", limit.name))
                     .expect("ASCII"),
             );
-            response
+            Verdict::Refused(response)
         }
     }
 }

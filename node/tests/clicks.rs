@@ -220,6 +220,9 @@ async fn concurrent_redirects_are_each_counted_once() {
     let total = (CLIENTS * EACH) as f64;
     assert_eq!(sample(&metrics, "clicks_ingested_total"), total);
     assert_eq!(sample(&metrics, "clicks_enqueued_total"), total);
+    // The request counter (handles kept per thread) saw each redirect once, too.
+    let redirects = "http_requests_total{route=\"/{code}\",status=\"302\"}";
+    assert_eq!(sample(&metrics, redirects), total);
     for reason in ["queue_full", "store_error", "stopped"] {
         let name = format!("clicks_dropped_total{{reason=\"{reason}\"}}");
         assert_eq!(sample(&metrics, &name), 0.0, "{reason}");
