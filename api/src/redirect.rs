@@ -94,7 +94,7 @@ pub async fn redirect(
                             seen.get(name).and_then(|v| v.to_str().ok())
                         };
                         state.service.record_click(Seen {
-                            code: Some(&link.code),
+                            code: &link.code,
                             shard,
                             at_ms: now_ms(),
                             ip: Some(peer.ip()),

@@ -1,8 +1,8 @@
 //! A click event: what a redirect saw, described for analytics.
 //!
-//! The redirect only copies the request's headers into a [`RawClick`] (no parsing, no
-//! allocation beyond the copies) and hands it over without waiting; describing it, user
-//! agent parsing included, happens off the hot path in [`ClickEvent::describe`].
+//! The redirect only borrows the request's headers into a [`Seen`] (no parsing, no copy:
+//! its slot interns the texts into a [`RawClick`]); describing it, user agent parsing
+//! included, happens off the hot path in [`Describer::describe`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,10 +36,10 @@ pub struct RawClick {
 
 /// What a redirect saw, borrowed from its request: handed to [`super::Clicks::record`],
 /// which keeps each text once rather than once per click.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Seen<'a> {
     /// The code redirected (the link's own, shared).
-    pub code: Option<&'a linkrift_model::domain::ShortCode>,
+    pub code: &'a linkrift_model::domain::ShortCode,
     /// Its shard.
     pub shard: u32,
     /// When, Unix milliseconds.

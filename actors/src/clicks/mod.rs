@@ -27,7 +27,7 @@ pub mod spool;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -81,9 +81,10 @@ pub enum ClickSink {
 const TAKE_EVERY: Duration = Duration::from_millis(50);
 
 /// The click thread's niceness: above the request path's 0, so that on a saturated CPU the
-/// kernel runs redirects first, yet with a tenth of the CPU's weight when both want it
-/// (nice 10 weighs 110 against 1,024), which is several times what describing and storing
-/// clicks needs; at nice 19 (weight 15) it fell behind and dropped clicks (BENCHMARKS).
+/// kernel runs redirects first, yet with about a quarter of the CPU's weight when both want
+/// it (nice 5 weighs 335 against 1,024), more than the 15 % describing and storing clicks
+/// took in the profile; at nice 10 (weight 110) and 19 (weight 15) it fell behind and
+/// dropped clicks (BENCHMARKS).
 pub const CLICK_THREAD_NICE: i32 = 5;
 
 /// Most distinct texts a slot keeps interned (it starts over when full).
@@ -136,7 +137,7 @@ struct Queue {
     /// Counted when a click is refused.
     dropped_full: metrics::Counter,
     dropped_stopped: metrics::Counter,
-    stopped: std::sync::atomic::AtomicBool,
+    stopped: AtomicBool,
 }
 
 enum Command {
@@ -215,7 +216,7 @@ impl Clicks {
             wake: wake.clone(),
             dropped_full: metrics::counter!("clicks_dropped_total", "reason" => "queue_full"),
             dropped_stopped: metrics::counter!("clicks_dropped_total", "reason" => "stopped"),
-            stopped: std::sync::atomic::AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         });
         let describer = Describer::new(ip, countries);
         // The thread holds the queue only while it takes from it: once every handle is
@@ -257,7 +258,7 @@ impl Clicks {
                 None
             } else {
                 let click = RawClick {
-                    code: seen.code.map(|c| c.shared()).unwrap_or_default(),
+                    code: seen.code.shared(),
                     shard: seen.shard,
                     at_ms: seen.at_ms,
                     ip: seen.ip,
@@ -311,9 +312,10 @@ fn run(
         let command = match commands.recv_timeout(TAKE_EVERY) {
             Ok(command) => Some(command),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-            // Every handle is gone: write what is left, and end.
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => Some(Command::Stop),
+            // The queue holds a sender: it is gone with it, below.
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         };
+        // Every handle is gone (a node dropped without a shutdown): end.
         let Some(queue) = queue.upgrade() else {
             return;
         };
