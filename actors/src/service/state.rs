@@ -123,6 +123,16 @@ impl LinkService {
         self.core.node.fault().clone()
     }
 
+    /// Runs `task` under `name` among the node's background tasks: it is stopped (at its
+    /// next `.await`) when the node shuts down, with the others.
+    pub fn spawn_task(
+        &self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.core.cx.tasks.spawn(name, task);
+    }
+
     /// Watches for this node learning that it is no longer a member of its cluster.
     pub fn departure(&self) -> tokio::sync::watch::Receiver<Option<Departure>> {
         self.core.cx.departure.subscribe()
