@@ -54,6 +54,7 @@ ng_worker=$(pgrep -P "$ng_pid" | head -1); ng_worker=${ng_worker:-$ng_pid}
 taskset -c 1 target/release/examples/redirect_floor "127.0.0.1:$fl_port" "$work/codes" >"$work/floor.out" 2>&1 &
 fl_pid=$!; pids+=("$fl_pid")
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$fl_port/" && break; sleep 0.1; done
+curl -s -o /dev/null "http://127.0.0.1:$fl_port/" || { echo "the floor server did not start:" >&2; cat "$work/floor.out" >&2; exit 1; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratios=(); floors=()
