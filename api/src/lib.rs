@@ -15,9 +15,8 @@ pub mod openapi;
 pub mod ops;
 pub mod redirect;
 pub mod stats;
+pub mod stripes;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,11 +97,6 @@ pub struct Shared {
     pub limits: Arc<limits::RateLimits>,
 }
 
-/// Buckets of `redirect_duration_seconds`: fine below a millisecond, where redirects live.
-pub const REDIRECT_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
-];
-
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
@@ -137,7 +131,8 @@ pub fn router(state: AppState) -> Router {
 /// The one middleware every request passes, outermost first: the rate limits, a body
 /// announced over the limit refused before any of it is read (a body without a length is
 /// cut off at the limit while it is read, by `DefaultBodyLimit`), and every request counted
-/// by route template and status (`http_requests_total`, `http_request_duration_seconds`).
+/// by route template and status (`http_requests_total`, `http_request_duration_seconds`,
+/// in [`stripes`]).
 /// One layer, not three: each `from_fn` layer boxes the rest of the request's future, and
 /// the three were about 12 % of a redirect's CPU in `bench/profile.sh`'s profile.
 async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -164,49 +159,6 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         }
     };
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    count(route, response.status().as_u16(), start.elapsed());
+    stripes::request(route, response.status().as_u16(), start.elapsed());
     response
-}
-
-/// One route's metric handles.
-struct RouteMetrics {
-    duration: metrics::Histogram,
-    statuses: Vec<(u16, metrics::Counter)>,
-}
-
-thread_local! {
-    /// The handles by route template, per thread: `counter!` with labels builds and hashes
-    /// its key and looks it up in the recorder's registry on every call; this finds them
-    /// with one lookup in a map no other core touches. (Bounded: the router's templates,
-    /// and the statuses each answers.)
-    static ROUTES: RefCell<HashMap<Box<str>, RouteMetrics, foldhash::fast::RandomState>> =
-        RefCell::default();
-}
-
-/// Counts one request of `route` answered with `status`.
-fn count(route: &str, status: u16, elapsed: std::time::Duration) {
-    ROUTES.with_borrow_mut(|routes| {
-        if !routes.contains_key(route) {
-            let duration =
-                metrics::histogram!("http_request_duration_seconds", "route" => route.to_string());
-            routes.insert(
-                route.into(),
-                RouteMetrics {
-                    duration,
-                    statuses: Vec::new(),
-                },
-            );
-        }
-        let metrics = routes.get_mut(route).expect("just inserted");
-        metrics.duration.record(elapsed);
-        match metrics.statuses.iter().find(|(s, _)| *s == status) {
-            Some((_, counter)) => counter.increment(1),
-            None => {
-                let counter = metrics::counter!("http_requests_total",
-                    "route" => route.to_string(), "status" => status.to_string());
-                counter.increment(1);
-                metrics.statuses.push((status, counter));
-            }
-        }
-    });
 }

@@ -73,9 +73,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     metrics::gauge!("replica_moves_led").set(state.service.moves_led() as f64);
     metrics::gauge!("raft_under_replicated_groups")
         .set(state.service.under_replicated_led() as f64);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    crate::stripes::render(&mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

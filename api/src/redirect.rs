@@ -16,24 +16,17 @@ use crate::error::ApiError;
 use crate::{ApiConfig, AppState};
 
 /// What the redirect handler prepares once rather than per request: its `Cache-Control`
-/// value, and its metric handles (`counter!` by name hashes the key and looks it up in the
-/// recorder's registry on every call). Built after the metrics recorder is installed.
+/// value. (Its metrics are the thread's own, in [`crate::stripes`].)
 pub struct Prepared {
     cache_control: HeaderValue,
-    requests: metrics::Counter,
-    hits: metrics::Counter,
-    duration: metrics::Histogram,
 }
 
 impl Prepared {
-    /// The values for `config`, and handles on the global recorder.
+    /// The values for `config`.
     pub fn new(config: &ApiConfig) -> Self {
         let cache = format!("private, max-age={}", config.redirect_cache_seconds);
         Self {
             cache_control: HeaderValue::from_str(&cache).expect("ascii"),
-            requests: metrics::counter!("cache_requests_total"),
-            hits: metrics::counter!("cache_hits_total"),
-            duration: metrics::histogram!("redirect_duration_seconds"),
         }
     }
 }
@@ -65,16 +58,12 @@ pub async fn redirect(
     let shard = state.service.shard_of(&code);
     // A hit is a redirect answered from this node's memory (its replica or the near
     // cache); a miss asks another node.
-    prepared.requests.increment(1);
-    let found = match state.service.lookup_in(shard, &code) {
-        Lookup::Local(link) | Lookup::Cached(link) => {
-            prepared.hits.increment(1);
-            link
-        }
+    let (found, hit) = match state.service.lookup_in(shard, &code) {
+        Lookup::Local(link) | Lookup::Cached(link) => (link, true),
         Lookup::Miss => match state.service.fetch(&code).await {
-            Ok(link) => link,
+            Ok(link) => (link, false),
             Err(e) => {
-                prepared.duration.record(start.elapsed());
+                crate::stripes::redirect(false, start.elapsed());
                 return ApiError::from(e).into_response();
             }
         },
@@ -128,6 +117,6 @@ pub async fn redirect(
         .into_response(),
         None => ApiError::not_found(format!("no link {code:?}")).into_response(),
     };
-    prepared.duration.record(start.elapsed());
+    crate::stripes::redirect(hit, start.elapsed());
     response
 }

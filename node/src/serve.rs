@@ -10,7 +10,7 @@ use anyhow::Context;
 use linkrift_actors::domain::{canonical_host, UrlPolicy};
 use linkrift_actors::service::{LinkService, ServiceConfig};
 use linkrift_actors::{CacheConfig, Departure};
-use linkrift_api::{ApiConfig, AppState, REDIRECT_BUCKETS};
+use linkrift_api::{ApiConfig, AppState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::config::Config;
@@ -18,11 +18,6 @@ use crate::config::Config;
 /// Runs a node until it is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("redirect_duration_seconds".into()),
-            REDIRECT_BUCKETS,
-        )
-        .context("redirect buckets")?
         .set_buckets_for_metric(
             Matcher::Full("raft_commit_duration_seconds".into()),
             &[
@@ -324,8 +319,9 @@ const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Folds the histograms' recorded samples into their buckets every few seconds. The
 /// recorder keeps each sample until then (`build_recorder` starts no upkeep of its own, as
-/// `install` would): without this, a node under load that nobody scrapes grows by 16
-/// bytes per redirect (two duration histograms) until the next scrape.
+/// `install` would): without this, a node under load that nobody scrapes grows by 8 bytes
+/// per sample (a Raft commit's duration, say) until the next scrape. (The request
+/// metrics are bucket counts per thread, in `linkrift_api::stripes`, and need none.)
 async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
     let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
