@@ -332,20 +332,40 @@ pub async fn create(
     Ok(link_response(StatusCode::CREATED, &link, &state))
 }
 
-/// `GET /v1/links/{code}`.
-#[utoipa::path(get, path = "/v1/links/{code}", security(("api_key" = [])), params(("code" = String, Path)),
-    responses((status = 200, body = LinkView), (status = 404, body = crate::error::ErrorBody)))]
+/// Query of `GET /v1/links/{code}`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// `true`: a linearizable read, through the shard's leader after it has confirmed its
+    /// leadership with a quorum (it sees every write acknowledged before the request).
+    /// Absent: the nearest caught-up replica answers, which may lag by a moment.
+    #[param(pattern = "^true$")]
+    consistent: Option<String>,
+}
+
+/// `GET /v1/links/{code}[?consistent=true]`.
+#[utoipa::path(get, path = "/v1/links/{code}", security(("api_key" = [])), params(("code" = String, Path), GetQuery),
+    responses((status = 200, body = LinkView), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(code): Path<String>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state.service, Scope::LinksRead)?;
-    let link = state
-        .service
-        .get(&code)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no link {code:?}")))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let link = match query.consistent.as_deref() {
+        None => state.service.get(&code).await?,
+        Some("true") => state.service.get_linearizable(&code).await?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistent must be \"true\" or absent, not {other:?}"
+            )))
+        }
+    };
+    let link = link.ok_or_else(|| ApiError::not_found(format!("no link {code:?}")))?;
     Ok(link_response(StatusCode::OK, &link, &state))
 }
 

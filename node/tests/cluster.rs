@@ -380,3 +380,82 @@ async fn a_node_with_the_wrong_secret_is_refused_and_the_cluster_carries_on() {
         "the intruder was not registered: {s}"
     );
 }
+
+/// `GET /v1/links/{code}` on `node`, with `query`: the status and the URL answered.
+async fn read_link(node: &support::Node, code: &str, query: &str) -> (u16, Option<String>) {
+    let r = node
+        .http
+        .get(node.url(&format!("/v1/links/{code}{query}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    (status, body["url"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_read_on_a_cut_off_replica_is_refused_where_a_local_read_is_stale() {
+    let root = tempfile::tempdir().unwrap();
+    // On 127.0.0.11-13, so that the test's requests (from 127.0.0.1) cross no cut.
+    let n1 = member(root.path(), 11, None, &[]);
+    n1.wait_ready().await;
+    let n2 = member(root.path(), 12, Some(&n1), &[]);
+    let n3 = member(root.path(), 13, Some(&n1), &[]);
+    wait_placed(&[&n1, &n2, &n3], 3).await;
+    let (old, new) = ("https://example.com/old", "https://example.com/new");
+    let (status, link) = n1
+        .create(ADMIN_KEY, json!({"url": old, "code": "lin"}))
+        .await;
+    assert_eq!(status, 201, "{link}");
+    // Every replica has it (three nodes, three replicas).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_link(&n3, "lin", "").await != (200, Some(old.into())) {
+        assert!(Instant::now() < deadline, "node 3 never applied the create");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let cut = support::net::Partition::between(&["127.0.0.13"], &["127.0.0.11", "127.0.0.12"]);
+    // The update commits on nodes 1 and 2 (after an election, if node 3 led the shard).
+    let r = n1
+        .http
+        .patch(n1.url("/v1/links/lin"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "url": new }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Node 3 cannot have heard of it: its own replica still says `old`...
+    assert_eq!(read_link(&n3, "lin", "").await, (200, Some(old.into())));
+    // ...but a consistent read there never answers from it: it is refused, or (through a
+    // leader node 3 can still reach) it is the update.
+    let (status, url) = read_link(&n3, "lin", "?consistent=true").await;
+    assert!(
+        status == 503 || (status == 200 && url.as_deref() == Some(new)),
+        "a consistent read on the cut-off node answered {status} {url:?}"
+    );
+    // On the majority side a consistent read sees the update, on either node.
+    for n in [&n1, &n2] {
+        assert_eq!(
+            read_link(n, "lin", "?consistent=true").await,
+            (200, Some(new.into()))
+        );
+    }
+    drop(cut);
+    // Healed, node 3's consistent reads see it at once (it asks the leader).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = read_link(&n3, "lin", "?consistent=true").await;
+        if got == (200, Some(new.into())) {
+            break;
+        }
+        assert_eq!(got.0, 503, "after healing: {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never read the update consistently"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -52,6 +52,35 @@ async fn create_redirect_update_delete() {
     // Read it back, list it, archive it (410), delete it (404).
     let got: Value = node.get_json("/v1/links/promo", ADMIN_KEY).await;
     assert_eq!(got["url"], "https://example.com/b");
+    // A linearizable read answers the same, through the shard's leader.
+    let consistent: Value = node
+        .get_json("/v1/links/promo?consistent=true", ADMIN_KEY)
+        .await;
+    assert_eq!(
+        (consistent["url"].clone(), consistent["version"].clone()),
+        (json!("https://example.com/b"), json!(2))
+    );
+    let r = node
+        .http
+        .get(node.url("/v1/links/nosuch?consistent=true"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Only `true` asks for one: anything else is refused, not taken as a local read.
+    for bad in ["false", "1", "yes", "TRUE", ""] {
+        let r = node
+            .http
+            .get(node.url(&format!("/v1/links/promo?consistent={bad}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "consistent={bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), "bad_request", "{body}");
+    }
     let page: Value = node.get_json("/v1/links?tag=x", ADMIN_KEY).await;
     assert_eq!(page["links"].as_array().unwrap().len(), 1);
     let r = node

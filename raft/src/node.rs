@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, LogId, ServerState};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -211,6 +211,25 @@ impl<S: StateMachine> Group<S> {
             .propose(crate::Payload(codec::encode(&command)))
             .await?;
         codec::decode(&response.0).map_err(|e| GroupError::BadResponse(e.to_string()))
+    }
+
+    /// Confirms with a quorum of voters that this replica still leads the group, then waits
+    /// until its state has applied every entry committed before the call: a read of the
+    /// state after it is linearizable. Waits as long as that takes; bound it with a timeout.
+    pub async fn ensure_linearizable(&self) -> Result<(), GroupError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(GroupError::NotLeader {
+                    leader: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(GroupError::Unavailable(q.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(GroupError::Unavailable(f.to_string())),
+        }
     }
 
     /// Makes `members` the first voters of a new group. Call on one of them only.

@@ -129,6 +129,15 @@ pub enum Request {
         /// The shard.
         shard: u32,
     },
+    /// Read one link linearizably: on the shard's leader (reached in at most `hops`
+    /// forwards), once it has confirmed its leadership with a quorum and applied every
+    /// entry committed before. Answered with `Found`.
+    ReadLinearizable {
+        /// The code.
+        code: String,
+        /// Forwards left.
+        hops: u8,
+    },
 }
 
 /// Where replicas may be placed, as the meta group's node states say: what the placement

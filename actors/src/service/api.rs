@@ -98,6 +98,31 @@ impl LinkService {
         }
     }
 
+    /// The link at `code`, read linearizably: through its shard's leader, which confirms
+    /// its leadership with a quorum first, so the answer reflects every write acknowledged
+    /// before the call. Retries across elections until the write timeout passes.
+    pub async fn get_linearizable(&self, code: &str) -> Result<Option<Arc<Link>>, ServiceError> {
+        let core = &self.core;
+        let shard = shard_of(code, core.cx.settings.shard_count);
+        let deadline = Instant::now() + core.cx.settings.write_timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let refusal = match core.route_read_linearizable(code, HOPS, deadline).await {
+                Ok(link) => return Ok(link.map(Arc::new)),
+                Err(Refusal::Failed(e)) => return Err(ServiceError::Internal(e)),
+                Err(r) => r,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServiceError::Unavailable(format!(
+                    "shard {shard}'s leader could not confirm a linearizable read: {refusal}"
+                )));
+            }
+            core.pause_for_shard(shard, pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
     /// The link at `code`, wherever its shard is.
     pub async fn get(&self, code: &str) -> Result<Option<Arc<Link>>, ServiceError> {
         match self.lookup(code) {

@@ -212,6 +212,94 @@ impl Core {
         }))
     }
 
+    /// Reads `code` linearizably, on its shard's leader (here, or reached in at most `hops`
+    /// forwards): the leader confirms with a quorum that it still leads and applies every
+    /// entry committed before the read began, then reads its replica. No follower answers,
+    /// so an acknowledged write is always seen, whatever replica lags.
+    pub(super) async fn route_read_linearizable(
+        self: &Arc<Self>,
+        code: &str,
+        hops: u8,
+        deadline: Instant,
+    ) -> Result<Option<Link>, Refusal> {
+        let shard = shard_of(code, self.cx.settings.shard_count);
+        let me = self.cx.settings.me;
+        if let Some(local) = self.cx.replicas.get(shard) {
+            let leader = local.group.leader();
+            if leader == Some(me) {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(HOP_TIMEOUT);
+                let confirmed = tokio::time::timeout(left, local.group.ensure_linearizable()).await;
+                return match confirmed {
+                    Ok(Ok(())) if local.fault.is_tripped() => {
+                        Err(Refusal::Unavailable("this node's storage failed".into()))
+                    }
+                    Ok(Ok(())) => Ok(local.reader.get(code).map(|l| Link::clone(&l))),
+                    Ok(Err(GroupError::NotLeader {
+                        leader: Some(leader),
+                        ..
+                    })) if leader != me && hops > 0 => {
+                        self.forward_read_linearizable(leader, code, hops - 1, deadline)
+                            .await
+                    }
+                    Ok(Err(GroupError::NotLeader { leader, .. })) => {
+                        Err(Refusal::NotLeader { leader })
+                    }
+                    Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+                    Err(_) => Err(Refusal::Unavailable(format!(
+                        "shard {shard}'s leader did not hear from a quorum within {left:?}"
+                    ))),
+                };
+            }
+            if hops == 0 {
+                return Err(Refusal::NotLeader { leader });
+            }
+            if let Some(leader) = leader {
+                return self
+                    .forward_read_linearizable(leader, code, hops - 1, deadline)
+                    .await;
+            }
+        }
+        if hops == 0 {
+            return Err(Refusal::NotHosted);
+        }
+        let mut last = Refusal::Unavailable(format!("no node holds shard {shard}"));
+        for node in self.candidates(shard) {
+            match self
+                .forward_read_linearizable(node, code, hops - 1, deadline)
+                .await
+            {
+                Ok(link) => return Ok(link),
+                Err(Refusal::Failed(e)) => return Err(Refusal::Failed(e)),
+                Err(r) => last = r,
+            }
+        }
+        Err(last)
+    }
+
+    async fn forward_read_linearizable(
+        &self,
+        node: NodeId,
+        code: &str,
+        hops: u8,
+        deadline: Instant,
+    ) -> Result<Option<Link>, Refusal> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(HOP_TIMEOUT);
+        let request = Request::ReadLinearizable {
+            code: code.to_string(),
+            hops,
+        };
+        match self.cx.peers.call(node, &request, left).await {
+            Ok(Reply::Found(link)) => Ok(link),
+            Ok(Reply::Refused(r)) => Err(r),
+            Ok(other) => Err(Refusal::Failed(format!("a read answered {other:?}"))),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
     /// A page of `shard`'s links, from its leader if it can be reached in `hops`, else
     /// from this node's replica.
     pub(super) async fn page(

@@ -110,6 +110,13 @@ impl Core {
                 Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
             },
             Request::Members { shard } => self.cx.members_as_leader(shard),
+            Request::ReadLinearizable { code, hops } => {
+                let deadline = Instant::now() + HOP_TIMEOUT.mul_f32(0.9);
+                match self.route_read_linearizable(&code, hops, deadline).await {
+                    Ok(link) => Reply::Found(link),
+                    Err(r) => Reply::Refused(r),
+                }
+            }
             Request::Reconcile { shard, plan, hops } => {
                 match crate::cluster::driver::reconcile_here(&self.cx, shard, plan, hops).await {
                     Ok(progress) => Reply::Reconciled(progress),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod cluster;
+pub mod net;
 // (Each test binary uses what it needs of them.)
 #[allow(unused_imports)]
 pub use linkrift_testkit::{clickhouse, postgres};
