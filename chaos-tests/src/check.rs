@@ -12,20 +12,37 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::history::{Call, Op, Ret};
 
-/// The model: one link, absent or holding a value. The state after `op`, if `op` may
-/// have answered what it did from `state`.
-fn step(state: Option<u64>, op: &Op) -> Option<Option<u64>> {
+/// The model's state: the link absent, or holding a value at a version.
+type State = Option<(u64, u64)>;
+
+/// The model: one link, absent or holding a value at a version (1 when created, one more
+/// with each update). The state after `op`, if `op` may have answered what it did from
+/// `state`. An answer that carried a version must carry the state's.
+fn step(state: State, op: &Op) -> Option<State> {
+    let carries = |version: u64| op.version.is_none_or(|v| v == version);
     match (op.call, op.ret, state) {
-        (Call::Create(v), Ret::Created, None) => Some(Some(v)),
+        (Call::Create(v), Ret::Created, None) if carries(1) => Some(Some((v, 1))),
         (Call::Create(_), Ret::Exists, Some(s)) => Some(Some(s)),
-        (Call::Create(v), Ret::Unknown, None) => Some(Some(v)),
+        (Call::Create(v), Ret::Unknown, None) => Some(Some((v, 1))),
         (Call::Create(_), Ret::Unknown, Some(s)) => Some(Some(s)),
-        (Call::Update(v), Ret::Updated | Ret::Unknown, Some(_)) => Some(Some(v)),
-        (Call::Update(_), Ret::NotFound | Ret::Unknown, None) => Some(None),
+        (Call::Update(v), Ret::Updated | Ret::Unknown, Some((_, n))) if carries(n + 1) => {
+            Some(Some((v, n + 1)))
+        }
+        (Call::UpdateIf(v, seen), Ret::Updated | Ret::Unknown, Some((_, n)))
+            if seen == n && carries(n + 1) =>
+        {
+            Some(Some((v, n + 1)))
+        }
+        (Call::UpdateIf(_, seen), Ret::Mismatch | Ret::Unknown, Some(s)) if seen != s.1 => {
+            Some(Some(s))
+        }
+        (Call::Update(_) | Call::UpdateIf(..), Ret::NotFound | Ret::Unknown, None) => Some(None),
         (Call::Delete, Ret::Deleted, Some(_)) => Some(None),
         (Call::Delete, Ret::Unknown, _) | (Call::Delete, Ret::NotFound, None) => Some(None),
-        (Call::Read, Ret::Read(v), s) if v == s => Some(s),
-        (Call::Read, Ret::Unknown, s) => Some(s),
+        (c, Ret::Read(v), s) if c.is_read() && v == s.map(|s| s.0) => {
+            s.is_none_or(|(_, n)| carries(n)).then_some(s)
+        }
+        (c, Ret::Unknown, s) if c.is_read() => Some(s),
         _ => None,
     }
 }
@@ -73,9 +90,9 @@ fn search(ops: &[&Op], mut budget: u64) -> Option<bool> {
     }
     let words = ops.len().div_ceil(64);
     let mut placed = vec![0u64; words];
-    let mut seen: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
-    let mut stack: Vec<(usize, Option<u64>)> = Vec::new();
-    let mut state: Option<u64> = None;
+    let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut state: State = None;
     let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, at: usize| {
         let (p, x) = (prev[at], next[at]);
         next[p] = x;
@@ -136,9 +153,10 @@ pub fn by_code(ops: &[Op], with: impl Fn(&Op) -> bool) -> BTreeMap<&str, Vec<&Op
     codes
 }
 
-/// Writes and `final_reads` per code: the codes whose history is not linearizable.
-pub fn check_linearizable(writes: &[Op], final_reads: &[Op]) -> Vec<String> {
-    let mut all: Vec<Op> = writes
+/// Writes, consistent reads and `final_reads` per code: the codes whose history is not
+/// linearizable. (Other reads may lag by design; `check_stale` bounds them.)
+pub fn check_linearizable(ops: &[Op], final_reads: &[Op]) -> Vec<String> {
+    let mut all: Vec<Op> = ops
         .iter()
         .filter(|o| o.call != Call::Read)
         .cloned()
@@ -200,12 +218,12 @@ pub fn check_lost(ops: &[Op], finals: &BTreeMap<String, Option<u64>>) -> Vec<Str
     anomalies
 }
 
-/// Values read (by reads and redirects) that no create or update of
-/// that code ever tried to write.
+/// Values read (by reads and redirects) that no create or update of that code may have
+/// written: one refused (409, 404, 412) wrote nothing.
 pub fn check_phantoms(ops: &[Op]) -> Vec<String> {
     let mut written: HashSet<(&str, u64)> = HashSet::new();
-    for o in ops {
-        if let Call::Create(v) | Call::Update(v) = o.call {
+    for o in ops.iter().filter(|o| o.may_change()) {
+        if let Call::Create(v) | Call::Update(v) | Call::UpdateIf(v, _) = o.call {
             written.insert((o.code.as_str(), v));
         }
     }
@@ -242,7 +260,7 @@ pub fn check_stale(
     let mut anomalies = Vec::new();
     let mut held = 0;
     let changes = by_code(ops, |o| o.may_change());
-    for read in ops.iter().filter(|o| o.call == Call::Read) {
+    for read in ops.iter().filter(|o| o.call.is_read()) {
         let Ret::Read(value) = read.ret else {
             continue;
         };
@@ -252,7 +270,7 @@ pub fn check_stale(
         let makers: Vec<&&Op> = writes
             .iter()
             .filter(|w| match (value, w.call) {
-                (Some(v), Call::Create(x) | Call::Update(x)) => v == x,
+                (Some(v), Call::Create(x) | Call::Update(x) | Call::UpdateIf(x, _)) => v == x,
                 (None, Call::Delete) => true,
                 _ => false,
             })
@@ -306,6 +324,8 @@ mod tests {
             redirect: false,
             invoke,
             complete,
+            version: None,
+            attempts: 1,
         }
     }
 
@@ -404,6 +424,84 @@ mod tests {
         );
     }
 
+    fn versioned(mut o: Op, version: u64) -> Op {
+        o.version = Some(version);
+        o
+    }
+
+    #[test]
+    fn versions_and_conditional_updates_follow_the_model() {
+        let good = [
+            versioned(op(1, Call::Create(1), Ret::Created, 0, Some(1)), 1),
+            versioned(op(1, Call::UpdateIf(2, 1), Ret::Updated, 2, Some(3)), 2),
+            op(1, Call::UpdateIf(3, 1), Ret::Mismatch, 4, Some(5)),
+            versioned(
+                op(1, Call::ReadConsistent, Ret::Read(Some(2)), 6, Some(7)),
+                2,
+            ),
+            versioned(op(1, Call::Update(4), Ret::Updated, 8, Some(9)), 3),
+        ];
+        assert!(lin(&good));
+        // An update applied twice (a retry that de-duplication missed) skips a version.
+        let mut twice = good.to_vec();
+        twice[4].version = Some(4);
+        assert!(!lin(&twice));
+        // A read that names a version the value never had.
+        let mut wrong = good.to_vec();
+        wrong[3].version = Some(1);
+        assert!(!lin(&wrong));
+        // If-Match of the current version must not be refused, nor a stale one applied.
+        let refused = [
+            versioned(op(1, Call::Create(1), Ret::Created, 0, Some(1)), 1),
+            op(1, Call::UpdateIf(2, 1), Ret::Mismatch, 2, Some(3)),
+            versioned(
+                op(1, Call::ReadConsistent, Ret::Read(Some(1)), 4, Some(5)),
+                1,
+            ),
+        ];
+        assert!(!lin(&refused));
+        let applied = [
+            versioned(op(1, Call::Create(1), Ret::Created, 0, Some(1)), 1),
+            versioned(op(1, Call::Update(2), Ret::Updated, 2, Some(3)), 2),
+            versioned(op(1, Call::UpdateIf(3, 1), Ret::Updated, 4, Some(5)), 3),
+            versioned(
+                op(1, Call::ReadConsistent, Ret::Read(Some(3)), 6, Some(7)),
+                3,
+            ),
+        ];
+        assert!(!lin(&applied));
+        let mut unconditional = applied.to_vec();
+        unconditional[2].call = Call::Update(3);
+        assert!(lin(&unconditional));
+        // An unknown conditional update may have applied (when its version matched) or not.
+        let open = [
+            versioned(op(1, Call::Create(1), Ret::Created, 0, Some(1)), 1),
+            op(2, Call::UpdateIf(2, 1), Ret::Unknown, 2, None),
+            versioned(
+                op(1, Call::ReadConsistent, Ret::Read(Some(2)), 6, Some(7)),
+                2,
+            ),
+        ];
+        assert!(lin(&open));
+        let mut stale_if = open.to_vec();
+        stale_if[1].call = Call::UpdateIf(2, 5);
+        assert!(!lin(&stale_if));
+    }
+
+    #[test]
+    fn a_consistent_read_of_an_overwritten_value_is_not_linearizable() {
+        let ops = [
+            op(1, Call::Create(1), Ret::Created, 0, Some(1)),
+            op(1, Call::Update(2), Ret::Updated, 2, Some(3)),
+            op(2, Call::ReadConsistent, Ret::Read(Some(1)), 4, Some(5)),
+        ];
+        assert_eq!(check_linearizable(&ops, &[]).len(), 1);
+        // The same answer from a local read is left to the staleness bound.
+        let mut local = ops.to_vec();
+        local[2].call = Call::Read;
+        assert!(check_linearizable(&local, &[]).is_empty());
+    }
+
     #[test]
     fn lost_writes_are_flagged() {
         let ops = [
@@ -432,6 +530,12 @@ mod tests {
         assert!(check_phantoms(&ops).is_empty());
         ops.push(op(2, Call::Read, Ret::Read(Some(7)), 4, Some(5)));
         assert_eq!(check_phantoms(&ops).len(), 1);
+        // A refused write wrote nothing: a value only it carried is a phantom too.
+        ops.push(op(1, Call::Create(7), Ret::Exists, 0, Some(1)));
+        ops.push(op(1, Call::UpdateIf(7, 9), Ret::Mismatch, 0, Some(1)));
+        assert_eq!(check_phantoms(&ops).len(), 1);
+        ops.push(op(1, Call::Update(7), Ret::Unknown, 0, None));
+        assert!(check_phantoms(&ops).is_empty());
     }
 
     #[test]

@@ -13,10 +13,21 @@ pub enum Call {
     Create(u64),
     /// `PATCH /v1/links/{code}` with a new URL.
     Update(u64),
+    /// The same with `If-Match`: the new URL, and the version the client last saw.
+    UpdateIf(u64, u64),
     /// `DELETE /v1/links/{code}`.
     Delete,
-    /// `GET /v1/links/{code}` (or, with `redirect`, `GET /{code}`).
+    /// `GET /v1/links/{code}` (or, with `redirect`, `GET /{code}`): any caught-up replica.
     Read,
+    /// `GET /v1/links/{code}?consistent=true`: linearizable, through the shard's leader.
+    ReadConsistent,
+}
+
+impl Call {
+    /// Whether it only reads.
+    pub fn is_read(self) -> bool {
+        matches!(self, Call::Read | Call::ReadConsistent)
+    }
 }
 
 /// What it was answered. `Unknown`: a timeout or a cut connection after the request was
@@ -33,6 +44,8 @@ pub enum Ret {
     Deleted,
     /// 404 to a PATCH or DELETE.
     NotFound,
+    /// 412 to a PATCH with `If-Match`: the link is at another version.
+    Mismatch,
     /// A read's answer: the value served, or none (404).
     Read(Option<u64>),
     /// No answer that says what happened.
@@ -55,13 +68,21 @@ pub struct Op {
     pub invoke: u64,
     /// `None` when the outcome is unknown.
     pub complete: Option<u64>,
+    /// The link's version the answer carried (a read, create or update answered with the
+    /// link), which the model checks; `None` for redirects and answers without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// How many times it was sent (with the same `Idempotency-Key`): a write whose outcome
+    /// was unknown is sent again, to any node, and the last answer is its outcome.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 impl Op {
     /// Whether a completed write changed the link (not a 404 or 409), or may have.
     pub fn may_change(&self) -> bool {
         match (self.call, self.ret) {
-            (Call::Read, _) => false,
+            (Call::Read | Call::ReadConsistent, _) => false,
             (_, Ret::Unknown) => true,
             (_, Ret::Created | Ret::Updated | Ret::Deleted) => true,
             _ => false,
@@ -71,7 +92,8 @@ impl Op {
     /// The state a completed, acknowledged change left: the value, or none.
     pub fn effect(&self) -> Option<Option<u64>> {
         match (self.call, self.ret) {
-            (Call::Create(v), Ret::Created) | (Call::Update(v), Ret::Updated) => Some(Some(v)),
+            (Call::Create(v), Ret::Created)
+            | (Call::Update(v) | Call::UpdateIf(v, _), Ret::Updated) => Some(Some(v)),
             (Call::Delete, Ret::Deleted) => Some(None),
             _ => None,
         }

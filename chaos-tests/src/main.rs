@@ -252,6 +252,8 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
             redirect: false,
             invoke: *invoke,
             complete: Some(*complete),
+            version: None,
+            attempts: 1,
         })
         .collect();
     save(&root, &history, &faults)?;
@@ -260,12 +262,7 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
         .map(|(c, (v, _, _))| (c.clone(), *v))
         .collect();
 
-    let writes: Vec<Op> = history
-        .iter()
-        .filter(|o| o.call != Call::Read)
-        .cloned()
-        .collect();
-    anomalies.extend(check::check_linearizable(&writes, &final_ops));
+    anomalies.extend(check::check_linearizable(&history, &final_ops));
     anomalies.extend(check::check_lost(&history, &final_values));
     anomalies.extend(check::check_phantoms(&history));
     let windows: Vec<(u64, u64)> = faults.iter().map(|f| (f.start, f.end)).collect();
@@ -295,14 +292,19 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
 
     let count = |f: &dyn Fn(&Op) -> bool| history.iter().filter(|o| f(o)).count();
     println!(
-        "operations {} (writes {}: acknowledged {}, unknown {}; API reads {}; redirects {}), \
+        "operations {} (writes {}: acknowledged {}, unknown {}, sent again {}, \
+         If-Match {} of which refused {}; API reads {}, consistent {}; redirects {}), \
          codes {}, faults {} ({} fired), reads held to the staleness bound {held}, \
          clicks {clicks}, anomalies {}, {:.0} s of faults",
         history.len(),
-        writes.len(),
-        count(&|o| o.call != Call::Read && o.complete.is_some()),
-        count(&|o| o.call != Call::Read && o.complete.is_none()),
-        count(&|o| o.call == Call::Read && !o.redirect),
+        count(&|o| !o.call.is_read()),
+        count(&|o| !o.call.is_read() && o.complete.is_some()),
+        count(&|o| !o.call.is_read() && o.complete.is_none()),
+        count(&|o| o.attempts > 1),
+        count(&|o| matches!(o.call, Call::UpdateIf(..))),
+        count(&|o| o.ret == Ret::Mismatch),
+        count(&|o| o.call.is_read() && !o.redirect),
+        count(&|o| o.call == Call::ReadConsistent),
         count(&|o| o.redirect),
         finals.len(),
         faults.len(),

@@ -4,6 +4,7 @@
 //! A code is retired (its slot takes a fresh one) after 300 operations or 6 unknown
 //! outcomes, which keeps each code's history small enough to search exhaustively.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,7 +118,30 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn send(http: &reqwest::Client, base: &str, code: &str, call: Call) -> Outcome {
+/// An answer: what it says happened, and the link's version when it carried the link.
+struct Answer {
+    outcome: Outcome,
+    version: Option<u64>,
+}
+
+impl From<Outcome> for Answer {
+    fn from(outcome: Outcome) -> Self {
+        Answer {
+            outcome,
+            version: None,
+        }
+    }
+}
+
+/// Sends `call` on `code` to `base`; a write carries `idempotency_key`, so that sending it
+/// again (after an unknown outcome) cannot apply it twice.
+async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    code: &str,
+    call: Call,
+    idempotency_key: &str,
+) -> Answer {
     let request = match call {
         Call::Create(v) => http
             .post(format!("{base}/v1/links"))
@@ -125,35 +149,54 @@ async fn send(http: &reqwest::Client, base: &str, code: &str, call: Call) -> Out
         Call::Update(v) => http
             .patch(format!("{base}/v1/links/{code}"))
             .json(&json!({ "url": format!("{URL_PREFIX}{v}") })),
+        Call::UpdateIf(v, version) => http
+            .patch(format!("{base}/v1/links/{code}"))
+            .header("if-match", format!("\"{version}\""))
+            .json(&json!({ "url": format!("{URL_PREFIX}{v}") })),
         Call::Delete => http.delete(format!("{base}/v1/links/{code}")),
         Call::Read => http.get(format!("{base}/v1/links/{code}")),
+        Call::ReadConsistent => http.get(format!("{base}/v1/links/{code}?consistent=true")),
+    };
+    let request = if call.is_read() {
+        request
+    } else {
+        request.header("idempotency-key", idempotency_key)
     };
     let response = match request.bearer_auth(ADMIN_KEY).send().await {
         Ok(r) => r,
-        Err(e) if e.is_connect() => return Outcome::Nothing,
-        Err(_) if call == Call::Read => return Outcome::Nothing,
-        Err(_) => return Outcome::Unknown,
+        Err(e) if e.is_connect() => return Outcome::Nothing.into(),
+        Err(_) if call.is_read() => return Outcome::Nothing.into(),
+        Err(_) => return Outcome::Unknown.into(),
     };
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     let value = || body["url"].as_str().and_then(value_of);
-    match (call, status) {
+    let outcome = match (call, status) {
         (Call::Create(_), 201) => Outcome::Known(Ret::Created),
         (Call::Create(_), 409) => Outcome::Known(Ret::Exists),
-        (Call::Update(_), 200) => Outcome::Known(Ret::Updated),
+        (Call::Update(_) | Call::UpdateIf(..), 200) => Outcome::Known(Ret::Updated),
+        (Call::UpdateIf(..), 412) => Outcome::Known(Ret::Mismatch),
         (Call::Delete, 204) => Outcome::Known(Ret::Deleted),
-        (Call::Update(_) | Call::Delete, 404) => Outcome::Known(Ret::NotFound),
-        (Call::Read, 200) => match value() {
+        (Call::Update(_) | Call::UpdateIf(..) | Call::Delete, 404) => Outcome::Known(Ret::NotFound),
+        (Call::Read | Call::ReadConsistent, 200) => match value() {
             Some(v) => Outcome::Known(Ret::Read(Some(v))),
             None => Outcome::Unexpected(format!("GET {code} answered 200 with {body}")),
         },
-        (Call::Read, 404) => Outcome::Known(Ret::Read(None)),
-        (Call::Read, _) => Outcome::Nothing,
+        (Call::Read | Call::ReadConsistent, 404) => Outcome::Known(Ret::Read(None)),
+        (Call::Read | Call::ReadConsistent, _) => Outcome::Nothing,
         // Overloaded or unavailable: the write may still commit.
         (_, 429 | 500..=599) => Outcome::Unknown,
         (_, _) => Outcome::Unexpected(format!("{call:?} {code} answered {status} {body}")),
-    }
+    };
+    let version = match status {
+        200 | 201 => body["version"].as_u64(),
+        _ => None,
+    };
+    Answer { outcome, version }
 }
+
+/// Times a write whose outcome is unknown is sent again with its `Idempotency-Key`.
+const RETRIES: u32 = 2;
 
 /// A redirect: the value its Location carries, 404, or nothing known.
 async fn redirect(http: &reqwest::Client, base: &str, code: &str) -> Outcome {
@@ -211,21 +254,58 @@ impl Workload {
                 let http = client();
                 let mut process = (w + 1) * 1_000_000;
                 let mut ops = Vec::new();
-                while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+                // The version this client last saw of each code: what its If-Match sends.
+                let mut seen: HashMap<String, u64> = HashMap::new();
+                let mut sent = 0u64;
+                let running = || !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop;
+                while running() {
                     let slot = rng.gen_range(0..SLOTS);
                     let code = codes.take(slot);
                     let node = rng.gen_range(0..urls.len());
+                    let next = || values.fetch_add(1, Ordering::Relaxed);
                     let call = match rng.gen_range(0..100) {
-                        0..35 => Call::Create(values.fetch_add(1, Ordering::Relaxed)),
-                        35..60 => Call::Update(values.fetch_add(1, Ordering::Relaxed)),
-                        60..75 => Call::Delete,
-                        _ => Call::Read,
+                        0..30 => Call::Create(next()),
+                        30..45 => Call::Update(next()),
+                        45..60 => Call::UpdateIf(next(), seen.get(&code).copied().unwrap_or(1)),
+                        60..72 => Call::Delete,
+                        72..86 => Call::Read,
+                        _ => Call::ReadConsistent,
                     };
+                    sent += 1;
+                    let key = format!("chaos-w{w}-{sent}");
                     let invoke = micros(t0);
-                    let outcome = send(&http, &urls[node], &code, call).await;
-                    let Some((ret, complete)) = outcome.settle(t0, node + 1, &unexpected) else {
+                    let mut answer = send(&http, &urls[node], &code, call, &key).await;
+                    let mut attempts = 1;
+                    while matches!(answer.outcome, Outcome::Unknown)
+                        && attempts <= RETRIES
+                        && running()
+                    {
+                        // The same request again, to any node, after the cluster has had a
+                        // moment: if the first one took effect, de-duplication answers what
+                        // it did; if not, this one does it.
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        let again = rng.gen_range(0..urls.len());
+                        answer = send(&http, &urls[again], &code, call, &key).await;
+                        attempts += 1;
+                        if matches!(answer.outcome, Outcome::Nothing) {
+                            // Not sent (the node is down): the first is still unknown.
+                            answer = Outcome::Unknown.into();
+                        }
+                    }
+                    let version = answer.version;
+                    let Some((ret, complete)) = answer.outcome.settle(t0, node + 1, &unexpected)
+                    else {
                         continue;
                     };
+                    match (version, ret) {
+                        (Some(v), _) => {
+                            seen.insert(code.clone(), v);
+                        }
+                        (None, Ret::Read(None) | Ret::NotFound | Ret::Deleted) => {
+                            seen.remove(&code);
+                        }
+                        _ => {}
+                    }
                     ops.push(Op {
                         process,
                         node: node + 1,
@@ -235,6 +315,8 @@ impl Workload {
                         redirect: false,
                         invoke,
                         complete,
+                        version,
+                        attempts,
                     });
                     if complete.is_none() {
                         // The operation may still be pending: this client goes on as another.
@@ -274,6 +356,8 @@ impl Workload {
                         redirect: true,
                         invoke,
                         complete,
+                        version: None,
+                        attempts: 1,
                     });
                     // Paced: a few hundred redirects a second per client is plenty of
                     // clicks to count, and leaves the CPU to the nodes.
