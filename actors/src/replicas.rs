@@ -27,6 +27,8 @@ pub(crate) struct LocalShard {
     pub(crate) serving: Arc<AtomicBool>,
     /// The node's storage fault latch: once tripped, no replica here serves.
     pub(crate) fault: linkrift_raft::StorageFault,
+    /// The most it may lag its leader and still answer reads (`None`: no bound).
+    pub(crate) max_lag: Option<Duration>,
 }
 
 impl LocalShard {
@@ -48,10 +50,30 @@ impl LocalShard {
         }
     }
 
-    /// Whether this replica may answer reads: a caught-up voter, on a node whose storage
-    /// has not failed (a replica that can no longer write cannot keep current).
+    /// Whether this replica is a caught-up voter, on a node whose storage has not failed
+    /// (a replica that can no longer write cannot keep current): it may lead and take
+    /// writes.
     pub(crate) fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Acquire) && !self.fault.is_tripped()
+    }
+
+    /// Whether this replica may answer reads: serving, and within the lag bound of its
+    /// leader ([`linkrift_raft::freshness`]), so that what it answers was current at most
+    /// `max_lag` ago. A replica cut off from its leader (or a leader from its quorum)
+    /// stops answering once the bound passes, and the read goes to a replica that is
+    /// current. Lock-free: the redirect path asks it.
+    pub(crate) fn is_current(&self) -> bool {
+        self.is_serving() && self.lag_exceeded().is_none()
+    }
+
+    /// If this replica lags by more than the bound: its lag (`None` inside: it never was
+    /// current since it opened).
+    pub(crate) fn lag_exceeded(&self) -> Option<Option<Duration>> {
+        let max = self.max_lag?;
+        match self.group.lag() {
+            Some(lag) if lag <= max => None,
+            lag => Some(lag),
+        }
     }
 
     /// Proposes `command` through the shard's actor, waiting at most `within`.
@@ -81,19 +103,27 @@ pub(crate) struct Replicas {
     shards: papaya::HashMap<u32, Arc<LocalShard>>,
     node: Arc<RaftNode<GroupState>>,
     me: NodeId,
+    max_lag: Option<Duration>,
     /// Serialises hosting and releasing replicas.
     hosting: tokio::sync::Mutex<()>,
     tasks: Tasks,
 }
 
 impl Replicas {
-    /// No replicas yet, on `node` (this node is `me`); the tasks that watch each replica's
-    /// serving state run under `tasks`.
-    pub(crate) fn new(node: Arc<RaftNode<GroupState>>, me: NodeId, tasks: Tasks) -> Self {
+    /// No replicas yet, on `node` (this node is `me`), each to answer reads while within
+    /// `max_lag` of its leader; the tasks that watch each replica's serving state run
+    /// under `tasks`.
+    pub(crate) fn new(
+        node: Arc<RaftNode<GroupState>>,
+        me: NodeId,
+        max_lag: Option<Duration>,
+        tasks: Tasks,
+    ) -> Self {
         Self {
             shards: papaya::HashMap::new(),
             node,
             me,
+            max_lag,
             hosting: tokio::sync::Mutex::new(()),
             tasks,
         }
@@ -179,6 +209,7 @@ impl Replicas {
                 actor_task: Mutex::new(Some(actor_task)),
                 serving,
                 fault: self.node.fault().clone(),
+                max_lag: self.max_lag,
             }),
         );
         Ok(())

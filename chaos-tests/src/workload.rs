@@ -173,6 +173,10 @@ async fn send(
     let value = || body["url"].as_str().and_then(value_of);
     let outcome = match (call, status) {
         (Call::Create(_), 201) => Outcome::Known(Ret::Created),
+        // Sent again after the link this request created was deleted: it did create it.
+        (Call::Create(_), 409) if body["error"]["code"] == "refused" => {
+            Outcome::Known(Ret::Created)
+        }
         (Call::Create(_), 409) => Outcome::Known(Ret::Exists),
         (Call::Update(_) | Call::UpdateIf(..), 200) => Outcome::Known(Ret::Updated),
         (Call::UpdateIf(..), 412) => Outcome::Known(Ret::Mismatch),

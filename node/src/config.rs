@@ -36,6 +36,9 @@ pub struct Config {
     pub near_cache_ttl_ms: u64,
     /// Near cache: how long "no such link" is remembered, in milliseconds.
     pub near_cache_negative_ttl_ms: u64,
+    /// The most a replica may lag its leader and still answer reads and redirects, in
+    /// milliseconds (0: no bound; a cut-off replica serves what it has).
+    pub replica_max_lag_ms: u64,
     /// Milliseconds a node may be out of touch with the meta leader before it is marked
     /// lost and its replicas are re-created on the other nodes.
     pub dead_after_ms: u64,
@@ -126,6 +129,7 @@ const KEYS: &[&str] = &[
     "near_cache_capacity",
     "near_cache_ttl_ms",
     "near_cache_negative_ttl_ms",
+    "replica_max_lag_ms",
     "dead_after_ms",
     "drain_on_shutdown",
     "postgres_url",
@@ -174,6 +178,7 @@ impl Default for Config {
             near_cache_capacity: 100_000,
             near_cache_ttl_ms: 5_000,
             near_cache_negative_ttl_ms: 1_000,
+            replica_max_lag_ms: 5_000,
             dead_after_ms: 30_000,
             drain_on_shutdown: false,
             postgres_url: None,
@@ -258,6 +263,11 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub near_cache_ttl_ms: Option<u64>,
+    /// The most a replica may lag its leader and still serve, in milliseconds; 0 for no
+    /// bound [default: 5000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_max_lag_ms: Option<u64>,
     /// Milliseconds out of touch before a node is marked lost [default: 30000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -485,6 +495,13 @@ impl Config {
         }
         if config.near_cache_ttl_ms == 0 || config.near_cache_negative_ttl_ms == 0 {
             bail!("near cache TTLs must be at least 1 ms");
+        }
+        if config.replica_max_lag_ms != 0 && config.replica_max_lag_ms < 1_000 {
+            bail!(
+                "replica_max_lag_ms must be 0 (no bound) or at least 1000 (a few heartbeats), \
+                 not {}",
+                config.replica_max_lag_ms
+            );
         }
         if let Some(url) = &config.public_url {
             let parsed =

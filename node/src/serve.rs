@@ -102,6 +102,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             negative_ttl: Duration::from_millis(config.near_cache_negative_ttl_ms),
         },
         dead_after: Duration::from_millis(config.dead_after_ms),
+        replica_max_lag: (config.replica_max_lag_ms > 0)
+            .then(|| Duration::from_millis(config.replica_max_lag_ms)),
         postgres_url: config.postgres_url.clone(),
         click_ip: linkrift_actors::IpPolicy {
             v4_bits: config.click_ip_v4_bits,

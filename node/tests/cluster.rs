@@ -395,10 +395,22 @@ async fn read_link(node: &support::Node, code: &str, query: &str) -> (u16, Optio
     (status, body["url"].as_str().map(str::to_string))
 }
 
+/// `/readyz` on `node`: the status and the reason given.
+async fn readiness(node: &support::Node) -> (u16, String) {
+    let r = node.http.get(node.url("/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    (
+        status,
+        body["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consistent_read_on_a_cut_off_replica_is_refused_where_a_local_read_is_stale() {
+async fn a_cut_off_replica_stops_serving_past_the_lag_bound_and_refuses_consistent_reads() {
     let root = tempfile::tempdir().unwrap();
-    // On 127.0.0.11-13, so that the test's requests (from 127.0.0.1) cross no cut.
+    // On 127.0.0.11-13, so that the test's requests (from 127.0.0.1) cross no cut. The
+    // default lag bound, 5 s.
     let n1 = member(root.path(), 11, None, &[]);
     n1.wait_ready().await;
     let n2 = member(root.path(), 12, Some(&n1), &[]);
@@ -415,8 +427,10 @@ async fn a_consistent_read_on_a_cut_off_replica_is_refused_where_a_local_read_is
         assert!(Instant::now() < deadline, "node 3 never applied the create");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    n3.wait_ready().await;
 
     let cut = support::net::Partition::between(&["127.0.0.13"], &["127.0.0.11", "127.0.0.12"]);
+    let cut_at = Instant::now();
     // The update commits on nodes 1 and 2 (after an election, if node 3 led the shard).
     let r = n1
         .http
@@ -427,10 +441,9 @@ async fn a_consistent_read_on_a_cut_off_replica_is_refused_where_a_local_read_is
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    // Node 3 cannot have heard of it: its own replica still says `old`...
-    assert_eq!(read_link(&n3, "lin", "").await, (200, Some(old.into())));
-    // ...but a consistent read there never answers from it: it is refused, or (through a
-    // leader node 3 can still reach) it is the update.
+    // A consistent read on node 3 never answers from its replica, which cannot have heard
+    // of the update: it is refused, or (through a leader node 3 can still reach) it is the
+    // update.
     let (status, url) = read_link(&n3, "lin", "?consistent=true").await;
     assert!(
         status == 503 || (status == 200 && url.as_deref() == Some(new)),
@@ -443,8 +456,35 @@ async fn a_consistent_read_on_a_cut_off_replica_is_refused_where_a_local_read_is
             (200, Some(new.into()))
         );
     }
+    // Node 3 says it is not ready once it lags by more than the bound...
+    let (status, why) = loop {
+        let (status, why) = readiness(&n3).await;
+        if status == 503 {
+            break (status, why);
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(8),
+            "node 3 still ready {:?} after it was cut off",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(why.contains("lags its leader"), "{status}: {why}");
+    // ...and from then on serves neither the API read nor the redirect from its replica:
+    // nothing it answers is older than the bound.
+    let (status, url) = read_link(&n3, "lin", "").await;
+    assert!(
+        status == 503 || url.as_deref() == Some(new),
+        "node 3 answered {status} {url:?} past the lag bound"
+    );
+    let (status, location) = n3.redirect("lin").await;
+    assert!(
+        status == 503 || location.as_deref() == Some(new),
+        "node 3 redirected {status} {location:?} past the lag bound"
+    );
     drop(cut);
-    // Healed, node 3's consistent reads see it at once (it asks the leader).
+    // Healed, node 3 catches up and serves again: its consistent reads see the update at
+    // once (it asks the leader), then its own replica does.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = read_link(&n3, "lin", "?consistent=true").await;
@@ -458,4 +498,7 @@ async fn a_consistent_read_on_a_cut_off_replica_is_refused_where_a_local_read_is
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    n3.wait_ready().await;
+    assert_eq!(read_link(&n3, "lin", "").await, (200, Some(new.into())));
+    assert_eq!(n3.redirect("lin").await, (302, Some(new.into())));
 }

@@ -29,6 +29,7 @@ pub mod durable;
 pub mod failpoint;
 pub mod fault;
 pub mod flush;
+pub mod freshness;
 pub mod log_store;
 pub mod node;
 pub mod proposer;

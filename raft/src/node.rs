@@ -29,6 +29,7 @@ use crate::config::RaftConfig;
 use crate::durable::{self, DurableDb};
 use crate::fault::StorageFault;
 use crate::flush::{sled_to_io, Flusher};
+use crate::freshness::Freshness;
 use crate::log_store::{LogStore, SledGroupLog};
 use crate::proposer::Proposer;
 use crate::state_machine::{Applied, GroupStateMachine, StateMachine, StateReader};
@@ -174,6 +175,7 @@ pub struct Group<S> {
     raft: Raft,
     reader: StateReader<S>,
     proposer: Proposer,
+    freshness: Arc<Freshness>,
 }
 
 impl<S> Clone for Group<S> {
@@ -183,6 +185,7 @@ impl<S> Clone for Group<S> {
             raft: self.raft.clone(),
             reader: self.reader.clone(),
             proposer: self.proposer.clone(),
+            freshness: self.freshness.clone(),
         }
     }
 }
@@ -270,6 +273,13 @@ impl<S: StateMachine> Group<S> {
     /// Whether this replica is the leader.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// How long ago this replica was last known to have applied everything the group had
+    /// committed ([`crate::freshness`]); `None` if it never was since it was opened.
+    /// Lock-free: two atomic loads and a clock read.
+    pub fn lag(&self) -> Option<std::time::Duration> {
+        self.freshness.lag()
     }
 
     /// The last log id applied to the state machine here.
@@ -608,6 +618,7 @@ impl<S: StateMachine> RaftNode<S> {
             format!("the snapshot of {id} in {}", dir.display()),
         ))?;
         let reader = sm.reader();
+        let freshness = sm.freshness();
         let network = GroupNetworkFactory::new(
             self.pool.clone(),
             id,
@@ -627,15 +638,21 @@ impl<S: StateMachine> RaftNode<S> {
             reason: e.to_string(),
         })?;
         self.tasks.spawn(network.attach(raft.metrics()));
-        self.router.insert(id, raft.clone(), incarnation);
-        self.tasks
-            .spawn(report_fatal(id, raft.metrics(), self.fault.clone()));
+        self.router
+            .insert(id, raft.clone(), incarnation, freshness.clone());
+        self.tasks.spawn(watch_group(
+            id,
+            raft.metrics(),
+            self.fault.clone(),
+            freshness.clone(),
+        ));
         let proposer = Proposer::start(raft.clone(), self.shutdown.child_token(), &self.tasks);
         let group = Group {
             id,
             raft,
             reader,
             proposer,
+            freshness,
         };
         self.groups
             .lock()
@@ -748,19 +765,30 @@ pub fn group_dir(data_dir: &Path, id: GroupId) -> PathBuf {
     data_dir.join(GROUPS).join(format!("g{}", id.0))
 }
 
-/// Reports a group that openraft stopped for good (a storage error, or a bug) other than by
-/// being shut down: the node cannot keep that replica, so it must stop.
-async fn report_fatal(
+/// Watches a group's metrics (they change with every turn of its Raft core): while it
+/// leads, tells `freshness` when a quorum last acknowledged it; and reports a group that
+/// openraft stopped for good (a storage error, or a bug) other than by being shut down:
+/// the node cannot keep that replica, so it must stop.
+async fn watch_group(
     id: GroupId,
     mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
     fault: StorageFault,
+    freshness: Arc<Freshness>,
 ) {
     loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            if !matches!(fatal, openraft::error::Fatal::Stopped) {
-                fault.report("raft_group", &format!("group {id} stopped: {fatal}"));
+        {
+            let m = metrics.borrow_and_update();
+            if let Err(fatal) = &m.running_state {
+                if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                    fault.report("raft_group", &format!("group {id} stopped: {fatal}"));
+                }
+                return;
             }
-            return;
+            if m.state == ServerState::Leader {
+                if let Some(ms) = m.millis_since_quorum_ack {
+                    freshness.confirmed(std::time::Duration::from_millis(ms));
+                }
+            }
         }
         if metrics.changed().await.is_err() {
             return;

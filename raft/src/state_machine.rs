@@ -28,6 +28,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::codec;
 use crate::fault::StorageFault;
+use crate::freshness::Freshness;
 use crate::proposer::Batch;
 use crate::snapshot_file;
 use crate::types::{NodeId, Payload, TypeConfig};
@@ -99,12 +100,14 @@ impl<S> StateReader<S> {
 /// openraft's view of one group's [`StateMachine`].
 pub struct GroupStateMachine<S> {
     shared: Arc<Shared<S>>,
+    freshness: Arc<Freshness>,
 }
 
 impl<S> Clone for GroupStateMachine<S> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            freshness: self.freshness.clone(),
         }
     }
 }
@@ -179,7 +182,12 @@ impl<S: StateMachine> GroupStateMachine<S> {
                 .map(|m| m.last_membership.clone())
                 .unwrap_or_default(),
         };
+        let freshness = Arc::new(Freshness::new());
+        if let Some(last) = applied.last_applied {
+            freshness.applied(last.index);
+        }
         Ok(Self {
+            freshness,
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
                 dir: dir.to_path_buf(),
@@ -193,6 +201,11 @@ impl<S: StateMachine> GroupStateMachine<S> {
     /// A reader of the applied state.
     pub fn reader(&self) -> StateReader<S> {
         StateReader(self.shared.clone())
+    }
+
+    /// How far behind its leader this replica is: told of every entry applied here.
+    pub fn freshness(&self) -> Arc<Freshness> {
+        self.freshness.clone()
     }
 }
 
@@ -347,6 +360,11 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             applied.state.advance(entry.log_id.index);
             responses.push(response);
         }
+        let last = applied.last_applied;
+        drop(applied);
+        if let Some(last) = last {
+            self.freshness.applied(last.index);
+        }
         Ok(responses)
     }
 
@@ -424,6 +442,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         })
         .await
         .map_err(err(ErrorVerb::Write))?;
+        if let Some(last) = meta.last_log_id {
+            self.freshness.applied(last.index);
+        }
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

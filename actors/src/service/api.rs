@@ -46,7 +46,7 @@ impl LinkService {
     /// needs it again for the click).
     pub fn lookup_in(&self, shard: u32, code: &str) -> Lookup {
         if let Some(local) = self.core.cx.replicas.pin().get(&shard) {
-            if local.is_serving() {
+            if local.is_current() {
                 match local.reader.get(code) {
                     Some(link) => return Lookup::Local(Some(link)),
                     // Only the leader's "no such link" is final (a follower may not have
@@ -143,7 +143,7 @@ impl LinkService {
         let mut links: Vec<Arc<Link>> = Vec::new();
         let mut remote: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
         for shard in 0..core.cx.settings.shard_count {
-            match core.cx.replicas.get(shard).filter(|l| l.is_serving()) {
+            match core.cx.replicas.get(shard).filter(|l| l.is_current()) {
                 Some(_) => links.extend(
                     core.page(shard, cursor, tag, limit, 1)
                         .await

@@ -36,6 +36,8 @@ pub struct ServiceConfig {
     /// How long a node may be out of touch with the meta leader before it is marked lost
     /// and its replicas are re-created elsewhere.
     pub dead_after: Duration,
+    /// The most a replica may lag its leader and still answer reads (`None`: no bound).
+    pub replica_max_lag: Option<Duration>,
     /// The Postgres mirror's database (none: no mirror).
     pub postgres_url: Option<String>,
     /// How much of a clicking client's address is kept.
@@ -68,6 +70,7 @@ impl Default for ServiceConfig {
             write_timeout: Duration::from_secs(10),
             cache: CacheConfig::default(),
             dead_after: Duration::from_secs(30),
+            replica_max_lag: Some(Duration::from_secs(5)),
             postgres_url: None,
             click_ip: Default::default(),
             geoip_database: None,

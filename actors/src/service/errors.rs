@@ -111,9 +111,22 @@ pub enum NotReady {
     /// The meta group has no leader.
     #[error("the meta group has no leader")]
     NoMetaLeader,
-    /// A replica here is not a caught-up voter.
+    /// A replica here is not a voter that has applied past the change that made it one.
     #[error("shard {0}: this node's replica is not a caught-up voter")]
     ReplicaNotServing(u32),
+    /// A replica here lags its leader by more than `replica_max_lag_ms`.
+    #[error("shard {shard}: this node's replica lags its leader by {}", match .lag {
+        Some(lag) => format!("{} ms, more than the {} ms allowed", lag.as_millis(), .max.as_millis()),
+        None => format!("more than {} ms (it has not heard from a leader)", .max.as_millis()),
+    })]
+    ReplicaLagging {
+        /// The shard.
+        shard: u32,
+        /// How far behind it is (`None`: it never was current since it opened).
+        lag: Option<Duration>,
+        /// The bound.
+        max: Duration,
+    },
     /// A shard held here has no leader.
     #[error("shard {0} has no leader")]
     NoShardLeader(u32),

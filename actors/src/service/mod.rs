@@ -317,7 +317,12 @@ impl LinkService {
             settings,
             node: node.clone(),
             meta: MetaClient::new(me, meta, directory, peers.clone(), config.write_timeout),
-            replicas: Arc::new(Replicas::new(node.clone(), me, tasks.clone())),
+            replicas: Arc::new(Replicas::new(
+                node.clone(),
+                me,
+                config.replica_max_lag,
+                tasks.clone(),
+            )),
             peers,
             tasks,
             departure: tokio::sync::watch::channel(None).0,

@@ -156,13 +156,13 @@ impl Core {
         let local = self.cx.replicas.get(shard);
         let read_here = |local: &LocalShard| {
             local
-                .is_serving()
+                .is_current()
                 .then(|| local.reader.get(code).map(|l| Link::clone(&l)))
                 .flatten()
         };
         if let Some(local) = &local {
             let leader = local.group.leader();
-            if leader == Some(self.cx.settings.me) && local.is_serving() {
+            if leader == Some(self.cx.settings.me) && local.is_current() {
                 return Ok(local.reader.get(code).map(|l| Link::clone(&l)));
             }
             if hops == 0 || leader.is_none() {
@@ -326,7 +326,7 @@ impl Core {
                 return Ok(links);
             }
         }
-        match local.filter(|l| l.is_serving()) {
+        match local.filter(|l| l.is_current()) {
             Some(local) => Ok(local
                 .reader
                 .page(cursor, tag, limit)

@@ -23,7 +23,8 @@ impl LinkService {
     }
 
     /// Whether this node is ready for traffic: it is active, the meta group has a leader,
-    /// and every replica it holds serves reads and knows its leader. If not, why.
+    /// and every replica it holds is a caught-up voter within the lag bound of its leader
+    /// (`replica_max_lag_ms`), and knows its leader. If not, why.
     pub fn readiness(&self) -> Result<(), NotReady> {
         let core = &self.core;
         if let Some(reason) = core.node.fault().reason() {
@@ -34,16 +35,19 @@ impl LinkService {
             Some(n) => return Err(NotReady::NotActive(n.state.name())),
             None => return Err(NotReady::NotInDirectory),
         }
-        if core.cx.meta.group.leader().is_none() {
-            return Err(NotReady::NoMetaLeader);
-        }
         for (shard, local) in core.cx.replicas.all() {
             if !local.is_serving() {
                 return Err(NotReady::ReplicaNotServing(shard));
             }
+            if let (Some(lag), Some(max)) = (local.lag_exceeded(), local.max_lag) {
+                return Err(NotReady::ReplicaLagging { shard, lag, max });
+            }
             if local.group.leader().is_none() {
                 return Err(NotReady::NoShardLeader(shard));
             }
+        }
+        if core.cx.meta.group.leader().is_none() {
+            return Err(NotReady::NoMetaLeader);
         }
         Ok(())
     }

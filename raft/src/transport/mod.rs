@@ -24,6 +24,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::freshness::Freshness;
 use crate::types::GroupId;
 use crate::Raft;
 
@@ -63,6 +64,8 @@ pub struct Hosted {
     /// Its incarnation: chosen at random when the replica was created, kept across
     /// restarts, never 0.
     pub incarnation: u64,
+    /// How far behind its leader it is: told of every `AppendEntries` it accepts.
+    pub freshness: Arc<Freshness>,
 }
 
 /// The groups this node serves on its peer port, by id.
@@ -72,12 +75,20 @@ pub struct GroupRouter {
 }
 
 impl GroupRouter {
-    /// Routes requests for `group` to `raft`, the replica's incarnation `incarnation`.
-    pub fn insert(&self, group: GroupId, raft: Raft, incarnation: u64) {
+    /// Routes requests for `group` to `raft`, the replica's incarnation `incarnation`,
+    /// whose `freshness` hears of each `AppendEntries` accepted.
+    pub fn insert(&self, group: GroupId, raft: Raft, incarnation: u64, freshness: Arc<Freshness>) {
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(group, Hosted { raft, incarnation });
+            .insert(
+                group,
+                Hosted {
+                    raft,
+                    incarnation,
+                    freshness,
+                },
+            );
     }
 
     /// Stops routing requests for `group`.

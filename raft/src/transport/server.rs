@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -302,10 +304,19 @@ async fn handle(router: &GroupRouter, me: NodeId, peer: NodeId, frame: Frame) ->
                 "this node's replica of {group} has no membership yet and does not vote"
             ))
         }
-        Some(Hosted { raft, .. }) => match frame.kind {
+        Some(Hosted {
+            raft, freshness, ..
+        }) => match frame.kind {
             FrameKind::AppendEntries => {
                 match codec::decode::<AppendEntriesRequest<TypeConfig>>(&frame.payload) {
-                    Ok(req) => Ok(codec::encode(&raft.append_entries(req).await)),
+                    Ok(req) => {
+                        let commit = req.leader_commit.map(|l| l.index);
+                        let response = raft.append_entries(req).await;
+                        if matches!(response, Ok(AppendEntriesResponse::Success)) {
+                            freshness.heard(commit);
+                        }
+                        Ok(codec::encode(&response))
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }
