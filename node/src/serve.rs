@@ -227,6 +227,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("serving HTTP")?;
 
     tracing::info!("shutting down");
+    let left = matches!(
+        *departure.lock().unwrap_or_else(|p| p.into_inner()),
+        Some(Departure::Left)
+    );
+    if left {
+        // Nothing starts this node again to send what its spool holds: send it now.
+        match service.ship_clicks(CLICKS_SHIPPED_WITHIN).await {
+            Ok(()) => tracing::info!("every spooled click is in ClickHouse"),
+            Err(n) => tracing::error!(
+                clicks = n,
+                spool = %config.data_dir.join("click-spool").display(),
+                "ClickHouse did not take every spooled click within {CLICKS_SHIPPED_WITHIN:?}: \
+                 they are not counted, and stay in the spool"
+            ),
+        }
+    }
     tokio::time::timeout(Duration::from_secs(30), service.shutdown())
         .await
         .context("shutdown took longer than 30 s")?;
@@ -244,6 +260,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(Departure::Replaced { members }) => rejoin(&config, &members),
     }
 }
+
+/// How long a node that has left waits for ClickHouse to take its spooled clicks.
+const CLICKS_SHIPPED_WITHIN: Duration = Duration::from_secs(60);
 
 /// The public listener: plain HTTP, or HTTPS (`tls_cert`, `tls_key`).
 enum Public {

@@ -558,3 +558,49 @@ fn a_clickhouse_ca_that_does_not_load_stops_the_node_at_start() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_sends_its_spooled_clicks_first() {
+    let mut ch = ClickHouse::start().await;
+    let root = Root::new();
+    // Four nodes, so that the three that stay can take the leaver's replicas.
+    let flags = ["--clickhouse-url", ch.url.as_str()];
+    let n1 = member(root.path(), 1, None, &flags);
+    n1.wait_ready().await;
+    let n3 = member(root.path(), 3, Some(&n1), &flags);
+    let n4 = member(root.path(), 4, Some(&n1), &flags);
+    let mut n2 = member(root.path(), 2, Some(&n1), &flags);
+    support::cluster::wait_placed(&[&n1, &n2, &n3, &n4], 3).await;
+    create(&n1, "parting").await;
+    // Clicks on node 2 while ClickHouse is down: all of them wait in node 2's spool.
+    ch.stop();
+    clicks(&n2, "parting", 300).await;
+    let r = n1
+        .http
+        .post(n1.url(&format!("/admin/nodes/{}/leave", n2.node_id)))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // Node 2 is out and stops serving; only then does ClickHouse come back, so nothing
+    // but the leave itself can send what the spool holds.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while n2.http.get(n2.url("/healthz")).send().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 still serves after its leave"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ch.resume().await;
+    let exit = n2.wait_exit(Duration::from_secs(120)).await;
+    assert!(exit.success(), "node 2 exited with {exit}");
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks WHERE short_code = 'parting'",
+        300,
+        Duration::from_secs(30),
+    )
+    .await;
+}

@@ -153,6 +153,8 @@ enum Command {
 #[derive(Clone)]
 pub struct Clicks {
     queue: Arc<Queue>,
+    /// The ClickHouse spool, and what the shipper signals after each batch it sent.
+    spool: Option<(Arc<Mutex<Spool>>, Arc<Notify>)>,
 }
 
 /// Where the click thread puts its batches.
@@ -189,6 +191,7 @@ impl Clicks {
         ] {
             metrics::counter!("clicks_dropped_total", "reason" => reason).increment(0);
         }
+        let mut shipping = None;
         let writer = match sink {
             ClickSink::Embedded(rollups) => Writer::Embedded(rollups),
             ClickSink::ClickHouse {
@@ -200,10 +203,12 @@ impl Clicks {
                 let spooled = Arc::new(Notify::new());
                 metrics::counter!("clicks_ingest_errors_total").increment(0);
                 report_spool(&spool.lock().expect("spool lock"));
-                let (to_ship, shipped) = (spool.clone(), spooled.clone());
+                let sent = Arc::new(Notify::new());
+                let (to_ship, shipped, sent_one) = (spool.clone(), spooled.clone(), sent.clone());
                 tasks.spawn_graceful("ship clicks to ClickHouse", move |stop| {
-                    ship(*store, to_ship, shipped, stop)
+                    ship(*store, to_ship, shipped, sent_one, stop)
                 });
+                shipping = Some((spool.clone(), sent));
                 Writer::Spool { spool, spooled }
             }
         };
@@ -240,7 +245,10 @@ impl Clicks {
             let _ = wake.send(Command::Stop);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         });
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            spool: shipping,
+        })
     }
 
     /// Hands a click over without waiting: a lock no other core takes, and no string
@@ -285,6 +293,28 @@ impl Clicks {
         let (done, wait) = oneshot::channel();
         if self.queue.wake.send(Command::Flush(done)).is_ok() {
             let _ = wait.await;
+        }
+    }
+
+    /// Flushes, then waits (up to `within`) until ClickHouse has taken every spooled batch:
+    /// for a node that is leaving, whose spool no later start would send. Clicks still
+    /// spooled at the deadline, if any, as an error (with the embedded store, nothing waits).
+    pub async fn ship_all(&self, within: Duration) -> Result<(), u64> {
+        self.flush().await;
+        let Some((spool, sent)) = &self.spool else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Asked for before the check, so a batch sent in between is not missed.
+            let one_sent = sent.notified();
+            let left = spool.lock().expect("spool lock").events();
+            if left == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, one_sent).await.is_err() {
+                return Err(left);
+            }
         }
     }
 
@@ -404,11 +434,13 @@ fn report_spool(spool: &Spool) {
     metrics::gauge!("clicks_ingest_lag_seconds").set(lag);
 }
 
-/// Sends spooled batches to ClickHouse, oldest first, until each is acknowledged.
+/// Sends spooled batches to ClickHouse, oldest first, until each is acknowledged; tells
+/// `sent` after each one.
 async fn ship(
     store: ClickHouse,
     spool: Arc<Mutex<Spool>>,
     spooled: Arc<Notify>,
+    sent: Arc<Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut migrated = false;
@@ -441,6 +473,7 @@ async fn ship(
             })
             .await
             .expect("updating the spool");
+            sent.notify_waiters();
             Ok::<bool, clickhouse::StoreError>(true)
         };
         let attempt = tokio::select! {

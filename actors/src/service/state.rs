@@ -325,6 +325,13 @@ impl LinkService {
         Ok(out)
     }
 
+    /// Sends every click spooled for ClickHouse before the node goes for good (after a
+    /// leave: no later start would send them), waiting up to `within`; the clicks still
+    /// spooled then, as an error.
+    pub async fn ship_clicks(&self, within: Duration) -> Result<(), u64> {
+        self.core.clicks.ship_all(within).await
+    }
+
     /// Stops the background tasks (the last started first), leaves the cluster's sessions,
     /// stops every group and flushes the data to disk. Requests still in flight are refused
     /// from then on; the data directory is unlocked when the service is dropped.
