@@ -71,6 +71,14 @@ pub enum MetaCommand {
         /// Its addresses now.
         addrs: NodeAddrs,
     },
+    // New variants go last: the log and the wire number them.
+    /// The cluster's incarnation, chosen at random (the first one proposed stays): what
+    /// tells this cluster's logs apart from another's that used the same outside store,
+    /// such as a cluster restored from the Postgres mirror into the same database.
+    SetClusterId {
+        /// Not 0.
+        id: u128,
+    },
 }
 
 /// Where a node listens.
@@ -211,6 +219,8 @@ pub enum MetaOutcome {
     Refused(String),
     /// Acknowledged indexes recorded.
     Recorded,
+    /// The cluster's incarnation (the first one set).
+    ClusterId(u128),
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -221,6 +231,17 @@ struct Keys {
     nodes: BTreeMap<u64, NodeRecord>,
     shard_count: u32,
     /// See [`MetaCommand::RecordAcknowledged`].
+    acknowledged: BTreeMap<u64, u64>,
+    /// See [`MetaCommand::SetClusterId`]; 0 until set.
+    cluster_id: u128,
+}
+
+/// The meta state as snapshots before `cluster_id` stored it: still read.
+#[derive(Deserialize)]
+struct KeysWithoutClusterId {
+    by_id: BTreeMap<String, ApiKeyRecord>,
+    nodes: BTreeMap<u64, NodeRecord>,
+    shard_count: u32,
     acknowledged: BTreeMap<u64, u64>,
 }
 
@@ -286,6 +307,14 @@ impl MetaReader {
             .filter(|n| states.contains(&n.state))
             .map(|n| n.id)
             .collect()
+    }
+
+    /// The cluster's incarnation, once set ([`MetaCommand::SetClusterId`]).
+    pub fn cluster_id(&self) -> Option<u128> {
+        match self.keys.read().unwrap_or_else(|p| p.into_inner()).cluster_id {
+            0 => None,
+            id => Some(id),
+        }
     }
 
     /// The cluster's shard count (0 before bootstrap).
@@ -417,6 +446,12 @@ impl MetaState {
                     }
                 },
             },
+            MetaCommand::SetClusterId { id } => {
+                if keys.cluster_id == 0 {
+                    keys.cluster_id = id;
+                }
+                MetaOutcome::ClusterId(keys.cluster_id)
+            }
             MetaCommand::UpdateAddrs { id, addrs } => match keys.nodes.get_mut(&id) {
                 None => MetaOutcome::NodeNotFound,
                 Some(node) => {
@@ -437,18 +472,32 @@ impl MetaState {
     pub fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let mut restored: Keys = match linkrift_codec::decode(&bytes) {
+        let decoded = linkrift_codec::decode::<Keys>(&bytes);
+        let mut restored: Keys = match decoded {
             Ok(keys) => keys,
-            Err(e) => match linkrift_codec::decode::<KeysWithoutAcknowledged>(&bytes) {
-                Ok(old) => Keys {
-                    by_id: old.by_id,
-                    by_hash: HashMap::new(),
-                    nodes: old.nodes,
-                    shard_count: old.shard_count,
-                    acknowledged: BTreeMap::new(),
-                },
-                Err(_) => return Err(e.into()),
-            },
+            Err(e) => {
+                if let Ok(old) = linkrift_codec::decode::<KeysWithoutClusterId>(&bytes) {
+                    Keys {
+                        by_id: old.by_id,
+                        by_hash: HashMap::new(),
+                        nodes: old.nodes,
+                        shard_count: old.shard_count,
+                        acknowledged: old.acknowledged,
+                        cluster_id: 0,
+                    }
+                } else if let Ok(old) = linkrift_codec::decode::<KeysWithoutAcknowledged>(&bytes) {
+                    Keys {
+                        by_id: old.by_id,
+                        by_hash: HashMap::new(),
+                        nodes: old.nodes,
+                        shard_count: old.shard_count,
+                        acknowledged: BTreeMap::new(),
+                        cluster_id: 0,
+                    }
+                } else {
+                    return Err(e.into());
+                }
+            }
         };
         restored.by_hash = restored
             .by_id
@@ -579,5 +628,45 @@ mod tests {
         meta.write_snapshot(&mut again).unwrap();
         restored.restore(&mut &again[..]).unwrap();
         assert_eq!(restored.reader().acknowledged(1), Some(10));
+    }
+
+    #[test]
+    fn the_first_cluster_id_stays_and_older_snapshots_have_none() {
+        let mut meta = MetaState::default();
+        assert_eq!(meta.reader().cluster_id(), None);
+        assert_eq!(
+            meta.apply(MetaCommand::SetClusterId { id: 7 }),
+            MetaOutcome::ClusterId(7)
+        );
+        assert_eq!(
+            meta.apply(MetaCommand::SetClusterId { id: 9 }),
+            MetaOutcome::ClusterId(7),
+            "a second proposal (another node's, raced) changes nothing"
+        );
+        let mut snapshot = Vec::new();
+        meta.write_snapshot(&mut snapshot).unwrap();
+        let mut restored = MetaState::default();
+        restored.restore(&mut &snapshot[..]).unwrap();
+        assert_eq!(restored.reader().cluster_id(), Some(7));
+
+        // A snapshot written before the field existed.
+        #[derive(Serialize)]
+        struct Before {
+            by_id: BTreeMap<String, ApiKeyRecord>,
+            nodes: BTreeMap<u64, NodeRecord>,
+            shard_count: u32,
+            acknowledged: BTreeMap<u64, u64>,
+        }
+        let old = linkrift_codec::encode(&Before {
+            by_id: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            shard_count: 16,
+            acknowledged: [(1, 4)].into(),
+        });
+        let mut restored = MetaState::default();
+        restored.restore(&mut &old[..]).unwrap();
+        assert_eq!(restored.reader().cluster_id(), None);
+        assert_eq!(restored.reader().acknowledged(1), Some(4));
+        assert_eq!(restored.reader().shard_count(), 16);
     }
 }
