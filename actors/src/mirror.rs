@@ -10,6 +10,15 @@
 //! watermark (a snapshot was restored, or the feed was trimmed), the shard resyncs: every
 //! link is upserted and rows the shard no longer has are marked deleted. Postgres being
 //! slow or down only makes the mirror lag; it catches up when Postgres is back.
+//!
+//! Watermarks are log indexes, which mean something only in the cluster whose logs they
+//! count: each row names the cluster's incarnation (the meta group's
+//! [`MetaCommand::SetClusterId`], set by the first meta leader whose mirror needs it). A
+//! cluster that finds no watermark of its own for a shard (a cluster restored from this
+//! mirror, or any other cluster pointed at the same database) resyncs the shard, rather
+//! than take another cluster's indexes for its own and skip its changes. A shard's group is
+//! created once in a cluster and its log never starts over, so the cluster's incarnation is
+//! the group's too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,8 +28,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use crate::domain::Link;
-use crate::groups::GroupState;
-use crate::meta::MetaReader;
+use crate::groups::{Command, GroupState, Outcome};
+use crate::meta::{MetaCommand, MetaOutcome, MetaReader};
 use crate::replicas::{LocalShard, Replicas};
 use crate::shard::feed::{Change, Since};
 
@@ -96,6 +105,40 @@ enum MirrorError {
     Postgres(#[from] sqlx::Error),
     #[error("another node moved the watermark of {0}; rereading it")]
     Raced(i32),
+    #[error("the cluster has no incarnation yet (its meta leader sets one): {0}")]
+    NoClusterId(String),
+}
+
+/// The cluster's incarnation, as watermark rows name it; set (on the meta leader) if it is
+/// not yet.
+async fn cluster_id(node: &Mirrored) -> Result<String, MirrorError> {
+    if let Some(id) = node.directory.cluster_id() {
+        return Ok(format!("{id:032x}"));
+    }
+    if !node.meta.is_leader() {
+        return Err(MirrorError::NoClusterId("waiting for it".into()));
+    }
+    let id = loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            break id;
+        }
+    };
+    match node
+        .meta
+        .write(Command::Meta(MetaCommand::SetClusterId { id }))
+        .await
+    {
+        Ok(Outcome::Meta(MetaOutcome::ClusterId(id))) => {
+            tracing::info!(
+                cluster = format!("{id:032x}"),
+                "the cluster's incarnation is set"
+            );
+            Ok(format!("{id:032x}"))
+        }
+        Ok(other) => Err(MirrorError::NoClusterId(format!("answered {other:?}"))),
+        Err(e) => Err(MirrorError::NoClusterId(e.to_string())),
+    }
 }
 
 /// Runs the mirror until the node stops.
@@ -141,6 +184,8 @@ pub(crate) async fn run(node: Mirrored, pool: PgPool) {
 /// One pass over the groups this node leads, in one transaction (one commit per pass, however
 /// many shards moved).
 async fn round(node: &Mirrored, pool: &PgPool) -> Result<(), MirrorError> {
+    let cluster = cluster_id(node).await?;
+    let cluster = cluster.as_str();
     let shards = node.replicas.all();
     let mut tx = pool.begin().await?;
     let mut moved: Vec<(i32, u64)> = Vec::new();
@@ -155,7 +200,7 @@ async fn round(node: &Mirrored, pool: &PgPool) -> Result<(), MirrorError> {
             node.state.set(shard as i32, None);
             continue;
         }
-        if let Some(w) = mirror_shard(node, pool, &mut tx, shard, &local)
+        if let Some(w) = mirror_shard(node, pool, &mut tx, cluster, shard, &local)
             .await
             .map_err(forget_raced)?
         {
@@ -164,7 +209,7 @@ async fn round(node: &Mirrored, pool: &PgPool) -> Result<(), MirrorError> {
     }
     if !node.meta.is_leader() {
         node.state.set(KEYS, None);
-    } else if let Some(w) = mirror_keys(node, pool, &mut tx)
+    } else if let Some(w) = mirror_keys(node, pool, &mut tx, cluster)
         .await
         .map_err(forget_raced)?
     {
@@ -188,13 +233,19 @@ async fn round(node: &Mirrored, pool: &PgPool) -> Result<(), MirrorError> {
     Ok(())
 }
 
-/// The watermark of `id`, cached while this node leads it.
-async fn watermark(node: &Mirrored, pool: &PgPool, id: i32) -> Result<u64, sqlx::Error> {
+/// This cluster's watermark of `id`, cached while this node leads it; `None` if this
+/// cluster has none yet.
+async fn watermark(
+    node: &Mirrored,
+    pool: &PgPool,
+    cluster: &str,
+    id: i32,
+) -> Result<Option<u64>, sqlx::Error> {
     match node.state.watermark(id) {
-        Some(w) => Ok(w),
+        Some(w) => Ok(Some(w)),
         None => {
-            let w = read_watermark(pool, id).await?;
-            node.state.set(id, Some(w));
+            let w = read_watermark(pool, cluster, id).await?;
+            node.state.set(id, w);
             Ok(w)
         }
     }
@@ -206,26 +257,34 @@ async fn mirror_shard(
     node: &Mirrored,
     pool: &PgPool,
     tx: &mut Transaction<'_, Postgres>,
+    cluster: &str,
     shard: u32,
     local: &LocalShard,
 ) -> Result<Option<u64>, MirrorError> {
     let id = shard as i32;
-    let mirrored = watermark(node, pool, id).await?;
+    let mirrored = watermark(node, pool, cluster, id).await?;
     let reader = local.reader();
-    match reader.changes_since(mirrored, BATCH) {
+    // No watermark of this cluster's: whatever the table holds for the shard is another
+    // cluster's (or nothing), so the whole shard is written.
+    let since = match mirrored {
+        Some(m) => reader.changes_since(m, BATCH),
+        None => Since::Gap,
+    };
+    match since {
         Since::Changes(changes, upto) => {
+            let mirrored = mirrored.unwrap_or(0);
             if upto <= mirrored {
                 return Ok(None);
             }
             let rows = upsert(tx, shard, &changes).await?;
-            move_watermark(tx, id, mirrored, upto).await?;
+            move_watermark(tx, cluster, id, Some(mirrored), upto).await?;
             metrics::counter!("mirror_rows_written_total").increment(rows);
             Ok(Some(upto))
         }
         Since::Gap => {
             // The state and the index it reflects, read together under the group's lock.
             let (links, through) = local.group.read(|_| reader.everything());
-            tracing::info!(shard, mirrored, through, links = links.len(), "the change feed does not reach back to the mirror's watermark; resyncing the shard");
+            tracing::info!(shard, ?mirrored, through, links = links.len(), "the change feed does not reach back to this cluster's watermark (or it has none); resyncing the shard");
             let mut rows = 0;
             for chunk in links.chunks(RESYNC_CHUNK) {
                 let changes: Vec<(u64, Change)> = chunk
@@ -244,7 +303,7 @@ async fn mirror_shard(
             .bind(through as i64)
             .execute(&mut **tx)
             .await?;
-            move_watermark(tx, id, mirrored, through).await?;
+            move_watermark(tx, cluster, id, mirrored, through).await?;
             metrics::counter!("mirror_rows_written_total").increment(rows + gone.rows_affected());
             metrics::counter!("mirror_resyncs_total").increment(1);
             Ok(Some(through))
@@ -258,14 +317,15 @@ async fn mirror_keys(
     node: &Mirrored,
     pool: &PgPool,
     tx: &mut Transaction<'_, Postgres>,
+    cluster: &str,
 ) -> Result<Option<u64>, MirrorError> {
-    let mirrored = watermark(node, pool, KEYS).await?;
+    let mirrored = watermark(node, pool, cluster, KEYS).await?;
     // The keys and the index they reflect, read together under the group's lock.
     let (keys, through) = node.meta.read(|a| {
         let through = a.last_applied.map_or(0, |l| l.index);
         (node.directory.all(), through)
     });
-    if through <= mirrored {
+    if mirrored.is_some_and(|m| through <= m) {
         return Ok(None);
     }
     let scopes =
@@ -293,47 +353,55 @@ async fn mirror_keys(
     .bind(keys.iter().map(|k| k.revoked_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
-    move_watermark(tx, KEYS, mirrored, through).await?;
+    move_watermark(tx, cluster, KEYS, mirrored, through).await?;
     metrics::counter!("mirror_rows_written_total").increment(done.rows_affected());
     Ok(Some(through))
 }
 
-async fn read_watermark(pool: &PgPool, id: i32) -> Result<u64, sqlx::Error> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT applied_index FROM mirror_watermarks WHERE shard = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map_or(0, |(i,)| i as u64))
+async fn read_watermark(pool: &PgPool, cluster: &str, id: i32) -> Result<Option<u64>, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT applied_index FROM mirror_watermarks WHERE cluster = $1 AND shard = $2",
+    )
+    .bind(cluster)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(i,)| i as u64))
 }
 
-/// Moves the watermark from `from` to `to`, or fails if another node moved it meanwhile.
+/// Moves this cluster's watermark of `shard` from `from` (`None`: it has none yet) to
+/// `to`, or fails if another node moved it meanwhile.
 async fn move_watermark(
     tx: &mut Transaction<'_, Postgres>,
+    cluster: &str,
     shard: i32,
-    from: u64,
+    from: Option<u64>,
     to: u64,
 ) -> Result<(), MirrorError> {
-    let moved = if from == 0 {
-        sqlx::query(
-            "INSERT INTO mirror_watermarks (shard, applied_index) VALUES ($1, $2) \
-             ON CONFLICT (shard) DO UPDATE SET applied_index = $2, updated_at = now() \
-             WHERE mirror_watermarks.applied_index = 0",
-        )
-        .bind(shard)
-        .bind(to as i64)
-        .execute(&mut **tx)
-        .await?
-    } else {
-        sqlx::query(
-            "UPDATE mirror_watermarks SET applied_index = $3, updated_at = now() \
-             WHERE shard = $1 AND applied_index = $2",
-        )
-        .bind(shard)
-        .bind(from as i64)
-        .bind(to as i64)
-        .execute(&mut **tx)
-        .await?
+    let moved = match from {
+        None => {
+            sqlx::query(
+                "INSERT INTO mirror_watermarks (cluster, shard, applied_index) \
+                 VALUES ($1, $2, $3) ON CONFLICT (cluster, shard) DO NOTHING",
+            )
+            .bind(cluster)
+            .bind(shard)
+            .bind(to as i64)
+            .execute(&mut **tx)
+            .await?
+        }
+        Some(from) => {
+            sqlx::query(
+                "UPDATE mirror_watermarks SET applied_index = $4, updated_at = now() \
+                 WHERE cluster = $1 AND shard = $2 AND applied_index = $3",
+            )
+            .bind(cluster)
+            .bind(shard)
+            .bind(from as i64)
+            .bind(to as i64)
+            .execute(&mut **tx)
+            .await?
+        }
     };
     if moved.rows_affected() == 1 {
         Ok(())

@@ -311,7 +311,12 @@ impl MetaReader {
 
     /// The cluster's incarnation, once set ([`MetaCommand::SetClusterId`]).
     pub fn cluster_id(&self) -> Option<u128> {
-        match self.keys.read().unwrap_or_else(|p| p.into_inner()).cluster_id {
+        match self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster_id
+        {
             0 => None,
             id => Some(id),
         }

@@ -279,12 +279,20 @@ async fn mixed_changes_on_three_nodes_land_in_postgres_row_by_row() {
         assert!(Instant::now() < deadline, "keys not mirrored: {rows:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Each shard's watermark is where its log is.
+    // Each shard's watermark is where its log is, all of one cluster's.
     let marks: Vec<(i32, i64)> =
         sqlx::query_as("SELECT shard, applied_index FROM mirror_watermarks ORDER BY shard")
             .fetch_all(&db)
             .await
             .unwrap();
+    let clusters: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT cluster FROM mirror_watermarks")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert!(
+        clusters.len() == 1 && clusters[0].0.len() == 32,
+        "one cluster's incarnation, in hex: {clusters:?}"
+    );
     assert_eq!(
         marks.len(),
         9,
@@ -541,8 +549,19 @@ async fn a_node_restored_from_the_mirror_serves_every_link_the_same() {
         .unwrap();
     assert!(!again.status.success());
 
+    // The old cluster is gone; the restored node mirrors into the same database.
+    let old_marks: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT shard, applied_index FROM mirror_watermarks ORDER BY shard")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    drop((n1, n2, n3));
     // The restored node: every link as the cluster has it, deleted ones gone, keys work.
-    let node = Node::start_with(&restored_dir, &[], &["--http", "127.0.0.9:0"]);
+    let node = Node::start_with(
+        &restored_dir,
+        &[],
+        &["--http", "127.0.0.9:0", "--postgres-url", pg.url.as_str()],
+    );
     node.wait_ready().await;
     assert_eq!(cluster_links(&node).await, cluster);
     for (code, row) in cluster.iter().take(100) {
@@ -562,6 +581,44 @@ async fn a_node_restored_from_the_mirror_serves_every_link_the_same() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "a key made before the restore still works");
+
+    // Its changes reach the mirror at once, though its logs are far shorter than the old
+    // cluster's, whose watermarks are still in the table.
+    let status = node.get_json("/admin/status", ADMIN_KEY).await;
+    let (shard, old_mark) = old_marks.iter().find(|(s, _)| *s >= 0).copied().unwrap();
+    let applied = status["groups"][(shard + 1) as usize]["applied"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        applied < old_mark,
+        "shard {shard}: the restored log ({applied}) is behind the old watermark ({old_mark})"
+    );
+    let mut codes = Vec::new();
+    for i in 0..40 {
+        let code = format!("after-restore-{i}");
+        let (status, body) = node
+            .create(
+                ADMIN_KEY,
+                json!({"url": format!("https://after.example/{i}"), "code": code}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        codes.push(code);
+    }
+    let gone = &codes[..5];
+    for code in gone {
+        let r = node
+            .http
+            .delete(node.url(&format!("/v1/links/{code}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let mut deleted = deleted;
+    deleted.extend(gone.iter().cloned());
+    wait_mirrored(&node, &db, &deleted, Duration::from_secs(60)).await;
 }
 
 async fn try_connect(url: &str) -> Result<PgPool, String> {
