@@ -17,6 +17,9 @@ use crate::groups::{shard_group, GroupState};
 use crate::shard::{ShardActor, ShardCommand, ShardMsg, ShardOutcome, ShardReader};
 use crate::tasks::Tasks;
 
+/// How often a shard's leader ticks the shard's clock.
+const TICK_EVERY: Duration = Duration::from_secs(10);
+
 /// A shard this node holds a replica of.
 pub(crate) struct LocalShard {
     pub(crate) group: Group<GroupState>,
@@ -200,6 +203,42 @@ impl Replicas {
                     }
                 }
             });
+        {
+            // The shard's clock (its de-duplication window): while this replica leads, a
+            // tick every TICK_EVERY with the time its monotonic clock measured since the
+            // last one, or since it became leader (a failover's time is never counted).
+            let (group, actor) = (group.clone(), actor.clone());
+            self.tasks.spawn("tick a shard's clock", async move {
+                let mut since: Option<std::time::Instant> = None;
+                let mut every = tokio::time::interval(TICK_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    if !group.is_leader() {
+                        since = None;
+                        continue;
+                    }
+                    let Some(last) = since else {
+                        since = Some(std::time::Instant::now());
+                        continue;
+                    };
+                    let now = std::time::Instant::now();
+                    let command = ShardCommand::Tick {
+                        elapsed_ms: now.duration_since(last).as_millis() as u64,
+                    };
+                    let reply = actor
+                        .call(|port| ShardMsg::Propose(command, port), Some(TICK_EVERY))
+                        .await;
+                    // The next tick measures from here, whether this one was counted or
+                    // not (one that timed out may still commit): time is lost at worst,
+                    // never counted twice.
+                    since = Some(now);
+                    if matches!(reply, Ok(CallResult::SenderError) | Err(_)) {
+                        return;
+                    }
+                }
+            });
+        }
         self.pin().insert(
             shard,
             Arc::new(LocalShard {

@@ -72,6 +72,7 @@ fn summary(outcome: &ShardOutcome) -> String {
         ShardOutcome::NotFound => "not found".into(),
         ShardOutcome::VersionMismatch { current } => format!("mismatch v{current}"),
         ShardOutcome::DeletedSince(l) => format!("deleted since {}", l.code),
+        ShardOutcome::Ticked => "ticked".into(),
     }
 }
 
@@ -237,20 +238,66 @@ proptest! {
 }
 
 #[test]
-fn outcomes_are_forgotten_after_the_window() {
+fn outcomes_are_forgotten_after_the_window_of_the_shards_own_clock() {
     let mut shard = ShardState::default();
     let create = |request, at| command(request, at, &Op::Create { code: 1, url: 1 });
+    let tick = |ms: u64| ShardCommand::Tick { elapsed_ms: ms };
     assert!(matches!(
         shard.apply(create(7, 0)),
         ShardOutcome::Created(_)
     ));
+    // A proposer whose wall clock is an hour fast forgets nothing.
+    let fast = 60 * 60 * 1000;
+    assert_eq!(
+        summary(&shard.apply(command(8, fast, &Op::Create { code: 2, url: 2 }))),
+        "created c2 https://example.com/2 v1"
+    );
+    assert!(
+        matches!(shard.apply(create(7, 0)), ShardOutcome::Created(_)),
+        "retry after a skewed proposer's command"
+    );
+    // Ticks short of the window keep it; a tick longer than TICK_MAX_MS counts that much.
+    assert_eq!(shard.apply(tick(u64::MAX)), ShardOutcome::Ticked);
+    for _ in 0..(DEDUPE_WINDOW_MS as u64 / 10_000 - 7) {
+        shard.apply(tick(10_000));
+    }
     assert!(
         matches!(shard.apply(create(7, 10)), ShardOutcome::Created(_)),
-        "retry inside the window"
+        "retry inside the window (9 min 50 s of ticks)"
     );
-    // Long after, the same id is a new request: the code is now taken.
+    // A snapshot keeps the clock and the memory.
+    let mut bytes = Vec::new();
+    shard.write_snapshot(&mut bytes).unwrap();
+    let mut shard = ShardState::default();
+    shard.restore(&mut bytes.as_slice()).unwrap();
+    assert!(matches!(
+        shard.apply(create(7, 10)),
+        ShardOutcome::Created(_)
+    ));
+    // Past the window on the shard's clock, the same id is a new request: the code is
+    // now taken.
+    shard.apply(tick(20_000));
+    assert_eq!(shard.apply(create(7, 20)), ShardOutcome::CodeTaken);
+}
+
+#[test]
+fn no_count_cuts_the_window_short() {
+    let mut shard = ShardState::default();
+    let n = 150_000u128;
+    for request in 0..n {
+        shard.apply(command(
+            request,
+            0,
+            &Op::Delete {
+                code: 1,
+                expect: None,
+            },
+        ));
+    }
+    // The first request's outcome is still remembered: a create of the same id answers
+    // what the delete did, not a create.
     assert_eq!(
-        shard.apply(create(7, DEDUPE_WINDOW_MS + 1)),
-        ShardOutcome::CodeTaken
+        summary(&shard.apply(command(0, 5, &Op::Create { code: 1, url: 1 }))),
+        "not found"
     );
 }

@@ -5,6 +5,14 @@
 //! Every command carries a request id and the proposer's clock: the outcome of each
 //! request is remembered for [`DEDUPE_WINDOW_MS`], so a retried request (after a timeout
 //! or a failover) gets the first answer instead of acting twice.
+//!
+//! The window is measured on the shard's own clock, not the proposers' wall clocks (one
+//! node's clock 10 minutes fast would otherwise empty every shard's memory of outcomes):
+//! the leader proposes a [`ShardCommand::Tick`] every few seconds with the time that passed
+//! on its monotonic clock since its last one, and the shard's clock is the sum of the
+//! ticks. A new leader counts from when it took over, so time a failover takes is never
+//! counted: the window can only come out longer than promised, never shorter. No count
+//! cap cuts it short either: what the window holds is bounded by the shard's write rate.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -18,10 +26,11 @@ use crate::domain::{Link, LinkPatch, NewLink, ShortCode, Tag};
 /// Identifies one API request across retries.
 pub type RequestId = u128;
 
-/// How long a request's outcome is remembered, by the commands' own clock.
+/// How long a request's outcome is remembered, by the shard's clock (its leaders' ticks).
 pub const DEDUPE_WINDOW_MS: i64 = 10 * 60 * 1000;
-/// Most outcomes remembered per shard, whatever their age.
-const DEDUPE_MAX: usize = 100_000;
+/// The most one tick may advance the shard's clock: a leader that was paused (or whose
+/// tick was delayed) for longer counts this much.
+pub const TICK_MAX_MS: u64 = 60_000;
 
 /// A change to a shard. `at` is the proposer's clock, Unix milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,15 +78,25 @@ pub enum ShardCommand {
         /// The link.
         link: Link,
     },
+    // New variants go last: the log and the wire number them.
+    /// The leader's clock moved on by `elapsed_ms` (monotonic, since its last tick or since
+    /// it became leader; at most [`TICK_MAX_MS`] counts): the shard's clock, which the
+    /// de-duplication window is measured by.
+    Tick {
+        /// Milliseconds.
+        elapsed_ms: u64,
+    },
 }
 
 impl ShardCommand {
-    fn request(&self) -> (RequestId, i64) {
+    /// The request id and the proposer's clock; `None` for a tick.
+    fn request(&self) -> Option<(RequestId, i64)> {
         match self {
             Self::Create { request, at, .. }
             | Self::Update { request, at, .. }
             | Self::Delete { request, at, .. }
-            | Self::Restore { request, at, .. } => (*request, *at),
+            | Self::Restore { request, at, .. } => Some((*request, *at)),
+            Self::Tick { .. } => None,
         }
     }
 }
@@ -106,6 +125,8 @@ pub enum ShardOutcome {
     /// proposal is answered `Created`, since that proposal did create the link. Never
     /// remembered, only answered.
     DeletedSince(Arc<Link>),
+    /// A tick was counted.
+    Ticked,
 }
 
 /// The links of one shard, shared between the state machine and readers.
@@ -225,12 +246,25 @@ pub struct ShardState {
     restored: bool,
     /// Each remembered request's outcome, with the proposal time of its first submission.
     outcomes: HashMap<RequestId, (i64, ShardOutcome)>,
-    /// Request ids in the order they were first seen, with their time, for expiry.
+    /// Request ids in the order they were first seen, with the shard's clock then, for
+    /// expiry.
     seen: VecDeque<(i64, RequestId)>,
+    /// The shard's clock: the sum of its ticks, milliseconds.
+    clock: i64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
+    links: Vec<Link>,
+    /// (proposal time, shard clock when first seen, request, outcome).
+    seen: Vec<(i64, i64, RequestId, ShardOutcome)>,
+    clock: i64,
+}
+
+/// A snapshot from before the shard's clock: still read (its outcomes count as seen at
+/// clock 0, so they are kept a whole window from then).
+#[derive(Deserialize)]
+struct SnapshotBeforeClock {
     links: Vec<Link>,
     seen: Vec<(i64, RequestId, ShardOutcome)>,
 }
@@ -252,8 +286,13 @@ impl ShardState {
     /// Applies the command carried by the log entry at `index`, recording what it changed
     /// in the feed.
     pub fn apply_at(&mut self, index: u64, command: ShardCommand) -> ShardOutcome {
-        let (request, at) = command.request();
-        self.forget_before(at - DEDUPE_WINDOW_MS);
+        let Some((request, at)) = command.request() else {
+            if let ShardCommand::Tick { elapsed_ms } = command {
+                self.clock += elapsed_ms.min(TICK_MAX_MS) as i64;
+                self.forget_before(self.clock - DEDUPE_WINDOW_MS);
+            }
+            return ShardOutcome::Ticked;
+        };
         if let Some((first_at, outcome)) = self.outcomes.get(&request) {
             // The same proposal again (a node retrying after a timeout or a failover) carries
             // the same time; a client's new submission of the request carries its own.
@@ -278,12 +317,7 @@ impl ShardState {
                 .push(index, change);
         }
         self.outcomes.insert(request, (at, outcome.clone()));
-        self.seen.push_back((at, request));
-        while self.seen.len() > DEDUPE_MAX {
-            if let Some((_, old)) = self.seen.pop_front() {
-                self.outcomes.remove(&old);
-            }
-        }
+        self.seen.push_back((self.clock, request));
         outcome
     }
 
@@ -322,6 +356,7 @@ impl ShardState {
                 }
                 ShardOutcome::Created(self.table.add(link))
             }
+            ShardCommand::Tick { .. } => ShardOutcome::Ticked,
             ShardCommand::Update {
                 at,
                 code,
@@ -375,8 +410,13 @@ impl ShardState {
             seen: self
                 .seen
                 .iter()
-                .filter_map(|(at, id)| self.outcomes.get(id).map(|(_, o)| (*at, *id, o.clone())))
+                .filter_map(|(stamp, id)| {
+                    self.outcomes
+                        .get(id)
+                        .map(|(at, o)| (*at, *stamp, *id, o.clone()))
+                })
                 .collect(),
+            clock: self.clock,
         };
         out.write_all(&linkrift_codec::encode(&snapshot))
     }
@@ -385,7 +425,21 @@ impl ShardState {
     pub fn restore(&mut self, input: &mut dyn Read) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let snapshot: Snapshot = linkrift_codec::decode(&bytes)?;
+        let snapshot: Snapshot = match linkrift_codec::decode(&bytes) {
+            Ok(s) => s,
+            Err(e) => match linkrift_codec::decode::<SnapshotBeforeClock>(&bytes) {
+                Ok(old) => Snapshot {
+                    links: old.links,
+                    seen: old
+                        .seen
+                        .into_iter()
+                        .map(|(at, id, o)| (at, 0, id, o))
+                        .collect(),
+                    clock: 0,
+                },
+                Err(_) => return Err(e.into()),
+            },
+        };
         let links = self.table.links.pin();
         links.clear();
         let mut order = self.table.order.write().unwrap_or_else(|p| p.into_inner());
@@ -396,10 +450,11 @@ impl ShardState {
         }
         self.outcomes.clear();
         self.seen.clear();
-        for (at, id, outcome) in snapshot.seen {
+        for (at, stamp, id, outcome) in snapshot.seen {
             self.outcomes.insert(id, (at, outcome));
-            self.seen.push_back((at, id));
+            self.seen.push_back((stamp, id));
         }
+        self.clock = snapshot.clock;
         self.restored = true;
         Ok(())
     }
