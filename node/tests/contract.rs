@@ -48,41 +48,61 @@ async fn the_api_does_what_its_openapi_document_says() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api/contract/schemathesis.toml");
     let report = root.path().join("report");
     std::fs::create_dir_all(&report).unwrap();
-    let out = tokio::task::spawn_blocking({
-        let (base, report) = (node.base.clone(), report.clone());
-        move || {
-            Command::new(&st)
-                .arg("--config-file")
-                .arg(&config)
-                .args(["run", &format!("{base}/v1/openapi.json")])
-                .args(["--checks", "all", "--seed", SEED])
-                .args(["--phases", "examples,coverage,fuzzing,stateful"])
-                .args(["--header", &format!("Authorization: Bearer {ADMIN_KEY}")])
-                .args([
-                    "--generation-database",
-                    "none",
-                    "--workers",
-                    "2",
-                    "--no-color",
-                ])
-                .args(["--max-failures", "50", "--request-timeout", "30"])
-                .arg("--report-dir")
-                .arg(&report)
-                .args(["--report", "junit"])
-                .env("NO_COLOR", "1")
-                // Its crash cache goes in the test's directory, not the source tree.
-                .current_dir(&report)
-                .output()
-                .unwrap()
+    // schemathesis on Debian's Python 3.11.7 sometimes crashes in CPython's own `ast`
+    // module while hypothesis describes one of its lambdas (a SystemError, "AST constructor
+    // recursion depth mismatch", CPython gh-106905, fixed in later 3.11 releases). The
+    // depth counter is shared between threads, so one worker thread avoids it; should it
+    // still happen, that is the tool failing to run, not a finding about the API, and the
+    // run is repeated, at most twice. Any other failure fails the test at once.
+    let mut attempts = 0;
+    let (out, said) = loop {
+        attempts += 1;
+        let out = tokio::task::spawn_blocking({
+            let (base, report) = (node.base.clone(), report.clone());
+            let (st, config) = (st.clone(), config.clone());
+            move || {
+                Command::new(&st)
+                    .arg("--config-file")
+                    .arg(&config)
+                    .args(["run", &format!("{base}/v1/openapi.json")])
+                    .args(["--checks", "all", "--seed", SEED])
+                    .args(["--phases", "examples,coverage,fuzzing,stateful"])
+                    .args(["--header", &format!("Authorization: Bearer {ADMIN_KEY}")])
+                    .args([
+                        "--generation-database",
+                        "none",
+                        "--workers",
+                        "1",
+                        "--no-color",
+                    ])
+                    .args(["--max-failures", "50", "--request-timeout", "30"])
+                    .arg("--report-dir")
+                    .arg(&report)
+                    .args(["--report", "junit"])
+                    .env("NO_COLOR", "1")
+                    // Its crash cache goes in the test's directory, not the source tree.
+                    .current_dir(&report)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tool_crashed = said.contains("AST constructor recursion depth mismatch")
+            && said.contains("1 error")
+            && !said.contains("FAILURES");
+        if out.status.success() || !tool_crashed || attempts == 3 {
+            break (out, said);
         }
-    })
-    .await
-    .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        eprintln!(
+            "schemathesis crashed in CPython's ast module (attempt {attempts}); running it again"
+        );
+    };
     assert!(out.status.success(), "schemathesis found failures:\n{said}");
     // It ran: every operation, and the stateful phase with them.
     assert!(said.contains("Tested: 20"), "{said}");
