@@ -305,6 +305,81 @@ pub fn check_stale(ops: &[Op], bound: u64, calm: impl Fn(u64, u64) -> u64) -> (V
     (anomalies, held)
 }
 
+/// Clicks recorded for the workload's tagged redirects: tag → (short code, count).
+pub type Clicks = BTreeMap<u64, (String, u64)>;
+
+/// What the click accounting found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClickAccount {
+    /// Acknowledged redirects (3xx) in the history.
+    pub acknowledged: usize,
+    /// Of them, without a click but answered by a node within `window` before it crashed:
+    /// allowed.
+    pub lost_to_crashes: usize,
+    /// Acknowledged redirects without a click and no crash to explain it.
+    pub missing: Vec<u64>,
+    /// The anomalies that waiting cannot mend: a tag counted twice, a click for a redirect
+    /// that was not answered with one (404, or not in the history), a click counted for
+    /// another code.
+    pub wrong: Vec<String>,
+}
+
+/// Accounts for each tagged redirect: an acknowledged one must have exactly one click (of
+/// its code), unless it was answered by a node that crashed within `window` after; a 404
+/// or an unrecorded tag (a refused or unsent request) none; an unknown outcome one or none.
+pub fn account_clicks(
+    ops: &[Op],
+    clicks: &Clicks,
+    crashes: &[(usize, u64)],
+    window: u64,
+) -> ClickAccount {
+    let mut account = ClickAccount::default();
+    let mut tagged = BTreeMap::new();
+    for o in ops.iter().filter(|o| o.redirect) {
+        let Some(tag) = o.tag else { continue };
+        tagged.insert(tag, o);
+        let clicked = clicks.get(&tag).map_or(0, |&(_, n)| n);
+        if !matches!(o.ret, Ret::Read(Some(_))) {
+            continue;
+        }
+        account.acknowledged += 1;
+        if clicked > 0 {
+            continue;
+        }
+        // Answered by the node before it died: sent before the crash (the answer may
+        // reach the client just after it), and answered at most `window` before it.
+        let crashed = crashes
+            .iter()
+            .any(|&(n, at)| o.node == n && o.invoke <= at && o.end() + window >= at);
+        if crashed {
+            account.lost_to_crashes += 1;
+        } else {
+            account.missing.push(tag);
+        }
+    }
+    for (tag, (code, count)) in clicks {
+        match tagged.get(tag) {
+            None => account.wrong.push(format!(
+                "a click for tag {tag} ({code}), a redirect not answered with a redirect"
+            )),
+            Some(o) if o.ret == Ret::Read(None) => account.wrong.push(format!(
+                "a click for tag {tag}, a redirect of {} answered 404 by node {}",
+                o.code, o.node
+            )),
+            Some(o) if o.code != *code => account.wrong.push(format!(
+                "tag {tag}, a redirect of {}, counted as a click of {code}",
+                o.code
+            )),
+            Some(o) if *count > 1 => account.wrong.push(format!(
+                "tag {tag} ({}, node {}) counted {count} times",
+                o.code, o.node
+            )),
+            Some(_) => {}
+        }
+    }
+    account
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +396,7 @@ mod tests {
             complete,
             version: None,
             attempts: 1,
+            tag: None,
         }
     }
 
@@ -559,5 +635,55 @@ mod tests {
             op(2, Call::Read, Ret::Read(None), 500, Some(501)),
         ];
         assert_eq!(check_stale(&missing, 100, quiet).0.len(), 1);
+    }
+
+    fn redirect(tag: u64, node: usize, ret: Ret, complete: Option<u64>) -> Op {
+        let mut o = op(900, Call::Read, ret, 0, complete);
+        (o.redirect, o.tag, o.node) = (true, Some(tag), node);
+        o
+    }
+
+    #[test]
+    fn every_acknowledged_redirect_has_its_click() {
+        let ops = [
+            redirect(1, 1, Ret::Read(Some(5)), Some(100)),
+            redirect(2, 2, Ret::Read(Some(5)), Some(100)),
+            redirect(3, 1, Ret::Read(None), Some(100)),
+            redirect(4, 2, Ret::Unknown, None),
+            redirect(5, 1, Ret::Read(Some(5)), Some(5_000)),
+        ];
+        let clicks = |tags: &[(u64, u64)]| -> Clicks {
+            tags.iter().map(|&(t, n)| (t, ("c".to_string(), n))).collect()
+        };
+        let all = clicks(&[(1, 1), (2, 1), (5, 1)]);
+        let good = account_clicks(&ops, &all, &[], 1000);
+        assert_eq!((good.acknowledged, good.missing.len()), (3, 0));
+        assert!(good.wrong.is_empty());
+        // An unknown outcome may have counted.
+        let with_unknown = clicks(&[(1, 1), (2, 1), (4, 1), (5, 1)]);
+        assert!(account_clicks(&ops, &with_unknown, &[], 1000).wrong.is_empty());
+        // Tag 2 lost: node 2 crashed 500 after answering it (within the window), or not.
+        let lost = clicks(&[(1, 1), (5, 1)]);
+        let crash = account_clicks(&ops, &lost, &[(2, 600)], 1000);
+        assert_eq!((crash.lost_to_crashes, crash.missing.len()), (1, 0));
+        assert_eq!(account_clicks(&ops, &lost, &[(2, 5_000)], 1000).missing, [2]);
+        assert_eq!(account_clicks(&ops, &lost, &[(1, 600)], 1000).missing, [2]);
+        // The answer reached the client just after the crash was recorded: it was sent
+        // before.
+        assert_eq!(account_clicks(&ops, &lost, &[(2, 50)], 1000).lost_to_crashes, 1);
+        let mut later = ops.to_vec();
+        later[1].invoke = 60;
+        assert_eq!(account_clicks(&later, &lost, &[(2, 50)], 1000).missing, [2]);
+        // Counted twice, counted for a 404, for a tag never answered, for another code.
+        for wrong in [
+            clicks(&[(1, 2), (2, 1), (5, 1)]),
+            clicks(&[(1, 1), (2, 1), (3, 1), (5, 1)]),
+            clicks(&[(1, 1), (2, 1), (5, 1), (77, 1)]),
+        ] {
+            assert_eq!(account_clicks(&ops, &wrong, &[], 1000).wrong.len(), 1);
+        }
+        let mut other = all.clone();
+        other.insert(1, ("d".to_string(), 1));
+        assert_eq!(account_clicks(&ops, &other, &[], 1000).wrong.len(), 1);
     }
 }

@@ -76,6 +76,10 @@ pub struct Op {
     /// was unknown is sent again, to any node, and the last answer is its outcome.
     #[serde(default)]
     pub attempts: u32,
+    /// A redirect's tag, unique in the run, sent as its referer
+    /// (`https://tag.chaos.example/{tag}`): the click it counted carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u64>,
 }
 
 impl Op {

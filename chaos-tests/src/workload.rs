@@ -202,9 +202,15 @@ async fn send(
 /// Times a write whose outcome is unknown is sent again with its `Idempotency-Key`.
 const RETRIES: u32 = 2;
 
-/// A redirect: the value its Location carries, 404, or nothing known.
-async fn redirect(http: &reqwest::Client, base: &str, code: &str) -> Outcome {
-    match http.get(format!("{base}/{code}")).send().await {
+/// The referer a tagged redirect sends.
+pub const TAG_PREFIX: &str = "https://tag.chaos.example/";
+
+/// A redirect tagged `tag`: the value its Location carries, 404, or nothing known.
+async fn redirect(http: &reqwest::Client, base: &str, code: &str, tag: u64) -> Outcome {
+    let request = http
+        .get(format!("{base}/{code}"))
+        .header("referer", format!("{TAG_PREFIX}{tag}"));
+    match request.send().await {
         Ok(r) if r.status().is_redirection() => {
             let location = r.headers().get("location").and_then(|l| l.to_str().ok());
             match location.and_then(value_of) {
@@ -321,6 +327,7 @@ impl Workload {
                         complete,
                         version,
                         attempts,
+                        tag: None,
                     });
                     if complete.is_none() {
                         // The operation may still be pending: this client goes on as another.
@@ -331,12 +338,15 @@ impl Workload {
                 ops
             }));
         }
+        // Each redirect's tag: unique across the clients.
+        let tags = Arc::new(AtomicU64::new(1));
         for r in 0..redirecters as u64 {
-            let (stop, codes, urls, unexpected) = (
+            let (stop, codes, urls, unexpected, tags) = (
                 stop.clone(),
                 codes.clone(),
                 urls.clone(),
                 unexpected.clone(),
+                tags.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed ^ (r + 101).wrapping_mul(0x85eb_ca6b));
@@ -347,7 +357,8 @@ impl Workload {
                     let code = codes.peek(rng.gen_range(0..SLOTS));
                     let node = rng.gen_range(0..urls.len());
                     let invoke = micros(t0);
-                    let outcome = redirect(&http, &urls[node], &code).await;
+                    let tag = tags.fetch_add(1, Ordering::Relaxed);
+                    let outcome = redirect(&http, &urls[node], &code, tag).await;
                     let Some((ret, complete)) = outcome.settle(t0, node + 1, &unexpected) else {
                         continue;
                     };
@@ -362,6 +373,7 @@ impl Workload {
                         complete,
                         version: None,
                         attempts: 1,
+                        tag: Some(tag),
                     });
                     // Paced: a few hundred redirects a second per client is plenty of
                     // clicks to count, and leaves the CPU to the nodes.
