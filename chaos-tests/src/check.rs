@@ -653,7 +653,9 @@ mod tests {
             redirect(5, 1, Ret::Read(Some(5)), Some(5_000)),
         ];
         let clicks = |tags: &[(u64, u64)]| -> Clicks {
-            tags.iter().map(|&(t, n)| (t, ("c".to_string(), n))).collect()
+            tags.iter()
+                .map(|&(t, n)| (t, ("c".to_string(), n)))
+                .collect()
         };
         let all = clicks(&[(1, 1), (2, 1), (5, 1)]);
         let good = account_clicks(&ops, &all, &[], 1000);
@@ -661,16 +663,24 @@ mod tests {
         assert!(good.wrong.is_empty());
         // An unknown outcome may have counted.
         let with_unknown = clicks(&[(1, 1), (2, 1), (4, 1), (5, 1)]);
-        assert!(account_clicks(&ops, &with_unknown, &[], 1000).wrong.is_empty());
+        assert!(account_clicks(&ops, &with_unknown, &[], 1000)
+            .wrong
+            .is_empty());
         // Tag 2 lost: node 2 crashed 500 after answering it (within the window), or not.
         let lost = clicks(&[(1, 1), (5, 1)]);
         let crash = account_clicks(&ops, &lost, &[(2, 600)], 1000);
         assert_eq!((crash.lost_to_crashes, crash.missing.len()), (1, 0));
-        assert_eq!(account_clicks(&ops, &lost, &[(2, 5_000)], 1000).missing, [2]);
+        assert_eq!(
+            account_clicks(&ops, &lost, &[(2, 5_000)], 1000).missing,
+            [2]
+        );
         assert_eq!(account_clicks(&ops, &lost, &[(1, 600)], 1000).missing, [2]);
         // The answer reached the client just after the crash was recorded: it was sent
         // before.
-        assert_eq!(account_clicks(&ops, &lost, &[(2, 50)], 1000).lost_to_crashes, 1);
+        assert_eq!(
+            account_clicks(&ops, &lost, &[(2, 50)], 1000).lost_to_crashes,
+            1
+        );
         let mut later = ops.to_vec();
         later[1].invoke = 60;
         assert_eq!(account_clicks(&later, &lost, &[(2, 50)], 1000).missing, [2]);

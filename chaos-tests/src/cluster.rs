@@ -77,6 +77,8 @@ pub struct Cluster {
     /// Flags every node gets (mirror, ClickHouse, shard count).
     pub common: Vec<String>,
     pub http: reqwest::Client,
+    /// The deliberate bug every start arms (`--mutation`), a failpoint name.
+    pub mutation: Option<String>,
 }
 
 impl Node {
@@ -274,6 +276,7 @@ impl Cluster {
             nodes: Vec::new(),
             base_port,
             common,
+            mutation: None,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(5))
@@ -330,7 +333,17 @@ impl Cluster {
 
     pub fn start(&mut self, index: usize, launch: &Launch) -> Result<()> {
         let bin = self.bin.clone();
-        self.nodes[index - 1].start(&bin, launch)
+        let Some(mutation) = &self.mutation else {
+            return self.nodes[index - 1].start(&bin, launch);
+        };
+        // The deliberate bug next to this start's own failpoints (`;` separates them).
+        let mut launch = launch.clone();
+        let armed = format!("{mutation}=return");
+        match launch.env.iter_mut().find(|(k, _)| k == "FAILPOINTS") {
+            Some((_, v)) => *v = format!("{v};{armed}"),
+            None => launch.env.push(("FAILPOINTS".into(), armed)),
+        }
+        self.nodes[index - 1].start(&bin, &launch)
     }
 
     /// Base URLs of every declared node.

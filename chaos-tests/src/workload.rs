@@ -63,6 +63,8 @@ impl Codes {
 /// A running workload.
 pub struct Workload {
     stop: Arc<AtomicBool>,
+    /// Answered writes sent once more with their `Idempotency-Key`.
+    resent: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>,
 }
 
@@ -199,6 +201,25 @@ async fn send(
     Answer { outcome, version }
 }
 
+/// One answered write in this many is sent once more with its `Idempotency-Key`.
+const RESEND_ONE_IN: u32 = 20;
+
+/// How an answer to a write sent again differs from the first answer (`ret`, carrying
+/// `version`), if it does: de-duplication must give the first outcome again (a create of a
+/// link deleted since is answered 409 `refused`, which reads as `Created`). An answer that
+/// says nothing (unavailable, timed out) is no evidence either way.
+fn differs(ret: Ret, version: Option<u64>, again: &Answer) -> Option<String> {
+    match &again.outcome {
+        Outcome::Known(r) if *r != ret => Some(format!("{r:?}")),
+        Outcome::Known(r) => match (version, again.version) {
+            (Some(a), Some(b)) if a != b => Some(format!("{r:?} (version {b})")),
+            _ => None,
+        },
+        Outcome::Unexpected(what) => Some(what.clone()),
+        Outcome::Nothing | Outcome::Unknown => None,
+    }
+}
+
 /// Times a write whose outcome is unknown is sent again with its `Idempotency-Key`.
 const RETRIES: u32 = 2;
 
@@ -249,15 +270,17 @@ impl Workload {
                 .collect(),
         )));
         let values = Arc::new(AtomicU64::new(1));
+        let resent = Arc::new(AtomicU64::new(0));
         let urls = Arc::new(urls);
         let mut tasks = Vec::new();
         for w in 0..writers as u64 {
-            let (stop, codes, values, urls, unexpected) = (
+            let (stop, codes, values, urls, unexpected, resent) = (
                 stop.clone(),
                 codes.clone(),
                 values.clone(),
                 urls.clone(),
                 unexpected.clone(),
+                resent.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed ^ (w + 1).wrapping_mul(0x9e37_79b9));
@@ -307,6 +330,22 @@ impl Workload {
                     else {
                         continue;
                     };
+                    if complete.is_some() && !call.is_read() && rng.gen_ratio(1, RESEND_ONE_IN) {
+                        // Sent once more with its Idempotency-Key, to any node: whatever
+                        // happened since, it must be answered as it was the first time.
+                        let again = rng.gen_range(0..urls.len());
+                        let second = send(&http, &urls[again], &code, call, &key).await;
+                        resent.fetch_add(1, Ordering::Relaxed);
+                        if let Some(wrong) = differs(ret, version, &second) {
+                            unexpected.lock().unwrap().push(format!(
+                                "{call:?} {code} (Idempotency-Key {key}) answered {ret:?} \
+                                 (version {version:?}) by node {}, then {wrong} by node {} \
+                                 when sent again",
+                                node + 1,
+                                again + 1
+                            ));
+                        }
+                    }
                     match (version, ret) {
                         (Some(v), _) => {
                             seen.insert(code.clone(), v);
@@ -382,17 +421,23 @@ impl Workload {
                 ops
             }));
         }
-        Workload { stop, tasks }
+        Workload {
+            stop,
+            resent,
+            tasks,
+        }
     }
 
-    /// Stops the clients; the whole history.
-    pub async fn finish(self) -> Vec<Op> {
+    /// Stops the clients; the whole history, and how many answered writes were sent once
+    /// more with their `Idempotency-Key`.
+    pub async fn finish(self) -> (Vec<Op>, u64) {
+        let resent = self.resent.load(Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
         for t in self.tasks {
             all.extend(t.await.unwrap_or_default());
         }
         all.sort_by_key(|o| o.invoke);
-        all
+        (all, resent)
     }
 }

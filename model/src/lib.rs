@@ -7,6 +7,7 @@
 //! - [`placement`]: where shard replicas belong (rendezvous hashing).
 //! - [`status`]: the cluster status, built from the meta state and the nodes' reports.
 //! - [`now_ms`]: the one wall clock.
+//! - [`mutation`]: the chaos tests' deliberate bugs (only with the `failpoints` feature).
 //!
 //! The rule of this crate: no tokio, no openraft, no sockets, no files but the snapshot
 //! bytes it is handed. What runs (actors, loops, I/O) lives in `linkrift-actors`.
@@ -14,6 +15,7 @@
 mod clock;
 pub mod domain;
 pub mod meta;
+pub mod mutation;
 pub mod placement;
 pub mod shard;
 pub mod status;

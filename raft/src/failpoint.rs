@@ -20,6 +20,27 @@ pub const CLICK_WRITE_ERROR: &str = "clicks.write_error";
 /// At the start of applying committed entries to a group's state machine.
 pub const APPLY: &str = "raft.apply";
 
+/// A deliberate bug (`scripts/chaos --mutation`): the flusher answers each batch at once
+/// and syncs at most once a second, so a power cut loses up to a second of acknowledged
+/// writes.
+pub const ACK_BEFORE_SYNC: &str = "mutation.ack_before_sync";
+/// A deliberate bug: the click thread silently drops one click in 500.
+pub const DROP_CLICK: &str = "mutation.drop_click";
+
+/// Whether the deliberate bug `name` is armed (always `false` without the `failpoints`
+/// feature). Not for a hot path: it reads the failpoint registry. The model's bugs have
+/// their own switch, `linkrift_model::mutation::armed` (the model does not depend on this
+/// crate).
+pub fn mutated(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(name, |_| ()).is_some();
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
 /// Aborts the process when the failpoint `name` is armed and fires.
 #[inline]
 pub fn crash_if_armed(name: &str) {

@@ -51,6 +51,7 @@ impl Flusher {
         let (ended_tx, ended) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut batch = Vec::new();
+            let mut last_sync = std::time::Instant::now();
             while let Some(first) = rx.recv().await {
                 batch.push(first);
                 // Give the tasks that are ready to run (other groups about to append) a
@@ -62,8 +63,18 @@ impl Flusher {
                         batch.push(more);
                     }
                 }
+                if crate::failpoint::mutated(crate::failpoint::ACK_BEFORE_SYNC) {
+                    // The deliberate bug: durable before the sync.
+                    for done in batch.drain(..) {
+                        done(Ok(()));
+                    }
+                    if last_sync.elapsed() < std::time::Duration::from_secs(1) {
+                        continue;
+                    }
+                }
                 crate::failpoint::crash_if_armed(crate::failpoint::BEFORE_FLUSH);
                 let started = std::time::Instant::now();
+                last_sync = started;
                 let result = sync(&db).await;
                 metrics::histogram!("raft_sync_duration_seconds")
                     .record(started.elapsed().as_secs_f64());

@@ -338,6 +338,8 @@ fn run(
     let mut batch: Vec<ClickEvent> = Vec::with_capacity(BATCH);
     let mut taken: Vec<RawClick> = Vec::new();
     let mut written = std::time::Instant::now();
+    // Clicks the deliberate bug `mutation.drop_click` has seen.
+    let mut seen_by_bug = 0u64;
     loop {
         let command = match commands.recv_timeout(TAKE_EVERY) {
             Ok(command) => Some(command),
@@ -355,6 +357,13 @@ fn run(
                 &mut taken,
             );
             enqueued.increment(taken.len() as u64);
+            if linkrift_raft::failpoint::mutated(linkrift_raft::failpoint::DROP_CLICK) {
+                // The deliberate bug: one click in 500 vanishes without a trace.
+                taken.retain(|_| {
+                    seen_by_bug += 1;
+                    seen_by_bug % 500 != 0
+                });
+            }
             for raw in taken.drain(..) {
                 batch.push(describer.describe(raw));
                 if batch.len() >= BATCH {

@@ -237,6 +237,14 @@ fn versioned(
     }
 }
 
+/// Whether the chaos tests' deliberate bug [`crate::mutation::SKIP_DEDUPE`] is armed
+/// (always `false` without the `failpoints` feature).
+fn skip_dedupe() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(feature = "failpoints")
+        && *ARMED.get_or_init(|| crate::mutation::armed(crate::mutation::SKIP_DEDUPE))
+}
+
 /// The shard state machine.
 #[derive(Default)]
 pub struct ShardState {
@@ -293,7 +301,12 @@ impl ShardState {
             }
             return ShardOutcome::Ticked;
         };
-        if let Some((first_at, outcome)) = self.outcomes.get(&request) {
+        let remembered = if skip_dedupe() {
+            None
+        } else {
+            self.outcomes.get(&request)
+        };
+        if let Some((first_at, outcome)) = remembered {
             // The same proposal again (a node retrying after a timeout or a failover) carries
             // the same time; a client's new submission of the request carries its own.
             let resubmitted = *first_at != at;
