@@ -34,13 +34,32 @@ impl Launch {
         }
     }
 
-    /// A start under libfaketime: the clock `offset` seconds off.
+    /// A start under libfaketime reading its offset from `file` once a second, which the
+    /// runner rewrites to move the wall clock while the node runs (the monotonic clock is
+    /// left alone, as NTP leaves it).
+    pub fn clock_file(file: &Path) -> Launch {
+        Launch {
+            env: vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+                ("FAKETIME_DONT_RESET".into(), "1".into()),
+            ],
+        }
+    }
+
+    /// A start under libfaketime: the wall clock `offset` seconds off.
     pub fn skewed(offset: i64) -> Launch {
         Launch {
             env: vec![
                 ("LD_PRELOAD".into(), LIBFAKETIME.into()),
                 ("FAKETIME".into(), format!("{offset:+}s")),
                 ("FAKETIME_DONT_RESET".into(), "1".into()),
+                // The wall clock only, as NTP moves it: a faked monotonic clock also moves
+                // the absolute deadlines of futex waits (Rust's timed waits), which the
+                // kernel keeps on the real one, so a 50 ms wait took 90 s.
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
             ],
         }
     }

@@ -5,6 +5,7 @@
 //!
 //! The nodes must be built with the `failpoints` feature (`scripts/chaos` does that).
 
+mod cgroup;
 mod check;
 mod cluster;
 mod disk;
@@ -77,6 +78,9 @@ struct Args {
     #[arg(long, requires = "mutation")]
     expect: Vec<String>,
 }
+
+/// The shards of the run's cluster.
+const SHARDS: u32 = 8;
 
 /// The staleness bound a read is held to, once the faults in between are over: the
 /// nodes' `replica_max_lag_ms` and the near cache's TTL (5 s each by default: the
@@ -187,7 +191,7 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
     let ch = ClickHouse::start().await;
     let common = vec![
         "--shard-count".to_string(),
-        "8".into(),
+        SHARDS.to_string(),
         "--log".into(),
         "info".into(),
         "--postgres-url".into(),
@@ -212,6 +216,9 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
     cluster
         .wait_settled(&members, Duration::from_secs(180))
         .await?;
+    // The node that joins and leaves, declared now so that the workload sends it its
+    // share of the traffic: refused while it is not running, answered once it serves.
+    let spare = cluster.add()?;
     let urls = cluster.urls();
     let t0 = Instant::now();
     let mut env = Env {
@@ -220,8 +227,11 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
         pg,
         ch,
         t0,
+        t0_unix_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
         members,
-        spare: None,
+        spare: Some(spare),
         rng: rand::rngs::StdRng::seed_from_u64(seed),
         hold,
         calm: Duration::from_secs(8),
@@ -375,15 +385,31 @@ async fn run(args: &Args, seed: u64, root: PathBuf) -> Result<Vec<String>> {
     Ok(anomalies)
 }
 
-/// Waits until a create through each member is acknowledged and read back on every
-/// member; how long that took.
+/// Codes `prefix` and a number, one in each of `shards` shards.
+fn one_per_shard(prefix: &str, shards: u32) -> Vec<String> {
+    (0..shards)
+        .map(|s| {
+            (0u32..)
+                .map(|n| format!("{prefix}x{n}"))
+                .find(|code| linkrift_model::shard::shard_of(code, shards) == s)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits until a create through each member in every shard is acknowledged and read back
+/// on every member; how long that took.
 async fn recover(env: &Env, within: Duration) -> Result<Duration> {
     let began = Instant::now();
     let deadline = began + within;
     let http = &env.cluster.http;
-    for &i in &env.members {
-        let code = format!("recovered{i}");
-        let url = format!("https://recovered.example/{i}");
+    let codes = env.members.iter().flat_map(|&i| {
+        one_per_shard(&format!("recovered{i}"), SHARDS)
+            .into_iter()
+            .map(move |c| (i, c))
+    });
+    for (i, code) in codes {
+        let url = format!("https://recovered.example/{code}");
         loop {
             let r = http
                 .post(env.cluster.nodes[i - 1].url("/v1/links"))
@@ -559,10 +585,26 @@ async fn check_clicks(env: &Env, history: &[Op], faults: &[FaultRecord]) -> (Str
             );
             let mut anomalies = a.wrong;
             if !a.missing.is_empty() {
+                // Where and when they were answered: node, and the run's 10-second slice.
+                let by_tag: BTreeMap<u64, &Op> =
+                    history.iter().filter_map(|o| Some((o.tag?, o))).collect();
+                let mut slices: BTreeMap<(usize, u64), usize> = BTreeMap::new();
+                for tag in &a.missing {
+                    if let Some(o) = by_tag.get(tag) {
+                        *slices
+                            .entry((o.node, o.end() / 10_000_000 * 10))
+                            .or_default() += 1;
+                    }
+                }
+                let slices: Vec<String> = slices
+                    .iter()
+                    .map(|((node, s), n)| format!("node {node} {s}-{} s: {n}", s + 10))
+                    .collect();
                 anomalies.push(format!(
                     "{} acknowledged redirects have no click after 120 s and no crash of \
-                     their node to explain it, e.g. tags {:?}",
+                     their node to explain it ({}), e.g. tags {:?}",
                     a.missing.len(),
+                    slices.join(", "),
                     &a.missing[..a.missing.len().min(10)]
                 ));
             }

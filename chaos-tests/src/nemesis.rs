@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use crate::cgroup::Cgroup;
 use crate::cluster::{Cluster, Launch};
 use crate::history::FaultRecord;
 use crate::net::{self, Net};
@@ -35,8 +36,26 @@ pub enum Fault {
     Leave,
     /// A member leaves, is wiped, and joins again as a new node.
     RemoveWipeRejoin,
+    /// 30% of the packets between every two members dropped, at random (nftables
+    /// `numgen random`).
+    PacketLoss,
+    /// The members split in two, healed, and split again differently, every 1.5 s.
+    FlappingPartition,
+    /// A member's wall clock jumps while it runs (libfaketime's timestamp file): 60 s
+    /// ahead, then 30 s behind, then running twice as fast.
+    ClockJumps,
+    /// Every member killed at once (SIGKILL, nothing forgotten by the disks).
+    KillAll,
+    /// A member frozen by the cgroup freezer (it cannot tell, unlike SIGSTOP).
+    Freeze,
+    /// A member held to 3% of one CPU (cgroup `cpu.cfs_quota_us`).
+    CpuStarve,
     PostgresDown,
+    /// Every PostgreSQL process stopped (SIGSTOP): connections open, nothing answered.
+    PostgresPause,
     ClickHouseDown,
+    /// ClickHouse stopped (SIGSTOP).
+    ClickHousePause,
     Failpoint(&'static str),
     /// A member restarts with an I/O error failpoint armed (its disk fails after a while):
     /// it must fail-stop (exit 74), and recover when started again on a healthy disk.
@@ -64,8 +83,16 @@ impl Fault {
             Fault::MajoritiesRing,
             Fault::OneWay,
             Fault::ClockSkew,
+            Fault::PacketLoss,
+            Fault::FlappingPartition,
+            Fault::ClockJumps,
+            Fault::KillAll,
+            Fault::Freeze,
+            Fault::CpuStarve,
             Fault::PostgresDown,
+            Fault::PostgresPause,
             Fault::ClickHouseDown,
+            Fault::ClickHousePause,
             Fault::Failpoint(BEFORE_FLUSH),
             Fault::Failpoint(AFTER_FLUSH),
             Fault::Failpoint(APPLY),
@@ -103,6 +130,8 @@ pub struct Env {
     pub pg: Postgres,
     pub ch: ClickHouse,
     pub t0: Instant,
+    /// `t0` on the wall clock, microseconds since the epoch (to place what nodes log).
+    pub t0_unix_us: u64,
     /// Indexes of the nodes that are members now.
     pub members: Vec<usize>,
     /// The node that joins and leaves, once declared.
@@ -148,8 +177,9 @@ impl Env {
 
     /// Kills `index` now, holds, and starts it again.
     async fn kill_and_restart(&mut self, index: usize) -> Result<Done> {
-        let at = micros(self.t0);
         let fired = self.cluster.node(index).kill();
+        // Once it is gone: an answer it gave may still reach its client after this.
+        let at = micros(self.t0);
         tokio::time::sleep(self.hold).await;
         self.cluster.start(index, &Launch::default())?;
         Ok(Done {
@@ -161,13 +191,14 @@ impl Env {
 
     /// Cuts the power of `nodes` at once, holds, and starts them again.
     async fn power_cut(&mut self, nodes: Vec<usize>) -> Result<Done> {
-        let at = micros(self.t0);
         let mut fired = true;
         let mut lost = Vec::new();
         // Every process first, then every disk: the cut is one moment for all of them.
         let mut killed = Vec::new();
+        let mut crashes = Vec::new();
         for &k in &nodes {
             killed.push(self.cluster.node(k).kill());
+            crashes.push((k, micros(self.t0)));
         }
         for &k in &nodes {
             let (_, bytes) = self.cluster.node(k).power_cut()?;
@@ -184,7 +215,7 @@ impl Env {
                 "power cut (SIGKILL, unsynced writes forgotten: {}), restarted",
                 lost.join(", ")
             ),
-            crashes: nodes.iter().map(|&k| (k, at)).collect(),
+            crashes,
         })
     }
 
@@ -258,8 +289,8 @@ impl Env {
             Fault::PowerCutAll => self.power_cut(self.members.clone()).await,
             Fault::DiskError(name) => {
                 let k = self.any_member();
-                let at = micros(self.t0);
                 self.cluster.node(k).kill();
+                let at = micros(self.t0);
                 // The error may come before the node says where it serves.
                 let mut launch = Launch::failpoint(name, 5);
                 if name == linkrift_raft::failpoint::SNAPSHOT_ERROR {
@@ -284,6 +315,15 @@ impl Env {
                     std::fs::read_to_string(&self.cluster.nodes[k - 1].log).unwrap_or_default();
                 let said =
                     log.contains("storage failed") && log.contains(&format!("failpoint {name}"));
+                // Clicks are lost from the failure on, which may be a while before the exit:
+                // the failure's moment is the one its loss window counts back from.
+                let failed = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("storage failed: this node stops serving"))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(rfc3339_micros)
+                    .and_then(|at| at.checked_sub(self.t0_unix_us));
                 self.cluster.node(k).kill();
                 self.cluster.start(k, &Launch::default())?;
                 Ok(Done {
@@ -292,7 +332,10 @@ impl Env {
                         "node {k} armed {name}: exit status {:?} (74 is a storage fail-stop), logged {said}; restarted",
                         status.flatten()
                     ),
-                    crashes: vec![(k, at), (k, stopped)],
+                    crashes: [(k, at), (k, stopped)]
+                        .into_iter()
+                        .chain(failed.map(|f| (k, f)))
+                        .collect(),
                 })
             }
             Fault::KillMinority => {
@@ -373,13 +416,13 @@ impl Env {
             }
             Fault::ClockSkew => {
                 let k = self.any_member();
-                let at = micros(self.t0);
                 self.cluster.node(k).kill();
+                let at = micros(self.t0);
                 self.cluster.start(k, &Launch::skewed(90))?;
                 let skew = self.date_skew(k).await;
                 tokio::time::sleep(self.hold).await;
-                let again = micros(self.t0);
                 self.cluster.node(k).kill();
+                let again = micros(self.t0);
                 self.cluster.start(k, &Launch::default())?;
                 Ok(Done {
                     fired: skew.is_some_and(|s| (80..=100).contains(&s)),
@@ -413,8 +456,8 @@ impl Env {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                let at = micros(self.t0);
                 self.cluster.node(k).kill();
+                let at = micros(self.t0);
                 tokio::time::sleep(self.hold).await;
                 self.cluster.start(k, &Launch::default())?;
                 Ok(Done {
@@ -454,11 +497,200 @@ impl Env {
             }
             Fault::PostgresDown => {
                 self.pg.stop();
+                let refused = std::net::TcpStream::connect(("127.0.0.1", self.pg.port())).is_err();
                 tokio::time::sleep(self.hold).await;
                 self.pg.resume();
                 Ok(Done {
-                    fired: true,
-                    detail: "PostgreSQL stopped (pg_ctl stop, fast) and started".into(),
+                    fired: refused,
+                    detail: format!(
+                        "PostgreSQL stopped (pg_ctl stop, fast) and started; connections refused meanwhile: {refused}"
+                    ),
+                    crashes: vec![],
+                })
+            }
+            Fault::PostgresPause => {
+                let pids = self.pg.pids();
+                // The postmaster first, so that it starts no new process meanwhile.
+                let stopped = stop_all(&pids).await;
+                tokio::time::sleep(self.hold).await;
+                for &pid in &pids {
+                    signal(pid, "CONT");
+                }
+                Ok(Done {
+                    fired: !pids.is_empty() && stopped,
+                    detail: format!(
+                        "{} PostgreSQL processes stopped (SIGSTOP) and resumed",
+                        pids.len()
+                    ),
+                    crashes: vec![],
+                })
+            }
+            Fault::ClickHousePause => {
+                let pids: Vec<u32> = self.ch.pid().into_iter().collect();
+                let stopped = stop_all(&pids).await;
+                tokio::time::sleep(self.hold).await;
+                for &pid in &pids {
+                    signal(pid, "CONT");
+                }
+                Ok(Done {
+                    fired: !pids.is_empty() && stopped,
+                    detail: "ClickHouse stopped (SIGSTOP) and resumed".into(),
+                    crashes: vec![],
+                })
+            }
+            Fault::PacketLoss => {
+                let ips: Vec<String> = self.members.iter().map(|&i| self.ip(i)).collect();
+                let mut pairs = Vec::new();
+                for a in &ips {
+                    for b in ips.iter().filter(|b| *b != a) {
+                        pairs.push((a.clone(), b.clone()));
+                    }
+                }
+                self.net.lose_between(&pairs, 30)?;
+                let rules = self.net.rules()?;
+                tokio::time::sleep(self.hold).await;
+                self.net.heal()?;
+                Ok(Done {
+                    fired: rules == pairs.len(),
+                    detail: format!(
+                        "30% of packets lost between every two members: {rules} rules in force"
+                    ),
+                    crashes: vec![],
+                })
+            }
+            Fault::FlappingPartition => {
+                let until = Instant::now() + self.hold;
+                let (mut flaps, mut shown) = (0, 0);
+                while Instant::now() < until {
+                    let mut shuffled = self.members.clone();
+                    shuffled.shuffle(&mut self.rng);
+                    let (a, b) = shuffled.split_at(shuffled.len() / 2);
+                    let ips = |s: &[usize]| s.iter().map(|&i| self.ip(i)).collect::<Vec<_>>();
+                    let pairs = net::split(&ips(a), &ips(b));
+                    self.net.drop_between(&pairs)?;
+                    flaps += 1;
+                    shown += usize::from(self.net.rules()? == pairs.len());
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                    self.net.heal()?;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(Done {
+                    fired: flaps >= 3 && shown == flaps,
+                    detail: format!("{flaps} partitions of the members into halves, each for 1 s, healed 0.5 s between"),
+                    crashes: vec![],
+                })
+            }
+            Fault::ClockJumps => {
+                let k = self.any_member();
+                let file = self.cluster.root.join(format!("n{k}.faketime"));
+                std::fs::write(&file, "+0\n")?;
+                self.cluster.node(k).kill();
+                let at = micros(self.t0);
+                self.cluster.start(k, &Launch::clock_file(&file))?;
+                let mut seen = Vec::new();
+                for (offset, expect) in [("+60s", 60), ("-30s", -30)] {
+                    std::fs::write(&file, format!("{offset}\n"))?;
+                    // libfaketime reads the file again once a second. (The Date header
+                    // does not follow a jump back: the HTTP server renews it only once the
+                    // clock passes the second it last wrote.)
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    let mut skew = None;
+                    let mut probe = 0;
+                    while Instant::now() < deadline {
+                        probe += 1;
+                        skew = self.created_skew(k, probe).await;
+                        if skew.is_some_and(|s| (s - expect).abs() <= 5) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    seen.push(skew);
+                    tokio::time::sleep(self.hold / 3).await;
+                }
+                std::fs::write(&file, "+0 x2\n")?;
+                tokio::time::sleep(self.hold / 3).await;
+                self.cluster.node(k).kill();
+                let again = micros(self.t0);
+                self.cluster.start(k, &Launch::default())?;
+                let fired = matches!(seen.as_slice(), [Some(a), Some(b)] if (a - 60).abs() <= 5 && (b + 30).abs() <= 5);
+                Ok(Done {
+                    fired,
+                    detail: format!("node {k}'s wall clock jumped +60 s, then -30 s, then ran twice as fast (links created through it said {seen:?} s); restarted"),
+                    crashes: vec![(k, at), (k, again)],
+                })
+            }
+            Fault::KillAll => {
+                let members = self.members.clone();
+                let mut killed = true;
+                let mut crashes = Vec::new();
+                for &k in &members {
+                    killed &= self.cluster.node(k).kill();
+                    crashes.push((k, micros(self.t0)));
+                }
+                tokio::time::sleep(self.hold).await;
+                for &k in &members {
+                    self.cluster.start(k, &Launch::default())?;
+                }
+                Ok(Done {
+                    fired: killed,
+                    detail: format!("every member ({members:?}) killed (SIGKILL) and restarted"),
+                    crashes,
+                })
+            }
+            Fault::Freeze => {
+                let k = self.any_member();
+                let pid = self
+                    .cluster
+                    .node(k)
+                    .pid()
+                    .ok_or_else(|| anyhow::anyhow!("node {k} is not running"))?;
+                let group = Cgroup::enter(
+                    "freezer",
+                    &format!("linkrift_chaos_{}_n{k}", std::process::id()),
+                    pid,
+                )?;
+                group.set("freezer.state", "FROZEN")?;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while group.get("freezer.state") != "FROZEN" && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let state = group.get("freezer.state");
+                tokio::time::sleep(self.hold).await;
+                drop(group);
+                Ok(Done {
+                    fired: state == "FROZEN",
+                    detail: format!("node {k} frozen by the cgroup freezer ({state}) and thawed"),
+                    crashes: vec![],
+                })
+            }
+            Fault::CpuStarve => {
+                let k = self.any_member();
+                let pid = self
+                    .cluster
+                    .node(k)
+                    .pid()
+                    .ok_or_else(|| anyhow::anyhow!("node {k} is not running"))?;
+                let group = Cgroup::enter(
+                    "cpu",
+                    &format!("linkrift_chaos_{}_n{k}", std::process::id()),
+                    pid,
+                )?;
+                group.set("cpu.cfs_period_us", "100000")?;
+                group.set("cpu.cfs_quota_us", "3000")?;
+                let quota = group.get("cpu.cfs_quota_us");
+                tokio::time::sleep(self.hold).await;
+                let throttled = group
+                    .get("cpu.stat")
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("nr_throttled ")
+                            .and_then(|n| n.parse::<u64>().ok())
+                    })
+                    .unwrap_or(0);
+                drop(group);
+                Ok(Done {
+                    fired: quota == "3000" && throttled > 0,
+                    detail: format!("node {k} held to 3% of a CPU: throttled {throttled} times"),
                     crashes: vec![],
                 })
             }
@@ -475,8 +707,8 @@ impl Env {
             }
             Fault::Failpoint(name) => {
                 let k = self.any_member();
-                let at = micros(self.t0);
                 self.cluster.node(k).kill();
+                let at = micros(self.t0);
                 // It may fire before the node says where it serves.
                 let _ = self.cluster.start(k, &Launch::failpoint(name, 50));
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -548,6 +780,31 @@ impl Env {
         })
     }
 
+    /// How far ahead of this machine's clock node `k`'s is, in seconds, by the creation
+    /// time of a link created through it (probe `n`: a code of its own, outside the
+    /// workload's).
+    async fn created_skew(&self, k: usize, n: u32) -> Option<i64> {
+        let r = self
+            .cluster
+            .http
+            .post(self.cluster.nodes[k - 1].url("/v1/links"))
+            .bearer_auth(crate::cluster::ADMIN_KEY)
+            .json(&serde_json::json!({
+                "url": "https://clock.example/",
+                "code": format!("clock{k}p{n}t{}", micros(self.t0)),
+            }))
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = r.json().await.ok()?;
+        let created = rfc3339_micros(body["created_at"].as_str()?)? as i64;
+        let ours = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_micros() as i64;
+        Some((created - ours) / 1_000_000)
+    }
+
     /// How far ahead of this machine's clock node `k`'s Date header is, in seconds.
     async fn date_skew(&self, k: usize) -> Option<i64> {
         let r = self
@@ -567,6 +824,33 @@ impl Env {
     }
 }
 
+/// Sends `name` (STOP, CONT) to `pid`.
+fn signal(pid: u32, name: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Stops every process of `pids` in turn (SIGSTOP); whether each was seen stopped.
+async fn stop_all(pids: &[u32]) -> bool {
+    let mut all = true;
+    for &pid in pids {
+        let sent = signal(pid, "STOP");
+        // The signal is delivered asynchronously: wait for the stopped state.
+        let mut stopped = false;
+        for _ in 0..100 {
+            stopped = proc_state(pid) == "T";
+            if stopped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        all &= sent && stopped;
+    }
+    all
+}
+
 /// The state letter of a process (`R`, `S`, `T` for stopped...).
 fn proc_state(pid: u32) -> String {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -575,6 +859,29 @@ fn proc_state(pid: u32) -> String {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or("")
         .to_string()
+}
+
+/// Microseconds since the epoch of a log line's UTC time ("2026-12-04T03:21:09.167540Z").
+fn rfc3339_micros(s: &str) -> Option<u64> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let ymd: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
+    let [y, m, d] = ymd.as_slice() else {
+        return None;
+    };
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let hms: Vec<i64> = hms.split(':').filter_map(|x| x.parse().ok()).collect();
+    let [h, mi, se] = hms.as_slice() else {
+        return None;
+    };
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months.get(usize::try_from(*m).ok()?.checked_sub(1)?)?;
+    let seconds = httpdate(&format!(
+        "Mon, {d:02} {month} {y} {h:02}:{mi:02}:{se:02} GMT"
+    ))?;
+    let micros: u64 = format!("{fraction:0<6}").get(..6)?.parse().ok()?;
+    Some(u64::try_from(seconds).ok()? * 1_000_000 + micros)
 }
 
 /// Seconds since the epoch of an HTTP date ("Thu, 26 Nov 2026 04:22:18 GMT").
@@ -608,6 +915,16 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
+    fn log_times_parse() {
+        assert_eq!(rfc3339_micros("1970-01-01T00:00:01.5Z"), Some(1_500_000));
+        assert_eq!(
+            rfc3339_micros("2026-11-26T04:22:18.000123Z"),
+            Some(1_795_666_938_000_123)
+        );
+        assert_eq!(rfc3339_micros("2026-11-26 04:22:18"), None);
+    }
+
+    #[test]
     fn http_dates_parse() {
         assert_eq!(httpdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(
@@ -621,7 +938,7 @@ mod tests {
     fn a_round_has_every_fault_and_joins_before_leaving() {
         for seed in 0..50 {
             let round = Fault::round(&mut StdRng::seed_from_u64(seed), false, false);
-            assert_eq!(round.len(), 19);
+            assert_eq!(round.len(), 27);
             let powered = Fault::round(&mut StdRng::seed_from_u64(seed), false, true);
             assert_eq!(powered.len(), round.len() + 2);
             assert!(powered.contains(&Fault::PowerCut) && powered.contains(&Fault::PowerCutAll));

@@ -40,6 +40,17 @@ impl Net {
         Ok(())
     }
 
+    /// Drops `percent`% of the packets from `from` to `to`, at random.
+    pub fn lose_between(&self, pairs: &[(String, String)], percent: u32) -> Result<()> {
+        for (from, to) in pairs {
+            nft(&format!(
+                "add rule ip {} out ip saddr {from} ip daddr {to} numgen random mod 100 lt {percent} drop",
+                self.table
+            ))?;
+        }
+        Ok(())
+    }
+
     /// The rules now in force, as nft lists them (to show that a partition is in place).
     pub fn rules(&self) -> Result<usize> {
         let listing = nft(&format!("list chain ip {} out", self.table))?;

@@ -604,3 +604,53 @@ async fn a_node_that_leaves_sends_its_spooled_clicks_first() {
     )
     .await;
 }
+
+/// A node whose wall clock is 90 s ahead (libfaketime) delivers every click, stamped with
+/// its clock. Only the wall clock: the chaos tests' clock skew once faked the monotonic
+/// clock too, which no real machine does (NTP steps the wall clock alone), and every click
+/// of the skewed node went missing there: the click thread's 50 ms waits (a futex with an
+/// absolute monotonic deadline, which libfaketime moved 90 s ahead) took 90 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_is_ahead_delivers_its_clicks() {
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime is missing: scripts/test installs it (apt-get install libfaketime)"
+    );
+    let ch = ClickHouse::start().await;
+    let root = Root::new();
+    let env = [
+        ("LINKRIFT_ADMIN_KEY", ADMIN_KEY),
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME", "+90s"),
+        ("FAKETIME_DONT_RESET", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let node = Node::start_with(
+        &root.path().join("n1"),
+        &env,
+        &[
+            "--clickhouse-url",
+            ch.url.as_str(),
+            "--country-header",
+            "CF-IPCountry",
+        ],
+    );
+    node.wait_ready().await;
+    create(&node, "ahead").await;
+    clicks(&node, "ahead", 200).await;
+    wait_count(
+        &ch,
+        "SELECT count() FROM linkrift.clicks WHERE short_code = 'ahead'",
+        200,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Stamped with the node's clock: about 90 s ahead of this one.
+    let ahead: i64 = ch
+        .query("SELECT toInt64(min(clicked_at)) - toInt64(now()) FROM linkrift.clicks WHERE short_code = 'ahead'")
+        .await
+        .parse()
+        .unwrap();
+    assert!((60..=90).contains(&ahead), "clicks stamped {ahead} s ahead");
+}
