@@ -22,7 +22,10 @@ impl Cgroup {
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
         let path = cgroups
             .lines()
-            .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+            .filter_map(|l| {
+                let mut fields = l.splitn(3, ':').skip(1);
+                fields.next().zip(fields.next())
+            })
             .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
             .map(|(_, path)| path.trim_start_matches('/').to_string())
             .with_context(|| format!("process {pid} is in no {controller} cgroup"))?;

@@ -39,13 +39,18 @@ pub enum Fault {
     /// 30% of the packets between every two members dropped, at random (nftables
     /// `numgen random`).
     PacketLoss,
-    /// The members split in two, healed, and split again differently, every 1.5 s.
+    /// The members split in two for 300 ms, healed for 200 ms, and split again
+    /// differently, for the whole hold.
     FlappingPartition,
     /// A member's wall clock jumps while it runs (libfaketime's timestamp file): 60 s
     /// ahead, then 30 s behind, then running twice as fast.
     ClockJumps,
     /// Every member killed at once (SIGKILL, nothing forgotten by the disks).
     KillAll,
+    /// A member restarted with slow links: each Raft request it sends waits 100 ms and
+    /// then its bytes at 256 KiB/s (the `raft.link_delay` failpoint; this kernel has no
+    /// netem), then restarted without.
+    SlowLinks,
     /// A member frozen by the cgroup freezer (it cannot tell, unlike SIGSTOP).
     Freeze,
     /// A member held to 3% of one CPU (cgroup `cpu.cfs_quota_us`).
@@ -87,6 +92,7 @@ impl Fault {
             Fault::FlappingPartition,
             Fault::ClockJumps,
             Fault::KillAll,
+            Fault::SlowLinks,
             Fault::Freeze,
             Fault::CpuStarve,
             Fault::PostgresDown,
@@ -560,6 +566,7 @@ impl Env {
             }
             Fault::FlappingPartition => {
                 let until = Instant::now() + self.hold;
+                let (cut, healed) = (Duration::from_millis(300), Duration::from_millis(200));
                 let (mut flaps, mut shown) = (0, 0);
                 while Instant::now() < until {
                     let mut shuffled = self.members.clone();
@@ -570,13 +577,13 @@ impl Env {
                     self.net.drop_between(&pairs)?;
                     flaps += 1;
                     shown += usize::from(self.net.rules()? == pairs.len());
-                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                    tokio::time::sleep(cut).await;
                     self.net.heal()?;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(healed).await;
                 }
                 Ok(Done {
                     fired: flaps >= 3 && shown == flaps,
-                    detail: format!("{flaps} partitions of the members into halves, each for 1 s, healed 0.5 s between"),
+                    detail: format!("{flaps} partitions of the members into halves, each for {cut:?}, healed {healed:?} between"),
                     crashes: vec![],
                 })
             }
@@ -635,6 +642,32 @@ impl Env {
                     fired: killed,
                     detail: format!("every member ({members:?}) killed (SIGKILL) and restarted"),
                     crashes,
+                })
+            }
+            Fault::SlowLinks => {
+                let k = self.any_member();
+                self.cluster.node(k).kill();
+                let at = micros(self.t0);
+                let launch = Launch {
+                    env: vec![(
+                        "FAILPOINTS".into(),
+                        format!(
+                            "{}=return(100:262144)",
+                            linkrift_raft::failpoint::LINK_DELAY
+                        ),
+                    )],
+                };
+                self.cluster.start(k, &launch)?;
+                tokio::time::sleep(self.hold).await;
+                // Shown by the node's count of delayed requests.
+                let slow = self.metric(k, "raft_link_delayed_total").await;
+                self.cluster.node(k).kill();
+                let again = micros(self.t0);
+                self.cluster.start(k, &Launch::default())?;
+                Ok(Done {
+                    fired: slow.is_some_and(|n| n > 0.0),
+                    detail: format!("node {k} restarted with 100 ms and 256 KiB/s on every Raft request it sends ({slow:?} delayed), then without"),
+                    crashes: vec![(k, at), (k, again)],
                 })
             }
             Fault::Freeze => {
@@ -778,6 +811,27 @@ impl Env {
             ),
             crashes: vec![],
         })
+    }
+
+    /// The value of the metric `name` (summed over its labels) on node `k`'s `/metrics`.
+    async fn metric(&self, k: usize, name: &str) -> Option<f64> {
+        let text = self
+            .cluster
+            .http
+            .get(self.cluster.nodes[k - 1].url("/metrics"))
+            .bearer_auth(crate::cluster::ADMIN_KEY)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     /// How far ahead of this machine's clock node `k`'s is, in seconds, by the creation
@@ -938,7 +992,7 @@ mod tests {
     fn a_round_has_every_fault_and_joins_before_leaving() {
         for seed in 0..50 {
             let round = Fault::round(&mut StdRng::seed_from_u64(seed), false, false);
-            assert_eq!(round.len(), 27);
+            assert_eq!(round.len(), 28);
             let powered = Fault::round(&mut StdRng::seed_from_u64(seed), false, true);
             assert_eq!(powered.len(), round.len() + 2);
             assert!(powered.contains(&Fault::PowerCut) && powered.contains(&Fault::PowerCutAll));

@@ -20,6 +20,30 @@ pub const CLICK_WRITE_ERROR: &str = "clicks.write_error";
 /// At the start of applying committed entries to a group's state machine.
 pub const APPLY: &str = "raft.apply";
 
+/// On every Raft request this node sends: wait first, as a slow link would. Its value is
+/// `LATENCY_MS:BYTES_PER_SECOND` (`raft.link_delay=return(100:262144)`): the latency, and
+/// the time the request's bytes take at that rate.
+pub const LINK_DELAY: &str = "raft.link_delay";
+
+/// How long a request of `bytes` waits when [`LINK_DELAY`] is armed (never without the
+/// `failpoints` feature).
+#[inline]
+pub fn link_delay(bytes: usize) -> Option<std::time::Duration> {
+    #[cfg(feature = "failpoints")]
+    {
+        let value = fail::eval(LINK_DELAY, |value| value)??;
+        let (latency, rate) = value.split_once(':')?;
+        let (latency, rate): (u64, u64) = (latency.parse().ok()?, rate.parse().ok()?);
+        let transfer = bytes as u64 * 1_000_000 / rate.max(1);
+        Some(std::time::Duration::from_micros(latency * 1000 + transfer))
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = bytes;
+        None
+    }
+}
+
 /// A deliberate bug (`scripts/chaos --mutation`): the flusher answers each batch at once
 /// and syncs at most once a second, so a power cut loses up to a second of acknowledged
 /// writes.

@@ -194,6 +194,12 @@ impl GroupNetwork {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let payload = codec::encode(req);
+        if let Some(delay) = crate::failpoint::link_delay(payload.len()) {
+            // Only in chaos builds with the failpoint armed: what shows that it fired.
+            metrics::counter!("raft_link_delayed_total").increment(1);
+            tokio::time::sleep(delay).await;
+        }
         let reply = self
             .peer
             .call(
@@ -203,7 +209,7 @@ impl GroupNetwork {
                     incarnation: self.incarnations.expected(self.target),
                 },
                 kind,
-                codec::encode(req),
+                payload,
                 lane,
                 timeout,
             )
