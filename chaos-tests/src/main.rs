@@ -36,7 +36,7 @@ use workload::{micros, value_of, Workload};
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum Profile {
     /// 3 nodes (and one that joins and leaves), one round of every fault (`--minutes 1`):
-    /// 6 to 8 minutes in all.
+    /// about 10 minutes in all.
     Ci,
     /// 5 nodes, rounds of every fault (also remove-wipe-rejoin) for 30 minutes.
     Long,

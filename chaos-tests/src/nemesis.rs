@@ -47,9 +47,9 @@ pub enum Fault {
     ClockJumps,
     /// Every member killed at once (SIGKILL, nothing forgotten by the disks).
     KillAll,
-    /// A member restarted with slow links: each Raft request it sends waits 100 ms and
-    /// then its bytes at 256 KiB/s (the `raft.link_delay` failpoint; this kernel has no
-    /// netem), then restarted without.
+    /// A member restarted with slow links: each Raft request it sends and each reply it
+    /// gives waits 100 ms and then its bytes at 256 KiB/s (the `raft.link_delay`
+    /// failpoint; this kernel has no netem), then restarted without.
     SlowLinks,
     /// A member frozen by the cgroup freezer (it cannot tell, unlike SIGSTOP).
     Freeze,
@@ -666,7 +666,7 @@ impl Env {
                 self.cluster.start(k, &Launch::default())?;
                 Ok(Done {
                     fired: slow.is_some_and(|n| n > 0.0),
-                    detail: format!("node {k} restarted with 100 ms and 256 KiB/s on every Raft request it sends ({slow:?} delayed), then without"),
+                    detail: format!("node {k} restarted with 100 ms and 256 KiB/s on every Raft message it sends ({slow:?} delayed), then without"),
                     crashes: vec![(k, at), (k, again)],
                 })
             }

@@ -20,15 +20,25 @@ pub const CLICK_WRITE_ERROR: &str = "clicks.write_error";
 /// At the start of applying committed entries to a group's state machine.
 pub const APPLY: &str = "raft.apply";
 
-/// On every Raft request this node sends: wait first, as a slow link would. Its value is
-/// `LATENCY_MS:BYTES_PER_SECOND` (`raft.link_delay=return(100:262144)`): the latency, and
-/// the time the request's bytes take at that rate.
+/// On every Raft request this node sends and every reply it gives: wait first, as a slow
+/// link would. Its value is `LATENCY_MS:BYTES_PER_SECOND`
+/// (`raft.link_delay=return(100:262144)`): the latency, and the time the message's bytes
+/// take at that rate.
 pub const LINK_DELAY: &str = "raft.link_delay";
 
-/// How long a request of `bytes` waits when [`LINK_DELAY`] is armed (never without the
-/// `failpoints` feature).
+/// Waits as [`LINK_DELAY`] says for a message of `bytes`, when it is armed (never without
+/// the `failpoints` feature), counting the messages it held back.
 #[inline]
-pub fn link_delay(bytes: usize) -> Option<std::time::Duration> {
+pub async fn delay_link(bytes: usize) {
+    if let Some(delay) = link_delay(bytes) {
+        metrics::counter!("raft_link_delayed_total").increment(1);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// How long a message of `bytes` waits when [`LINK_DELAY`] is armed.
+#[inline]
+fn link_delay(bytes: usize) -> Option<std::time::Duration> {
     #[cfg(feature = "failpoints")]
     {
         let value = fail::eval(LINK_DELAY, |value| value)??;

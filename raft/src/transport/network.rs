@@ -195,11 +195,7 @@ impl GroupNetwork {
         E: std::error::Error + DeserializeOwned,
     {
         let payload = codec::encode(req);
-        if let Some(delay) = crate::failpoint::link_delay(payload.len()) {
-            // Only in chaos builds with the failpoint armed: what shows that it fired.
-            metrics::counter!("raft_link_delayed_total").increment(1);
-            tokio::time::sleep(delay).await;
-        }
+        crate::failpoint::delay_link(payload.len()).await;
         let reply = self
             .peer
             .call(

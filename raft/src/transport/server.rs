@@ -259,6 +259,7 @@ impl Connection {
             let me = self.me;
             tasks.spawn(async move {
                 let reply = handle(&router, me, peer, frame).await;
+                crate::failpoint::delay_link(reply.payload.len()).await;
                 let _ = tx.send(reply).await;
                 drop(permit);
             });
