@@ -202,8 +202,9 @@ pub fn assert_no_failed_redirect(ok: u64, failures: &[String]) {
     );
 }
 
-/// Every link in the cluster, by URL (listing through `node`, page by page).
-pub async fn all_links(node: &Node) -> Vec<(String, String)> {
+/// Every link in the cluster, by URL (listing through `node`, page by page); or the
+/// status and body of a page that was refused.
+pub async fn all_links(node: &Node) -> Result<Vec<(String, String)>, (u16, String)> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -211,7 +212,18 @@ pub async fn all_links(node: &Node) -> Vec<(String, String)> {
             Some(c) => format!("/v1/links?limit=1000&cursor={c}"),
             None => "/v1/links?limit=1000".to_string(),
         };
-        let page = node.get_json(&path, ADMIN_KEY).await;
+        let r = node
+            .http
+            .get(node.url(&path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status != 200 {
+            return Err((status, r.text().await.unwrap_or_default()));
+        }
+        let page: Value = r.json().await.unwrap();
         for l in page["links"].as_array().unwrap() {
             out.push((
                 l["url"].as_str().unwrap().to_string(),
@@ -220,7 +232,7 @@ pub async fn all_links(node: &Node) -> Vec<(String, String)> {
         }
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
-            None => return out,
+            None => return Ok(out),
         }
     }
 }
@@ -284,11 +296,23 @@ pub async fn assert_acknowledged_once(
     via: &Node,
     acked: &BTreeMap<String, String>,
 ) -> std::collections::HashMap<String, Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Right after a membership change a listing may be refused with 503 (no replica of a
+    // shard answered in time), which asks the client to try again: it is, until the
+    // deadline, and a listing still refused then fails the test.
+    let deadline = Instant::now() + Duration::from_secs(10);
     let by_url = loop {
         let mut by_url: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for (url, code) in all_links(via).await {
-            by_url.entry(url).or_default().push(code);
+        match all_links(via).await {
+            Ok(links) => {
+                for (url, code) in links {
+                    by_url.entry(url).or_default().push(code);
+                }
+            }
+            Err((503, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err((status, body)) => panic!("listing the links answered {status}: {body}"),
         }
         if acked.keys().all(|u| by_url.contains_key(u)) || Instant::now() > deadline {
             break by_url;
