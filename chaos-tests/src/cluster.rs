@@ -65,6 +65,14 @@ impl Launch {
     }
 }
 
+/// Sends the signal `name` (STOP, CONT, TERM) to `pid`; whether it was delivered.
+pub fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// One node of the run (running or not).
 pub struct Node {
     /// 1-based; its address is 127.0.0.(10+index).
@@ -206,14 +214,9 @@ impl Node {
         }
     }
 
-    /// Sends `signal` (STOP, CONT, TERM) to the process.
-    pub fn signal(&self, signal: &str) -> bool {
-        self.pid().is_some_and(|pid| {
-            Command::new("kill")
-                .args([&format!("-{signal}"), &pid.to_string()])
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+    /// Sends `name` (STOP, CONT, TERM) to the process.
+    pub fn signal(&self, name: &str) -> bool {
+        self.pid().is_some_and(|pid| signal(pid, name))
     }
 
     /// Whether it has exited, killed by `signal`; reaps it.

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::cgroup::Cgroup;
-use crate::cluster::{Cluster, Launch};
+use crate::cluster::{signal, Cluster, Launch};
 use crate::history::FaultRecord;
 use crate::net::{self, Net};
 use crate::workload::micros;
@@ -179,6 +179,42 @@ impl Env {
             }
         }
         counts.into_iter().max_by_key(|(_, c)| *c).map(|(i, _)| i)
+    }
+
+    /// Stops every process of `pids` in turn (SIGSTOP), holds, and resumes them; whether
+    /// there were any and each was seen stopped.
+    async fn pause(&self, pids: &[u32]) -> bool {
+        let mut all = !pids.is_empty();
+        for &pid in pids {
+            let sent = signal(pid, "STOP");
+            // The signal is delivered asynchronously: wait for the stopped state.
+            let mut stopped = false;
+            for _ in 0..100 {
+                stopped = proc_state(pid) == "T";
+                if stopped {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            all &= sent && stopped;
+        }
+        tokio::time::sleep(self.hold).await;
+        for &pid in pids {
+            signal(pid, "CONT");
+        }
+        all
+    }
+
+    /// A random member, moved into a cgroup of this run's own in `controller`.
+    fn member_cgroup(&mut self, controller: &str) -> Result<(usize, Cgroup)> {
+        let k = self.any_member();
+        let pid = self
+            .cluster
+            .node(k)
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("node {k} is not running"))?;
+        let name = format!("linkrift_chaos_{}_n{k}", std::process::id());
+        Ok((k, Cgroup::enter(controller, &name, pid)?))
     }
 
     /// Kills `index` now, holds, and starts it again.
@@ -358,23 +394,13 @@ impl Env {
             }
             Fault::Pause => {
                 let k = self.any_member();
-                let node = self.cluster.node(k);
-                let stopped = node.signal("STOP");
-                let pid = node.pid();
-                // The signal is delivered asynchronously: wait for the stopped state.
-                let mut state = String::new();
-                for _ in 0..100 {
-                    state = pid.map(proc_state).unwrap_or_default();
-                    if state == "T" {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                tokio::time::sleep(self.hold).await;
-                self.cluster.node(k).signal("CONT");
+                let pids: Vec<u32> = self.cluster.node(k).pid().into_iter().collect();
+                let stopped = self.pause(&pids).await;
                 Ok(Done {
-                    fired: stopped && state == "T",
-                    detail: format!("node {k} paused (SIGSTOP, state {state}) and resumed"),
+                    fired: stopped,
+                    detail: format!(
+                        "node {k} paused (SIGSTOP, seen stopped: {stopped}) and resumed"
+                    ),
                     crashes: vec![],
                 })
             }
@@ -515,15 +541,11 @@ impl Env {
                 })
             }
             Fault::PostgresPause => {
-                let pids = self.pg.pids();
                 // The postmaster first, so that it starts no new process meanwhile.
-                let stopped = stop_all(&pids).await;
-                tokio::time::sleep(self.hold).await;
-                for &pid in &pids {
-                    signal(pid, "CONT");
-                }
+                let pids = self.pg.pids();
+                let stopped = self.pause(&pids).await;
                 Ok(Done {
-                    fired: !pids.is_empty() && stopped,
+                    fired: stopped,
                     detail: format!(
                         "{} PostgreSQL processes stopped (SIGSTOP) and resumed",
                         pids.len()
@@ -533,13 +555,9 @@ impl Env {
             }
             Fault::ClickHousePause => {
                 let pids: Vec<u32> = self.ch.pid().into_iter().collect();
-                let stopped = stop_all(&pids).await;
-                tokio::time::sleep(self.hold).await;
-                for &pid in &pids {
-                    signal(pid, "CONT");
-                }
+                let stopped = self.pause(&pids).await;
                 Ok(Done {
-                    fired: !pids.is_empty() && stopped,
+                    fired: stopped,
                     detail: "ClickHouse stopped (SIGSTOP) and resumed".into(),
                     crashes: vec![],
                 })
@@ -671,17 +689,7 @@ impl Env {
                 })
             }
             Fault::Freeze => {
-                let k = self.any_member();
-                let pid = self
-                    .cluster
-                    .node(k)
-                    .pid()
-                    .ok_or_else(|| anyhow::anyhow!("node {k} is not running"))?;
-                let group = Cgroup::enter(
-                    "freezer",
-                    &format!("linkrift_chaos_{}_n{k}", std::process::id()),
-                    pid,
-                )?;
+                let (k, group) = self.member_cgroup("freezer")?;
                 group.set("freezer.state", "FROZEN")?;
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while group.get("freezer.state") != "FROZEN" && Instant::now() < deadline {
@@ -697,17 +705,7 @@ impl Env {
                 })
             }
             Fault::CpuStarve => {
-                let k = self.any_member();
-                let pid = self
-                    .cluster
-                    .node(k)
-                    .pid()
-                    .ok_or_else(|| anyhow::anyhow!("node {k} is not running"))?;
-                let group = Cgroup::enter(
-                    "cpu",
-                    &format!("linkrift_chaos_{}_n{k}", std::process::id()),
-                    pid,
-                )?;
+                let (k, group) = self.member_cgroup("cpu")?;
                 group.set("cpu.cfs_period_us", "100000")?;
                 group.set("cpu.cfs_quota_us", "3000")?;
                 let quota = group.get("cpu.cfs_quota_us");
@@ -878,33 +876,6 @@ impl Env {
     }
 }
 
-/// Sends `name` (STOP, CONT) to `pid`.
-fn signal(pid: u32, name: &str) -> bool {
-    std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Stops every process of `pids` in turn (SIGSTOP); whether each was seen stopped.
-async fn stop_all(pids: &[u32]) -> bool {
-    let mut all = true;
-    for &pid in pids {
-        let sent = signal(pid, "STOP");
-        // The signal is delivered asynchronously: wait for the stopped state.
-        let mut stopped = false;
-        for _ in 0..100 {
-            stopped = proc_state(pid) == "T";
-            if stopped {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        all &= sent && stopped;
-    }
-    all
-}
-
 /// The state letter of a process (`R`, `S`, `T` for stopped...).
 fn proc_state(pid: u32) -> String {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -927,13 +898,7 @@ fn rfc3339_micros(s: &str) -> Option<u64> {
     let [h, mi, se] = hms.as_slice() else {
         return None;
     };
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = months.get(usize::try_from(*m).ok()?.checked_sub(1)?)?;
-    let seconds = httpdate(&format!(
-        "Mon, {d:02} {month} {y} {h:02}:{mi:02}:{se:02} GMT"
-    ))?;
+    let seconds = unix_seconds(*y, *m, *d, *h, *mi, *se);
     let micros: u64 = format!("{fraction:0<6}").get(..6)?.parse().ok()?;
     Some(u64::try_from(seconds).ok()? * 1_000_000 + micros)
 }
@@ -953,6 +918,11 @@ fn httpdate(s: &str) -> Option<i64> {
     let [h, mi, se] = hms.as_slice() else {
         return None;
     };
+    Some(unix_seconds(y, m, d, *h, *mi, *se))
+}
+
+/// Seconds since the epoch of a UTC date and time.
+fn unix_seconds(y: i64, m: i64, d: i64, h: i64, mi: i64, se: i64) -> i64 {
     // Days from civil (Howard Hinnant's algorithm).
     let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
     let era = y2.div_euclid(400);
@@ -960,7 +930,7 @@ fn httpdate(s: &str) -> Option<i64> {
     let doy = (153 * m2 + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+    days * 86_400 + h * 3600 + mi * 60 + se
 }
 
 #[cfg(test)]
