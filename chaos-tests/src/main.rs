@@ -12,6 +12,7 @@ mod disk;
 mod history;
 mod nemesis;
 mod net;
+mod times;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
