@@ -21,7 +21,7 @@ ng_port=18191
 work=$(mktemp -d /tmp/linkrift-cluster-bench.XXXXXX)
 source bench/lib.sh
 need wrk wrk; need hey hey; need nginx nginx
-python3 -c "import xxhash" 2>/dev/null || pip install -q xxhash
+need_xxhash
 
 cleanup() {
   for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done

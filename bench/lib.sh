@@ -6,6 +6,14 @@ export LINKRIFT_API_RATE_PER_KEY=0 LINKRIFT_API_RATE_PER_IP=0
 
 # Installs a Debian package when its command is missing (needs root).
 need() { command -v "$1" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }; }
+# The xxhash module for the placement arithmetic: from PyPI with the machine's pip, or
+# Debian's python3-xxhash where pip may not install (a system Python, PEP 668).
+need_xxhash() {
+  python3 -c 'import xxhash' 2>/dev/null && return 0
+  python3 -m pip install -q xxhash >/dev/null 2>&1 || need_package python3-xxhash
+  python3 -c 'import xxhash'
+}
+need_package() { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null; }
 
 # CPU ticks (user + system) a process has used; ticks per second is $hz.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -66,7 +74,7 @@ status() { curl -sf -H "Authorization: Bearer $key" http://127.0.0.1:18080/admin
 # Whether every shard's voters are exactly its rendezvous replicas over the active nodes
 # (as actors/src/placement.rs computes them), with a leader and no learner or joint change.
 placed() {
-  python3 -c 'import xxhash' 2>/dev/null || python3 -m pip install -q xxhash >/dev/null
+  need_xxhash
   status | python3 -c '
 import json, sys, xxhash
 s = json.load(sys.stdin)

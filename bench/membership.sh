@@ -20,7 +20,7 @@ links=${1:-1000000}; slice=${2:-5}
 work=$(mktemp -d /tmp/linkrift-membership-bench.XXXXXX)
 source bench/lib.sh
 need wrk wrk
-python3 -c "import xxhash" 2>/dev/null || pip install -q xxhash
+need_xxhash
 
 cleanup() {
   for f in "$work"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
